@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs everything Depot's build and system tests need on a fresh Debian 12
+# machine: Debian's RocksDB (linked by the rocksdb crate 0.21), libclang for
+# bindgen, libiscsi-bin (iscsi-test-cu), qemu-block-extra from
+# bookworm-backports (must match the preinstalled qemu-utils 10), tgt for
+# side-by-side runs, and fio rebuilt with the libiscsi engine.
+#
+# Apt sources are derived from the mirror already configured in
+# /etc/apt/sources.list.d/debian.sources; no host is named here.
+# Idempotent: safe to run again.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+
+src=/etc/apt/sources.list.d/debian.sources
+extra=/etc/apt/sources.list.d/depot-extra.sources
+if [ ! -f "$extra" ]; then
+  mirror=$(awk '/^URIs:/ {print $2; exit}' "$src")
+  $SUDO tee "$extra" >/dev/null <<SRC
+Types: deb-src
+URIs: $mirror
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: $mirror
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+fi
+$SUDO apt-get update -q >/dev/null
+$SUDO apt-get install -y -q --no-install-recommends \
+  librocksdb-dev clang libclang-dev pkg-config \
+  libiscsi-bin libiscsi-dev tgt \
+  dpkg-dev gcc make zlib1g-dev bc python3 >/dev/null
+# qemu-block-extra must come from backports to match qemu-utils 10.
+$SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports \
+  qemu-utils qemu-block-extra >/dev/null
+
+# fio with the libiscsi ioengine (Debian's binary lacks it).
+FIO_PREFIX=${FIO_PREFIX:-${XDG_CACHE_HOME:-$HOME/.cache}/depot-tools/fio}
+if ! { [ -x "$FIO_PREFIX/bin/fio" ] && "$FIO_PREFIX/bin/fio" --enghelp | grep -qw libiscsi; }; then
+  build=$(mktemp -d)
+  (cd "$build" && apt-get source -q fio >/dev/null 2>&1 && cd fio-3.* &&
+    ./configure --prefix="$FIO_PREFIX" --enable-libiscsi >/dev/null &&
+    make -j"$(nproc)" >/dev/null && make install >/dev/null)
+  rm -rf "$build"
+fi
+"$FIO_PREFIX/bin/fio" --enghelp | grep -qw libiscsi
+echo "deps ok: fio with libiscsi at $FIO_PREFIX/bin/fio"
