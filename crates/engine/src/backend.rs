@@ -1,0 +1,392 @@
+//! The object backend as the engine sees it: a narrow, blocking facade over
+//! `object_store` (local directory or S3), with retry + exponential backoff
+//! and a built-in fault injector.
+//!
+//! Ownership and threading: one [`Backend`] per vPool, shared by its volumes
+//! and workers. Calls block the calling thread on the vPool's tokio runtime
+//! (`Handle::block_on`), so they must be made from non-async threads (the
+//! blocking pool, the engine's own worker threads) — never from async code.
+//!
+//! Key layout (all under the vPool name): `catalog/<vdisk name>`,
+//! `vol/<id>/manifest`, `vol/<id>/sco/<seq>`, `vol/<id>/tlog/<seq>`,
+//! `vol/<id>/ckpt/<seq>`; ids and seqs are 16 lower-case hex digits.
+//! Data objects are write-once; only manifests and catalog entries are
+//! overwritten.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tokio::runtime::Handle;
+
+use crate::config::{BackendConfig, RetryPolicy};
+use crate::error::{EngineError, EngineResult};
+
+/// Object name of a volume's manifest.
+pub fn manifest_key(vol: u64) -> String {
+    format!("vol/{vol:016x}/manifest")
+}
+/// Object name of a container.
+pub fn container_key(vol: u64, seq: u64) -> String {
+    format!("vol/{vol:016x}/sco/{seq:016x}")
+}
+/// Object name of a tlog.
+pub fn tlog_key(vol: u64, seq: u64) -> String {
+    format!("vol/{vol:016x}/tlog/{seq:016x}")
+}
+/// Object name of an index checkpoint.
+pub fn checkpoint_key(vol: u64, seq: u64) -> String {
+    format!("vol/{vol:016x}/ckpt/{seq:016x}")
+}
+/// Object name of a catalog entry.
+pub fn catalog_key(name: &str) -> String {
+    format!("catalog/{name}")
+}
+/// Prefix of everything a volume owns.
+pub fn volume_prefix(vol: u64) -> String {
+    format!("vol/{vol:016x}/")
+}
+
+/// Injectable backend faults, for tests and drills. All knobs are atomics;
+/// production code pays one relaxed load per call when nothing is set.
+#[derive(Debug, Default)]
+pub struct FaultInjector {
+    unavailable: AtomicBool,
+    fail_next: AtomicU32,
+    fail_per_mille: AtomicU32,
+    latency_ms: AtomicU64,
+    corrupt_next_gets: AtomicU32,
+    counter: AtomicU64,
+}
+
+impl FaultInjector {
+    /// Every call fails (as a network outage would) until cleared.
+    pub fn set_unavailable(&self, on: bool) {
+        self.unavailable.store(on, Ordering::SeqCst);
+    }
+    /// The next `n` calls fail with a retryable error.
+    pub fn fail_next(&self, n: u32) {
+        self.fail_next.store(n, Ordering::SeqCst);
+    }
+    /// Each call fails with probability `per_mille`/1000.
+    pub fn set_fail_rate(&self, per_mille: u32) {
+        self.fail_per_mille.store(per_mille, Ordering::SeqCst);
+    }
+    /// Adds `ms` of latency to every call.
+    pub fn set_latency_ms(&self, ms: u64) {
+        self.latency_ms.store(ms, Ordering::SeqCst);
+    }
+    /// The next `n` successful GETs return data with one byte flipped.
+    pub fn corrupt_next_gets(&self, n: u32) {
+        self.corrupt_next_gets.store(n, Ordering::SeqCst);
+    }
+    /// Clears every fault.
+    pub fn clear(&self) {
+        self.set_unavailable(false);
+        self.fail_next(0);
+        self.set_fail_rate(0);
+        self.set_latency_ms(0);
+        self.corrupt_next_gets(0);
+    }
+
+    fn before_call(&self, op: &str) -> EngineResult<()> {
+        let lat = self.latency_ms.load(Ordering::Relaxed);
+        if lat > 0 {
+            std::thread::sleep(Duration::from_millis(lat));
+        }
+        if self.unavailable.load(Ordering::Relaxed) {
+            return Err(EngineError::BackendUnavailable(format!(
+                "injected outage ({op})"
+            )));
+        }
+        if self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(EngineError::BackendUnavailable(format!(
+                "injected failure ({op})"
+            )));
+        }
+        let rate = self.fail_per_mille.load(Ordering::Relaxed);
+        if rate > 0 {
+            let n = self.counter.fetch_add(1, Ordering::Relaxed);
+            // A cheap deterministic mix is enough to spread failures.
+            let x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) % 1000;
+            if x < u64::from(rate) {
+                return Err(EngineError::BackendUnavailable(format!(
+                    "injected random failure ({op})"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn maybe_corrupt(&self, data: Bytes) -> Bytes {
+        if data.is_empty()
+            || self
+                .corrupt_next_gets
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err()
+        {
+            return data;
+        }
+        let mut v = data.to_vec();
+        let mid = v.len() / 2;
+        v[mid] ^= 0x40;
+        Bytes::from(v)
+    }
+}
+
+/// Counters the pool exports.
+#[derive(Debug, Default)]
+pub struct BackendCounters {
+    /// Successful PUTs.
+    pub puts: AtomicU64,
+    /// Bytes PUT.
+    pub put_bytes: AtomicU64,
+    /// Successful GETs (whole and ranged).
+    pub gets: AtomicU64,
+    /// Bytes fetched.
+    pub get_bytes: AtomicU64,
+    /// Deletes.
+    pub deletes: AtomicU64,
+    /// Failed attempts (each retry counts).
+    pub errors: AtomicU64,
+}
+
+/// Blocking, retrying facade over the vPool's object store.
+pub struct Backend {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    rt: Handle,
+    retry: RetryPolicy,
+    /// Fault injection knobs.
+    pub faults: Arc<FaultInjector>,
+    /// Counters.
+    pub counters: BackendCounters,
+    shutdown: AtomicBool,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("store", &self.store.to_string())
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn map_err(e: object_store::Error, key: &str) -> EngineError {
+    match e {
+        object_store::Error::NotFound { .. } => EngineError::ObjectNotFound(key.to_string()),
+        object_store::Error::Generic { .. } | object_store::Error::JoinError { .. } => {
+            EngineError::BackendUnavailable(e.to_string())
+        }
+        other => EngineError::Backend(other.to_string()),
+    }
+}
+
+impl Backend {
+    /// Connects to the configured backend (no network I/O yet).
+    pub fn open(
+        cfg: &BackendConfig,
+        pool: &str,
+        rt: Handle,
+        retry: RetryPolicy,
+    ) -> EngineResult<Self> {
+        let store: Arc<dyn ObjectStore> = match cfg {
+            BackendConfig::Local { path } => {
+                std::fs::create_dir_all(path)
+                    .map_err(|e| EngineError::io(format!("creating {}", path.display()), e))?;
+                Arc::new(
+                    object_store::local::LocalFileSystem::new_with_prefix(path)
+                        .map_err(|e| EngineError::Backend(e.to_string()))?,
+                )
+            }
+            BackendConfig::S3 {
+                endpoint,
+                bucket,
+                region,
+                access_key_id,
+                secret_access_key,
+                allow_http,
+            } => {
+                let mut b = object_store::aws::AmazonS3Builder::new()
+                    .with_bucket_name(bucket)
+                    .with_region(region)
+                    .with_access_key_id(access_key_id)
+                    .with_secret_access_key(secret_access_key)
+                    .with_allow_http(*allow_http)
+                    .with_virtual_hosted_style_request(false)
+                    // The engine does its own retries with backoff; keep the
+                    // client's short so a dead endpoint is noticed quickly.
+                    .with_retry(object_store::RetryConfig {
+                        max_retries: 1,
+                        retry_timeout: Duration::from_secs(10),
+                        ..Default::default()
+                    })
+                    .with_client_options(
+                        object_store::ClientOptions::new()
+                            .with_timeout(Duration::from_secs(30))
+                            .with_connect_timeout(Duration::from_secs(5)),
+                    );
+                if let Some(ep) = endpoint {
+                    b = b.with_endpoint(ep);
+                }
+                Arc::new(b.build().map_err(|e| EngineError::Backend(e.to_string()))?)
+            }
+        };
+        Ok(Backend {
+            store,
+            prefix: pool.to_string(),
+            rt,
+            retry,
+            faults: Arc::new(FaultInjector::default()),
+            counters: BackendCounters::default(),
+            shutdown: AtomicBool::new(false),
+        })
+    }
+
+    /// Makes retry-forever loops give up (pool shutdown).
+    pub fn begin_shutdown(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+    }
+
+    fn path(&self, key: &str) -> ObjPath {
+        ObjPath::from(format!("{}/{}", self.prefix, key))
+    }
+
+    fn with_retry<T>(
+        &self,
+        op: &str,
+        key: &str,
+        forever: bool,
+        mut f: impl FnMut() -> EngineResult<T>,
+    ) -> EngineResult<T> {
+        let mut attempt: u32 = 0;
+        let mut delay = self.retry.base_delay;
+        loop {
+            let r = self.faults.before_call(op).and_then(|()| f());
+            match r {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() => {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    attempt += 1;
+                    let give_up = if forever {
+                        self.shutdown.load(Ordering::SeqCst)
+                    } else {
+                        attempt >= self.retry.max_attempts.max(1)
+                    };
+                    if give_up {
+                        return Err(e);
+                    }
+                    tracing::debug!(op, key, attempt, error = %e, "backend call failed; retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(self.retry.max_delay);
+                }
+                Err(e) => {
+                    if !matches!(e, EngineError::ObjectNotFound(_)) {
+                        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Stores an object. `forever` retries until success or shutdown.
+    pub fn put(&self, key: &str, data: Bytes, forever: bool) -> EngineResult<()> {
+        let path = self.path(key);
+        let len = data.len() as u64;
+        self.with_retry("put", key, forever, || {
+            self.rt
+                .block_on(self.store.put(&path, PutPayload::from_bytes(data.clone())))
+                .map(|_| ())
+                .map_err(|e| map_err(e, key))
+        })?;
+        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        self.counters.put_bytes.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Fetches a whole object.
+    pub fn get(&self, key: &str) -> EngineResult<Bytes> {
+        let path = self.path(key);
+        let data = self.with_retry("get", key, false, || {
+            self.rt
+                .block_on(async {
+                    let r = self.store.get(&path).await?;
+                    r.bytes().await
+                })
+                .map_err(|e| map_err(e, key))
+        })?;
+        self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .get_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(self.faults.maybe_corrupt(data))
+    }
+
+    /// Fetches `range` of an object (ranged GET).
+    pub fn get_range(&self, key: &str, range: Range<u64>) -> EngineResult<Bytes> {
+        let path = self.path(key);
+        let want = range.end - range.start;
+        let data = self.with_retry("get_range", key, false, || {
+            self.rt
+                .block_on(self.store.get_range(&path, range.clone()))
+                .map_err(|e| map_err(e, key))
+        })?;
+        if data.len() as u64 != want {
+            return Err(EngineError::corrupt(
+                key.to_string(),
+                format!("ranged GET returned {} bytes, wanted {want}", data.len()),
+            ));
+        }
+        self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        self.counters.get_bytes.fetch_add(want, Ordering::Relaxed);
+        Ok(self.faults.maybe_corrupt(data))
+    }
+
+    /// Deletes an object; a missing object is not an error.
+    pub fn delete(&self, key: &str, forever: bool) -> EngineResult<()> {
+        let path = self.path(key);
+        let r = self.with_retry("delete", key, forever, || {
+            self.rt
+                .block_on(self.store.delete(&path))
+                .map_err(|e| map_err(e, key))
+        });
+        match r {
+            Ok(()) | Err(EngineError::ObjectNotFound(_)) => {
+                self.counters.deletes.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lists objects under `prefix` (relative keys and sizes).
+    pub fn list(&self, prefix: &str) -> EngineResult<Vec<(String, u64)>> {
+        let p = self.path(prefix.trim_end_matches('/'));
+        let strip = format!("{}/", self.prefix);
+        self.with_retry("list", prefix, false, || {
+            self.rt.block_on(async {
+                let mut out = Vec::new();
+                let mut s = self.store.list(Some(&p));
+                while let Some(item) = s.next().await {
+                    let m = item.map_err(|e| map_err(e, prefix))?;
+                    let full = m.location.to_string();
+                    if let Some(rel) = full.strip_prefix(&strip) {
+                        out.push((rel.to_string(), m.size));
+                    }
+                }
+                Ok(out)
+            })
+        })
+    }
+}

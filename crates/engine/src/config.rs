@@ -1,0 +1,146 @@
+//! vPool configuration: where flash and backend are, and the knobs that
+//! bound memory, flash and unshipped data. Defaults are chosen so a vPool is
+//! usable without tuning; [`VPoolConfig::validate`] rejects combinations that
+//! would make it unusable (the classic OVS write-buffer mis-sizing).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{EngineError, EngineResult};
+use crate::format::CLUSTER_SIZE_U64;
+
+/// Where a vPool keeps its objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendConfig {
+    /// A local directory (embedded default; also what tests use).
+    Local {
+        /// Root directory; created if missing.
+        path: PathBuf,
+    },
+    /// Any S3-compatible store (TLS via rustls).
+    S3 {
+        /// Endpoint URL (`https://host:port`); `None` means AWS for `region`.
+        endpoint: Option<String>,
+        /// Bucket (must exist).
+        bucket: String,
+        /// Region name (any string for most non-AWS servers).
+        region: String,
+        /// Access key id.
+        access_key_id: String,
+        /// Secret access key.
+        secret_access_key: String,
+        /// Permit plain-HTTP endpoints (tests, loopback).
+        allow_http: bool,
+    },
+}
+
+/// Retry policy for backend calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts for foreground calls (reads on a cache miss, admin calls)
+    /// before reporting [`EngineError::BackendUnavailable`]. Background
+    /// uploads retry forever.
+    pub max_attempts: u32,
+    /// First backoff delay; doubles per attempt.
+    pub base_delay: Duration,
+    /// Backoff ceiling.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Configuration of one vPool (a backend plus a flash directory, shared by
+/// its vDisks).
+#[derive(Debug, Clone)]
+pub struct VPoolConfig {
+    /// vPool name; also the key prefix of everything it stores on the backend.
+    pub name: String,
+    /// Object backend.
+    pub backend: BackendConfig,
+    /// Flash directory: containers, logs, read cache, RocksDB index.
+    pub cache_dir: PathBuf,
+    /// Read-cache capacity in bytes (rounded down to clusters; 0 disables).
+    pub read_cache_bytes: u64,
+    /// Per-vDisk cap on data written but not yet on the backend; writes are
+    /// throttled (never failed) above it.
+    pub write_buffer_bytes: u64,
+    /// Container (SCO) size in bytes, header included. Default 64 MiB.
+    pub container_bytes: u64,
+    /// Shipped containers kept on flash per vDisk (as a local read tier)
+    /// before the oldest are deleted. Default: `write_buffer_bytes`.
+    pub keep_shipped_bytes: u64,
+    /// An open container older than this is closed and shipped even if not
+    /// full: this bounds the recovery point of a restart from the backend.
+    pub ship_interval: Duration,
+    /// How often uncommitted index updates are made durable in the
+    /// background (bounds replay work and memory; writes asking for FUA or
+    /// flush never wait for this).
+    pub sync_interval: Duration,
+    /// Scrub rewrites containers whose live fraction is below this.
+    pub scrub_live_ratio: f64,
+    /// Backend retry policy.
+    pub retry: RetryPolicy,
+}
+
+impl VPoolConfig {
+    /// A config with defaults for everything but the essentials.
+    pub fn new(name: impl Into<String>, backend: BackendConfig, cache_dir: PathBuf) -> Self {
+        VPoolConfig {
+            name: name.into(),
+            backend,
+            cache_dir,
+            read_cache_bytes: 1 << 30,
+            write_buffer_bytes: 1 << 30,
+            container_bytes: 64 << 20,
+            keep_shipped_bytes: 1 << 30,
+            ship_interval: Duration::from_secs(30),
+            sync_interval: Duration::from_secs(1),
+            scrub_live_ratio: 0.5,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Checks the configuration is usable.
+    pub fn validate(&self) -> EngineResult<()> {
+        crate::pool::check_name(&self.name, "vPool name")?;
+        if self.container_bytes < 2 * CLUSTER_SIZE_U64
+            || self.container_bytes % CLUSTER_SIZE_U64 != 0
+            || self.container_bytes > (1 << 36)
+        {
+            return Err(EngineError::InvalidArgument(format!(
+                "container_bytes {} must be a multiple of 4096 between 8 KiB and 64 GiB",
+                self.container_bytes
+            )));
+        }
+        if self.write_buffer_bytes < self.container_bytes {
+            return Err(EngineError::InvalidArgument(format!(
+                "write_buffer_bytes {} must hold at least one container ({} bytes)",
+                self.write_buffer_bytes, self.container_bytes
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.scrub_live_ratio) {
+            return Err(EngineError::InvalidArgument(
+                "scrub_live_ratio must be within 0..=1".into(),
+            ));
+        }
+        if let BackendConfig::S3 { bucket, .. } = &self.backend
+            && bucket.is_empty()
+        {
+            return Err(EngineError::InvalidArgument("S3 bucket is empty".into()));
+        }
+        Ok(())
+    }
+
+    /// Clusters per container (header excluded).
+    pub fn container_slots(&self) -> u32 {
+        u32::try_from(self.container_bytes / CLUSTER_SIZE_U64 - 1).unwrap_or(u32::MAX)
+    }
+}

@@ -1,0 +1,253 @@
+//! The RocksDB index: LBA → location per (volume, cluster, generation), plus
+//! per-volume metadata, replay markers and the local name catalog.
+//!
+//! Invariants:
+//! - The index is never ahead of what the logs can rebuild: entries are
+//!   written only after the tlog records (and the container data) they
+//!   describe were fdatasync'ed, together with the replay marker, in one
+//!   atomic write batch. Unsynced RocksDB writes are therefore safe to lose;
+//!   replay from the marker recovers them.
+//! - A lookup at generation `g` returns the newest entry with generation ≤ `g`
+//!   (`seek_for_prev`), which is what makes snapshots O(1).
+
+use std::path::Path;
+
+use rocksdb::{DB, Options, WriteBatch, WriteOptions};
+
+use crate::error::{EngineError, EngineResult};
+use crate::format::{Mapping, keys};
+use crate::meta::VolumeMeta;
+
+/// The vPool's RocksDB instance.
+pub struct Index {
+    db: DB,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Index")
+    }
+}
+
+/// One index update.
+pub type Entry = (u64, u32, Mapping);
+
+impl Index {
+    /// Opens (creating) the index at `path`.
+    pub fn open(path: &Path) -> EngineResult<Self> {
+        let mut o = Options::default();
+        o.create_if_missing(true);
+        o.set_max_open_files(256);
+        o.set_keep_log_file_num(4);
+        Ok(Index {
+            db: DB::open(&o, path)?,
+        })
+    }
+
+    /// Newest entry for `cluster` with generation ≤ `generation`.
+    pub fn lookup(&self, vol: u64, cluster: u64, generation: u32) -> EngineResult<Option<(u32, Mapping)>> {
+        let mut it = self.db.raw_iterator();
+        it.seek_for_prev(keys::index(vol, cluster, generation));
+        if !it.valid() {
+            it.status()?;
+            return Ok(None);
+        }
+        let (Some(k), Some(v)) = (it.key(), it.value()) else {
+            return Ok(None);
+        };
+        match keys::parse_index(k) {
+            Some((kv, kc, kg)) if kv == vol && kc == cluster => {
+                Ok(Some((kg, Mapping::decode_value(v)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Writes entries and the replay marker atomically (not synced: the
+    /// logs are the durable copy).
+    pub fn commit(&self, vol: u64, entries: &[Entry], applied: (u64, u64)) -> EngineResult<()> {
+        let mut b = WriteBatch::default();
+        for (c, g, m) in entries {
+            b.put(keys::index(vol, *c, *g), m.encode_value());
+        }
+        b.put(keys::per_volume(keys::APPLIED, vol), encode_applied(applied));
+        let mut wo = WriteOptions::default();
+        wo.set_sync(false);
+        self.db.write_opt(b, &wo)?;
+        Ok(())
+    }
+
+    /// Replay marker: (tlog seq, records of it applied).
+    pub fn applied(&self, vol: u64) -> EngineResult<(u64, u64)> {
+        match self.db.get(keys::per_volume(keys::APPLIED, vol))? {
+            Some(v) if v.len() == 16 => {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(&v[0..8]);
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&v[8..16]);
+                Ok((u64::from_le_bytes(a), u64::from_le_bytes(b)))
+            }
+            Some(_) => Err(EngineError::corrupt("replay marker", "bad length")),
+            None => Ok((0, 0)),
+        }
+    }
+
+    /// Loads a volume's metadata.
+    pub fn meta(&self, vol: u64) -> EngineResult<Option<VolumeMeta>> {
+        match self.db.get(keys::per_volume(keys::META, vol))? {
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| EngineError::corrupt("volume metadata", e.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds a metadata write to a batch.
+    pub fn put_meta(b: &mut WriteBatch, meta: &VolumeMeta) -> EngineResult<()> {
+        let v = serde_json::to_vec(meta)
+            .map_err(|e| EngineError::corrupt("volume metadata", e.to_string()))?;
+        b.put(keys::per_volume(keys::META, meta.id), v);
+        Ok(())
+    }
+
+    /// Adds the replay marker to a batch.
+    pub fn put_applied(b: &mut WriteBatch, vol: u64, applied: (u64, u64)) {
+        b.put(keys::per_volume(keys::APPLIED, vol), encode_applied(applied));
+    }
+
+    /// Writes a batch durably (metadata changes).
+    pub fn write_sync(&self, b: WriteBatch) -> EngineResult<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(b, &wo)?;
+        Ok(())
+    }
+
+    /// Writes a batch without sync.
+    pub fn write(&self, b: WriteBatch) -> EngineResult<()> {
+        self.db.write(b)?;
+        Ok(())
+    }
+
+    /// Local name → id.
+    pub fn name_to_id(&self, name: &str) -> EngineResult<Option<u64>> {
+        match self.db.get(keys::name(name))? {
+            Some(v) if v.len() == 8 => {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(&v);
+                Ok(Some(u64::from_le_bytes(a)))
+            }
+            Some(_) => Err(EngineError::corrupt("name entry", "bad length")),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds a name entry to a batch.
+    pub fn put_name(b: &mut WriteBatch, name: &str, id: u64) {
+        b.put(keys::name(name), id.to_le_bytes());
+    }
+
+    /// All locally known volume names.
+    pub fn names(&self) -> EngineResult<Vec<String>> {
+        let mut out = Vec::new();
+        let mut it = self.db.raw_iterator();
+        it.seek([keys::NAME]);
+        while it.valid() {
+            let Some(k) = it.key() else { break };
+            if k.first() != Some(&keys::NAME) {
+                break;
+            }
+            out.push(String::from_utf8_lossy(&k[1..]).into_owned());
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// Removes everything a volume has in the index.
+    pub fn delete_volume(&self, vol: u64, name: &str) -> EngineResult<()> {
+        let mut b = WriteBatch::default();
+        let from = keys::index(vol, 0, 0).to_vec();
+        let to = match vol.checked_add(1) {
+            Some(next) => keys::per_volume(keys::INDEX, next).to_vec(),
+            None => vec![keys::INDEX + 1],
+        };
+        b.delete_range(from, to);
+        b.delete(keys::per_volume(keys::META, vol));
+        b.delete(keys::per_volume(keys::APPLIED, vol));
+        b.delete(keys::name(name));
+        self.write_sync(b)
+    }
+
+    /// Calls `f(cluster, generation, mapping)` for every entry of `vol` with
+    /// cluster in `[from, to)`, in key order. `f` returns false to stop.
+    pub fn scan(
+        &self,
+        vol: u64,
+        from: u64,
+        to: u64,
+        mut f: impl FnMut(u64, u32, Mapping) -> bool,
+    ) -> EngineResult<()> {
+        let mut it = self.db.raw_iterator();
+        scan_iter(&mut it, vol, from, to, &mut f)
+    }
+
+    /// A point-in-time view (for checkpoints).
+    pub fn snapshot(&self) -> rocksdb::Snapshot<'_> {
+        self.db.snapshot()
+    }
+
+    /// Scans a snapshot like [`Index::scan`].
+    pub fn scan_snapshot(
+        snap: &rocksdb::Snapshot<'_>,
+        vol: u64,
+        mut f: impl FnMut(u64, u32, Mapping) -> bool,
+    ) -> EngineResult<()> {
+        let mut it = snap.raw_iterator();
+        scan_iter(&mut it, vol, 0, u64::MAX, &mut f)
+    }
+
+    /// Makes the RocksDB WAL durable (before local tlogs are deleted).
+    pub fn sync_wal(&self) -> EngineResult<()> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    /// Raw access for batch construction helpers.
+    pub fn get_raw(&self, key: &[u8]) -> EngineResult<Option<Vec<u8>>> {
+        Ok(self.db.get(key)?)
+    }
+}
+
+fn scan_iter<D: rocksdb::DBAccess>(
+    it: &mut rocksdb::DBRawIteratorWithThreadMode<'_, D>,
+    vol: u64,
+    from: u64,
+    to: u64,
+    f: &mut impl FnMut(u64, u32, Mapping) -> bool,
+) -> EngineResult<()> {
+    it.seek(keys::index(vol, from, 0));
+    while it.valid() {
+        let (Some(k), Some(v)) = (it.key(), it.value()) else {
+            break;
+        };
+        match keys::parse_index(k) {
+            Some((kv, c, g)) if kv == vol && c < to => {
+                if !f(c, g, Mapping::decode_value(v)?) {
+                    return Ok(());
+                }
+            }
+            _ => break,
+        }
+        it.next();
+    }
+    it.status()?;
+    Ok(())
+}
+
+fn encode_applied(a: (u64, u64)) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[0..8].copy_from_slice(&a.0.to_le_bytes());
+    v[8..16].copy_from_slice(&a.1.to_le_bytes());
+    v
+}

@@ -1,0 +1,267 @@
+//! Scrubbing: reclaiming backend space held by overwritten, unmapped,
+//! rolled-back or deleted-snapshot data.
+//!
+//! Per volume, under its admin lock:
+//! 1. *Cut*: seal and sync, take a RocksDB snapshot, ship everything before
+//!    the cut. The snapshot's entries are exactly "checkpoint + tlogs before
+//!    the cut".
+//! 2. *Measure*: every index entry is live (snapshot deletion and rollback
+//!    already removed unreachable ones), so live clusters per container come
+//!    from one scan. Containers created after the cut are never touched.
+//! 3. *Rewrite*: containers below `scrub_live_ratio` have their live
+//!    clusters (crc-checked) copied into new containers, which are uploaded.
+//! 4. *Checkpoint*: the cut entries with relocations applied are uploaded as
+//!    a new checkpoint object; then the live index is updated (only where an
+//!    entry still points at the old location), then the manifest is switched
+//!    to the checkpoint and the tlogs after the cut.
+//! 5. *Delete*: only now are old containers, folded tlogs, old checkpoints
+//!    and any other unreferenced object of the volume deleted.
+//!
+//! Interrupting at any point is safe: before step 4's manifest switch the
+//! old manifest still names only old objects (new ones are unreferenced);
+//! after it, old objects are unreferenced. Either way the next scrub's
+//! step 5 deletes whatever is unreferenced, so nothing leaks and no live data
+//! is lost.
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+use rocksdb::WriteBatch;
+
+use crate::backend;
+use crate::error::{EngineError, EngineResult};
+use crate::format::{
+    CLUSTER_SIZE, CLUSTER_SIZE_U64, CONTAINER_VERSION, CheckpointEntry, ContainerHeader, Location,
+    Mapping, encode_checkpoint, keys, slot_offset,
+};
+use crate::index::Index;
+use crate::pool::ScrubReport;
+use crate::volume::Volume;
+
+fn seq_of(key: &str, dir: &str) -> Option<u64> {
+    let rest = key.rsplit_once(dir)?.1;
+    if rest.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(rest, 16).ok()
+}
+
+struct Builder {
+    seq: u64,
+    data: Vec<u8>,
+    slots: u32,
+}
+
+pub(crate) fn scrub_volume(vol: &Volume, report: &mut ScrubReport) -> EngineResult<()> {
+    let _a = vol.admin_lock();
+    let shared = &vol.shared;
+    let be = &shared.backend;
+    let id = vol.id;
+    // 1. Cut.
+    let (cut_tlog, cut_container, snap) = vol.cut()?;
+    while vol.ship_one(false)? {}
+    if vol.meta.lock().shipped.next_tlog < cut_tlog {
+        return Err(EngineError::BackendUnavailable(
+            "could not ship everything before the scrub cut".into(),
+        ));
+    }
+    // 2. Measure.
+    let mut entries: Vec<(u64, u32, Mapping)> = Vec::new();
+    Index::scan_snapshot(&snap, id, |c, g, m| {
+        entries.push((c, g, m));
+        true
+    })?;
+    drop(snap);
+    let mut live: HashMap<u64, u32> = HashMap::new();
+    for (_, _, m) in &entries {
+        if let Mapping::Data(l) = m {
+            *live.entry(l.container).or_default() += 1;
+        }
+    }
+    let prefix = backend::volume_prefix(id);
+    let objects = be.list(&prefix)?;
+    let ratio = shared.cfg.scrub_live_ratio;
+    let mut rewrite: HashSet<u64> = HashSet::new();
+    let mut sizes: HashMap<u64, u64> = HashMap::new();
+    for (k, size) in &objects {
+        let Some(seq) = seq_of(k, "/sco/") else {
+            continue;
+        };
+        sizes.insert(seq, *size);
+        if seq >= cut_container {
+            continue;
+        }
+        let slots = (size / CLUSTER_SIZE_U64).saturating_sub(1).max(1);
+        if let Some(&n) = live.get(&seq)
+            && (f64::from(n) / slots as f64) < ratio
+        {
+            rewrite.insert(seq);
+        }
+    }
+    // 3. Rewrite.
+    let cap = shared.cfg.container_slots();
+    let mut reloc: HashMap<(u64, u32), (u64, u32)> = HashMap::new();
+    let mut by_container: HashMap<u64, Vec<Location>> = HashMap::new();
+    for (_, _, m) in &entries {
+        if let Mapping::Data(l) = m
+            && rewrite.contains(&l.container)
+        {
+            by_container.entry(l.container).or_default().push(*l);
+        }
+    }
+    let mut builder: Option<Builder> = None;
+    let finish = |b: Builder, report: &mut ScrubReport| -> EngineResult<()> {
+        be.put(&backend::container_key(id, b.seq), Bytes::from(b.data.clone()), false)?;
+        vol.adopt_local_container(b.seq, &b.data)?;
+        report.clusters_moved += u64::from(b.slots);
+        Ok(())
+    };
+    let mut order: Vec<u64> = by_container.keys().copied().collect();
+    order.sort_unstable();
+    for cseq in order {
+        let data = vol.fetch_container(cseq)?;
+        let mut locs = by_container.remove(&cseq).unwrap_or_default();
+        locs.sort_by_key(|l| l.slot);
+        locs.dedup_by_key(|l| l.slot);
+        for l in locs {
+            let off = slot_offset(l.slot) as usize;
+            let Some(chunk) = data.get(off..off + CLUSTER_SIZE) else {
+                return Err(EngineError::corrupt(
+                    format!("container {cseq:016x}"),
+                    "shorter than its index says",
+                ));
+            };
+            if crc32c::crc32c(chunk) != l.crc {
+                return Err(EngineError::Integrity {
+                    what: format!("container {cseq:016x} slot {}", l.slot),
+                    detail: "crc32c mismatch while scrubbing; container left untouched".into(),
+                    lba: None,
+                });
+            }
+            if builder.as_ref().is_some_and(|b| b.slots >= cap) {
+                if let Some(b) = builder.take() {
+                    finish(b, report)?;
+                }
+            }
+            let b = builder.get_or_insert_with(|| {
+                let seq = vol.alloc_container();
+                let hdr = ContainerHeader {
+                    version: CONTAINER_VERSION,
+                    flags: 0,
+                    volume_id: id,
+                    seq,
+                };
+                Builder {
+                    seq,
+                    data: hdr.encode().to_vec(),
+                    slots: 0,
+                }
+            });
+            b.data.extend_from_slice(chunk);
+            reloc.insert((cseq, l.slot), (b.seq, b.slots));
+            b.slots += 1;
+        }
+    }
+    if let Some(b) = builder.take() {
+        finish(b, report)?;
+    }
+    report.containers_rewritten += rewrite.len();
+    // 4. Checkpoint, live index, manifest.
+    let relocate = |m: Mapping| -> Mapping {
+        match m {
+            Mapping::Data(l) => match reloc.get(&(l.container, l.slot)) {
+                Some(&(c, s)) => Mapping::Data(Location {
+                    container: c,
+                    slot: s,
+                    ..l
+                }),
+                None => m,
+            },
+            Mapping::Unmapped => m,
+        }
+    };
+    let ck_entries: Vec<CheckpointEntry> = entries
+        .iter()
+        .map(|&(cluster, generation, m)| CheckpointEntry {
+            cluster,
+            generation,
+            mapping: relocate(m),
+        })
+        .collect();
+    let referenced: HashSet<u64> = ck_entries
+        .iter()
+        .filter_map(|e| match e.mapping {
+            Mapping::Data(l) => Some(l.container),
+            Mapping::Unmapped => None,
+        })
+        .collect();
+    let ck_seq = vol
+        .meta
+        .lock()
+        .shipped
+        .checkpoint
+        .map_or(0, |(s, _)| s + 1);
+    be.put(
+        &backend::checkpoint_key(id, ck_seq),
+        Bytes::from(encode_checkpoint(id, cut_tlog, &ck_entries)),
+        false,
+    )?;
+    report.checkpoints_written += 1;
+    if !reloc.is_empty() {
+        let _ig = vol.index_guard();
+        let mut b = WriteBatch::default();
+        for &(c, g, m) in &entries {
+            let new = relocate(m);
+            if new == m {
+                continue;
+            }
+            if let Some((cg, cur)) = shared.index.lookup(id, c, g)?
+                && cg == g
+                && cur == m
+            {
+                b.put(keys::index(id, c, g), new.encode_value());
+            }
+        }
+        shared.index.write_sync(b)?;
+    }
+    {
+        let _s = vol.ship_guard();
+        {
+            let mut m = vol.meta.lock();
+            m.shipped.checkpoint = Some((ck_seq, cut_tlog));
+            m.shipped.tlogs.retain(|t| t.seq >= cut_tlog);
+            vol.persist_meta(&m)?;
+        }
+        vol.upload_manifest(false)?;
+    }
+    // 5. Delete what nothing references any more.
+    for (k, size) in &objects {
+        let del = if let Some(seq) = seq_of(k, "/sco/") {
+            seq < cut_container && !referenced.contains(&seq)
+        } else if let Some(seq) = seq_of(k, "/tlog/") {
+            seq < cut_tlog
+        } else if let Some(seq) = seq_of(k, "/ckpt/") {
+            seq != ck_seq
+        } else {
+            false
+        };
+        if !del {
+            continue;
+        }
+        be.delete(k, false)?;
+        report.bytes_reclaimed += size;
+        if let Some(seq) = seq_of(k, "/sco/") {
+            vol.drop_local_container(seq);
+            if rewrite.contains(&seq) || live.get(&seq).is_none_or(|n| *n == 0) {
+                report.containers_deleted += 1;
+            }
+            if !rewrite.contains(&seq) && live.contains_key(&seq) {
+                report.orphans_deleted += 1;
+            }
+        } else if seq_of(k, "/tlog/").is_some() {
+            report.tlogs_deleted += 1;
+        }
+    }
+    let _ = sizes;
+    Ok(())
+}

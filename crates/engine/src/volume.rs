@@ -1,0 +1,1922 @@
+//! One vDisk: the log-structured, tiered `BlockDevice`.
+//!
+//! Write path: clusters are appended to the open container (SCO) and a
+//! 64-byte record per cluster to the open tlog buffer, under the writer lock;
+//! the mapping goes into the in-memory memtable (visible to reads at once) and
+//! the pending list. A sync (FUA, flush, timer, seal) runs as group commit:
+//! one leader grabs the pending work under the writer lock, fdatasyncs the
+//! containers then the tlogs without holding it, then commits the pending
+//! mappings + replay marker to RocksDB; every writer that arrived before the
+//! grab is covered by that one sync.
+//!
+//! Read path: memtable → RocksDB (newest generation ≤ read generation) → parent chain;
+//! data: local container → read cache → ranged GET, crc32c checked on every
+//! path.
+//!
+//! Lock order (never acquired in the other direction):
+//! `admin` → `ship_lock` → stripe locks → `writer` → `commit` → `index_lock`
+//! → `memtable` / `meta` / `files`.
+//!
+//! Invariants:
+//! - A record is appended only after its cluster data was written to the
+//!   container; data is pwritten only under the writer lock, so a completed
+//!   sync covers every record before its grab.
+//! - RocksDB only ever receives mappings whose data and records are durable.
+//! - Segments (a sealed tlog and its containers) ship in order; the backend
+//!   manifest is written after the objects it names.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use depot_block::{BlockDevice, BlockError, BlockResult, Provisioning, blocks_in};
+use parking_lot::{Condvar, Mutex, RwLock};
+use rocksdb::WriteBatch;
+
+use crate::backend;
+use crate::error::{EngineError, EngineResult};
+use crate::format::{
+    CLUSTER_SIZE, CLUSTER_SIZE_U64, CONTAINER_VERSION, ContainerHeader, Location, Mapping,
+    TLOG_HEADER_SIZE, TLOG_RECORD_SIZE, TLOG_VERSION, TlogHeader, TlogRecord, content_hash,
+    slot_offset,
+};
+use crate::index::{Entry, Index};
+use crate::meta::{SnapshotMeta, TlogRef, VolumeMeta};
+use crate::pool::Shared;
+
+const STRIPES: usize = 64;
+const TLOG_BUF_FLUSH: usize = 64 * 1024;
+
+/// A snapshot as the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Name.
+    pub name: String,
+    /// Creation time (Unix seconds).
+    pub created_unix: u64,
+    /// Internal generation number.
+    pub generation: u32,
+    /// Whether all its data is on the backend.
+    pub on_backend: bool,
+    /// Number of clones made from it.
+    pub clones: usize,
+}
+
+/// Per-volume numbers the daemon can export.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VolumeStats {
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Bytes written but not yet on the backend (the write buffer in use).
+    pub unshipped_bytes: u64,
+    /// Containers waiting to ship.
+    pub segments_waiting: usize,
+    /// Bytes of shipped containers kept on flash.
+    pub local_shipped_bytes: u64,
+    /// Read calls.
+    pub reads: u64,
+    /// Write calls.
+    pub writes: u64,
+    /// Clusters read from a local container.
+    pub local_reads: u64,
+    /// Clusters read from the backend.
+    pub backend_reads: u64,
+    /// Syncs performed (group-commit leaders).
+    pub syncs: u64,
+    /// Times a writer had to wait for uploads (write buffer full).
+    pub throttled: u64,
+    /// Number of snapshots.
+    pub snapshots: usize,
+    /// Whether the volume is a template.
+    pub template: bool,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    local_reads: AtomicU64,
+    backend_reads: AtomicU64,
+    syncs: AtomicU64,
+    throttled: AtomicU64,
+}
+
+struct OpenContainer {
+    seq: u64,
+    file: Arc<File>,
+    next_slot: u32,
+    opened: Instant,
+}
+
+struct OpenTlog {
+    seq: u64,
+    generation: u32,
+    file: Arc<File>,
+    on_file: u64,
+    buf: Vec<u8>,
+    containers: Vec<u64>,
+}
+
+impl OpenTlog {
+    fn flush_buf(&mut self) -> EngineResult<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let off = TLOG_HEADER_SIZE as u64 + self.on_file * TLOG_RECORD_SIZE as u64;
+        self.file
+            .write_all_at(&self.buf, off)
+            .map_err(|e| EngineError::io("appending to the tlog", e))?;
+        self.on_file += (self.buf.len() / TLOG_RECORD_SIZE) as u64;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+/// A sealed tlog and the containers it references, waiting to ship.
+#[derive(Debug, Clone)]
+pub(crate) struct Segment {
+    tlog: u64,
+    generation: u32,
+    containers: Vec<u64>,
+    bytes: u64,
+    write_seq: u64,
+}
+
+struct Writer {
+    generation: u32,
+    container: Option<OpenContainer>,
+    tlog: Option<OpenTlog>,
+    next_container: u64,
+    next_tlog: u64,
+    unsynced: Vec<Arc<File>>,
+    dir_dirty: bool,
+    pending: Vec<Entry>,
+    write_seq: u64,
+    segments: VecDeque<Segment>,
+    shipped_local: VecDeque<(u64, u64)>,
+    shipped_local_bytes: u64,
+}
+
+struct SyncWork {
+    files: Vec<Arc<File>>,
+    entries: Vec<Entry>,
+    applied: (u64, u64),
+    upto: u64,
+    dir_sync: bool,
+}
+
+#[derive(Default)]
+struct CommitState {
+    durable: u64,
+    syncing: bool,
+}
+
+type MemTable = BTreeMap<(u64, u32), (u64, Mapping)>;
+
+/// A vDisk. Implements [`BlockDevice`]; clone and snapshot management is on
+/// the inherent methods.
+pub struct Volume {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) id: u64,
+    name: String,
+    dir: PathBuf,
+    block_size: u32,
+    num_blocks: AtomicU64,
+    head_gen: AtomicU32,
+    template: AtomicBool,
+    pub(crate) parent: Option<(Arc<Volume>, u32)>,
+    pub(crate) meta: Mutex<VolumeMeta>,
+    meta_dirty: AtomicBool,
+    writer: Mutex<Writer>,
+    memtable: RwLock<MemTable>,
+    commit: Mutex<CommitState>,
+    commit_cv: Condvar,
+    index_lock: Mutex<()>,
+    stripes: Vec<Mutex<()>>,
+    files: Mutex<HashMap<u64, Arc<File>>>,
+    ship_lock: Mutex<()>,
+    admin: Mutex<()>,
+    throttle_lock: Mutex<()>,
+    throttle_cv: Condvar,
+    unshipped: AtomicU64,
+    failed: Mutex<Option<String>>,
+    closed: AtomicBool,
+    last_sync: Mutex<Instant>,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Volume")
+            .field("name", &self.name)
+            .field("id", &format_args!("{:016x}", self.id))
+            .finish()
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn sync_dir(dir: &Path) -> EngineResult<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| EngineError::io(format!("syncing directory {}", dir.display()), e))
+}
+
+/// Parses `0123abcd...` file names (16 hex digits + extension).
+fn parse_seq(name: &str, ext: &str) -> Option<u64> {
+    let stem = name.strip_suffix(ext)?;
+    if stem.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(stem, 16).ok()
+}
+
+fn list_seqs(dir: &Path, ext: &str) -> EngineResult<Vec<u64>> {
+    let mut out = Vec::new();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(EngineError::io(format!("listing {}", dir.display()), e)),
+    };
+    for ent in rd {
+        let ent = ent.map_err(|e| EngineError::io("listing the volume directory", e))?;
+        if let Some(s) = ent.file_name().to_str().and_then(|n| parse_seq(n, ext)) {
+            out.push(s);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Where a cluster's data comes from.
+#[derive(Clone, Copy)]
+struct Resolved<'a> {
+    owner: &'a Volume,
+    loc: Location,
+}
+
+impl Volume {
+    fn container_path(&self, seq: u64) -> PathBuf {
+        self.dir.join("containers").join(format!("{seq:016x}.sco"))
+    }
+    fn tlog_path(&self, seq: u64) -> PathBuf {
+        self.dir.join("tlogs").join(format!("{seq:016x}.tlog"))
+    }
+
+    /// Volume name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Volume id (hex in backend keys).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Builds the in-memory volume and replays local tlogs. `meta` comes
+    /// from the local index (or was just restored from the backend).
+    pub(crate) fn load(
+        shared: Arc<Shared>,
+        meta: VolumeMeta,
+        parent: Option<(Arc<Volume>, u32)>,
+    ) -> EngineResult<Arc<Volume>> {
+        let dir = shared.dir.join("vols").join(format!("{:016x}", meta.id));
+        for sub in ["containers", "tlogs"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(|e| EngineError::io(format!("creating {}", dir.display()), e))?;
+        }
+        let vol = Volume {
+            id: meta.id,
+            name: meta.name.clone(),
+            block_size: meta.block_size,
+            num_blocks: AtomicU64::new(meta.size_bytes / u64::from(meta.block_size)),
+            head_gen: AtomicU32::new(meta.head_gen),
+            template: AtomicBool::new(meta.template),
+            parent,
+            writer: Mutex::new(Writer {
+                generation: meta.head_gen,
+                container: None,
+                tlog: None,
+                next_container: meta.next_container,
+                next_tlog: meta.next_tlog,
+                unsynced: Vec::new(),
+                dir_dirty: false,
+                pending: Vec::new(),
+                write_seq: 0,
+                segments: VecDeque::new(),
+                shipped_local: VecDeque::new(),
+                shipped_local_bytes: 0,
+            }),
+            meta: Mutex::new(meta),
+            meta_dirty: AtomicBool::new(false),
+            memtable: RwLock::new(BTreeMap::new()),
+            commit: Mutex::new(CommitState::default()),
+            commit_cv: Condvar::new(),
+            index_lock: Mutex::new(()),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            files: Mutex::new(HashMap::new()),
+            ship_lock: Mutex::new(()),
+            admin: Mutex::new(()),
+            throttle_lock: Mutex::new(()),
+            throttle_cv: Condvar::new(),
+            unshipped: AtomicU64::new(0),
+            failed: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            last_sync: Mutex::new(Instant::now()),
+            counters: Counters::default(),
+            shared,
+            dir,
+        };
+        vol.replay_local()?;
+        Ok(Arc::new(vol))
+    }
+
+    /// Local restart: replays tlogs from the replay marker, truncating at
+    /// the first torn record, and rebuilds the ship queue.
+    fn replay_local(&self) -> EngineResult<()> {
+        let index = &self.shared.index;
+        let (t0, r0) = index.applied(self.id)?;
+        let meta = self.meta.lock().clone();
+        let tlogs = list_seqs(&self.dir.join("tlogs"), ".tlog")?;
+        let containers = list_seqs(&self.dir.join("containers"), ".sco")?;
+        let mut open_files: HashMap<u64, File> = HashMap::new();
+        let mut stop = false;
+        let mut segments = VecDeque::new();
+        let mut max_tlog = None;
+        let mut referenced: BTreeSet<u64> = BTreeSet::new();
+        let mut buf = vec![0u8; CLUSTER_SIZE];
+        let mut batch: Vec<Entry> = Vec::new();
+        let last_tlog = tlogs.last().copied();
+        for &seq in &tlogs {
+            let path = self.tlog_path(seq);
+            if stop {
+                std::fs::remove_file(&path)
+                    .map_err(|e| EngineError::io("removing a tlog after a torn one", e))?;
+                continue;
+            }
+            max_tlog = Some(seq);
+            let data = std::fs::read(&path).map_err(|e| EngineError::io("reading a tlog", e))?;
+            let hdr = match TlogHeader::decode(&data) {
+                Ok(h) if h.volume_id == self.id && h.seq == seq => h,
+                _ if Some(seq) == last_tlog => {
+                    // Created but its header never reached the disk.
+                    std::fs::remove_file(&path)
+                        .map_err(|e| EngineError::io("removing a torn tlog", e))?;
+                    continue;
+                }
+                _ => {
+                    return Err(EngineError::corrupt(
+                        format!("tlog {seq:016x} of {}", self.name),
+                        "bad header",
+                    ));
+                }
+            };
+            if meta.is_discarded(hdr.generation) {
+                std::fs::remove_file(&path)
+                    .map_err(|e| EngineError::io("removing a rolled-back tlog", e))?;
+                continue;
+            }
+            let mut seg_containers: Vec<u64> = Vec::new();
+            let mut n = 0u64;
+            let mut valid_records = 0u64;
+            for rec in data[TLOG_HEADER_SIZE..].chunks(TLOG_RECORD_SIZE) {
+                let ok = match TlogRecord::decode(rec) {
+                    None => None,
+                    Some(r) => match r.mapping {
+                        Mapping::Unmapped => Some(r),
+                        Mapping::Data(l) => {
+                            // Verify the data reached the container too.
+                            let f = match open_files.entry(l.container) {
+                                std::collections::hash_map::Entry::Occupied(o) => Some(o.into_mut()),
+                                std::collections::hash_map::Entry::Vacant(v) => {
+                                    File::open(self.container_path(l.container)).ok().map(|f| v.insert(f))
+                                }
+                            };
+                            let good = f.is_some_and(|f| {
+                                l.len as usize == CLUSTER_SIZE
+                                    && f.read_exact_at(&mut buf, slot_offset(l.slot)).is_ok()
+                                    && crc32c::crc32c(&buf) == l.crc
+                            });
+                            good.then_some(r)
+                        }
+                    },
+                };
+                let Some(r) = ok else {
+                    stop = true;
+                    break;
+                };
+                if let Mapping::Data(l) = r.mapping
+                    && !seg_containers.contains(&l.container)
+                {
+                    seg_containers.push(l.container);
+                }
+                if seq > t0 || (seq == t0 && n >= r0) {
+                    batch.push((r.cluster, hdr.generation, r.mapping));
+                }
+                n += 1;
+                valid_records = n;
+            }
+            if stop {
+                tracing::warn!(volume = %self.name, tlog = seq, records = valid_records, "torn tlog tail truncated on replay");
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| EngineError::io("opening a torn tlog", e))?;
+                f.set_len(TLOG_HEADER_SIZE as u64 + valid_records * TLOG_RECORD_SIZE as u64)
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| EngineError::io("truncating a torn tlog", e))?;
+            }
+            if batch.len() > 65536 {
+                index.commit(self.id, &batch, (seq, n))?;
+                batch.clear();
+            }
+            referenced.extend(seg_containers.iter().copied());
+            if seq >= meta.shipped.next_tlog {
+                let bytes = seg_containers
+                    .iter()
+                    .map(|c| {
+                        std::fs::metadata(self.container_path(*c))
+                            .map(|m| m.len())
+                            .unwrap_or(0)
+                    })
+                    .sum();
+                segments.push_back(Segment {
+                    tlog: seq,
+                    generation: hdr.generation,
+                    containers: seg_containers,
+                    bytes,
+                    write_seq: 0,
+                });
+            }
+        }
+        let next_tlog = max_tlog.map_or(0, |m| m + 1).max(meta.next_tlog).max(t0);
+        index.commit(self.id, &batch, (next_tlog, 0))?;
+        // Everything replayed is in RocksDB; make it durable before
+        // deleting shipped tlogs.
+        index.sync_wal()?;
+        for &seq in &tlogs {
+            if seq < meta.shipped.next_tlog && self.tlog_path(seq).exists() {
+                let _ = std::fs::remove_file(self.tlog_path(seq));
+            }
+        }
+        let in_segments: BTreeSet<u64> = segments
+            .iter()
+            .flat_map(|s: &Segment| s.containers.iter().copied())
+            .collect();
+        let mut w = self.writer.lock();
+        w.next_tlog = next_tlog;
+        w.next_container = containers
+            .last()
+            .map_or(0, |m| m + 1)
+            .max(meta.next_container);
+        let mut unshipped = 0;
+        for s in &segments {
+            unshipped += s.bytes;
+        }
+        w.segments = segments;
+        for &c in &containers {
+            if !in_segments.contains(&c) {
+                let len = std::fs::metadata(self.container_path(c))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                w.shipped_local.push_back((c, len));
+                w.shipped_local_bytes += len;
+            }
+        }
+        self.unshipped.store(unshipped, Ordering::Relaxed);
+        let (nc, nt) = (w.next_container, w.next_tlog);
+        drop(w);
+        let mut m = self.meta.lock();
+        if m.next_container != nc || m.next_tlog != nt {
+            m.next_container = nc;
+            m.next_tlog = nt;
+            self.persist_meta(&m)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn persist_meta(&self, meta: &VolumeMeta) -> EngineResult<()> {
+        let mut b = WriteBatch::default();
+        Index::put_meta(&mut b, meta)?;
+        self.shared.index.write_sync(b)?;
+        self.meta_dirty.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn check_ok(&self) -> EngineResult<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(EngineError::ShutDown);
+        }
+        if let Some(f) = self.failed.lock().as_ref() {
+            return Err(EngineError::Failed(f.clone()));
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self) -> EngineResult<()> {
+        self.check_ok()?;
+        if self.template.load(Ordering::Relaxed) {
+            return Err(EngineError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    fn byte_range(&self, lba: u64, len: usize) -> EngineResult<(u64, u64)> {
+        let blocks = blocks_in(len, self.block_size)
+            .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
+        match lba.checked_add(blocks) {
+            Some(end) if end <= self.num_blocks.load(Ordering::Acquire) => {}
+            _ => return Err(EngineError::OutOfRange { lba, blocks }),
+        }
+        let bs = u64::from(self.block_size);
+        Ok((lba * bs, len as u64))
+    }
+
+    // ----------------------------------------------------------------- lookup
+
+    fn lookup_own(&self, cluster: u64, generation: u32) -> EngineResult<Option<Mapping>> {
+        {
+            let m = self.memtable.read();
+            if let Some((_, (_, mapping))) = m.range((cluster, 0)..=(cluster, generation)).next_back() {
+                return Ok(Some(*mapping));
+            }
+        }
+        Ok(self
+            .shared
+            .index
+            .lookup(self.id, cluster, generation)?
+            .map(|(_, m)| m))
+    }
+
+    fn resolve(&self, cluster: u64) -> EngineResult<Option<Resolved<'_>>> {
+        let mut vol: &Volume = self;
+        let mut generation = self.head_gen.load(Ordering::Acquire);
+        loop {
+            match vol.lookup_own(cluster, generation)? {
+                Some(Mapping::Data(loc)) => return Ok(Some(Resolved { owner: vol, loc })),
+                Some(Mapping::Unmapped) => return Ok(None),
+                None => match &vol.parent {
+                    Some((p, pg)) => {
+                        vol = p;
+                        generation = *pg;
+                    }
+                    None => return Ok(None),
+                },
+            }
+        }
+    }
+
+    fn container_file(&self, seq: u64) -> Option<Arc<File>> {
+        if let Some(f) = self.files.lock().get(&seq) {
+            return Some(f.clone());
+        }
+        let f = Arc::new(File::open(self.container_path(seq)).ok()?);
+        let mut files = self.files.lock();
+        if files.len() >= 256 {
+            files.clear();
+        }
+        files.insert(seq, f.clone());
+        Some(f)
+    }
+
+    /// Reads one cluster at `loc` (owned by `self`) into `out`, checking its
+    /// checksum on every path.
+    fn read_location(&self, loc: &Location, lba: u64, out: &mut [u8]) -> EngineResult<()> {
+        let out = &mut out[..CLUSTER_SIZE];
+        if loc.len as usize != CLUSTER_SIZE || loc.flags != 0 {
+            return Err(EngineError::Integrity {
+                what: format!("cluster in container {:016x}", loc.container),
+                detail: format!("unsupported stored length {} / flags {}", loc.len, loc.flags),
+                lba: Some(lba),
+            });
+        }
+        let mut local_bad = false;
+        if let Some(f) = self.container_file(loc.container)
+            && f.read_exact_at(out, slot_offset(loc.slot)).is_ok()
+        {
+            if crc32c::crc32c(out) == loc.crc {
+                self.counters.local_reads.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            local_bad = true;
+        }
+        let loc_id = self.id ^ loc.container.rotate_left(20) ^ u64::from(loc.slot);
+        if self.shared.cache.lookup(loc.hash, loc_id, loc.crc, out) {
+            return Ok(());
+        }
+        let key = backend::container_key(self.id, loc.container);
+        let off = slot_offset(loc.slot);
+        let data = match self.shared.backend.get_range(&key, off..off + CLUSTER_SIZE_U64) {
+            Ok(d) => d,
+            Err(EngineError::ObjectNotFound(k)) if local_bad => {
+                return Err(EngineError::Integrity {
+                    what: format!("cluster in local container {:016x}", loc.container),
+                    detail: format!("checksum mismatch and {k} is not on the backend"),
+                    lba: Some(lba),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        self.counters.backend_reads.fetch_add(1, Ordering::Relaxed);
+        if crc32c::crc32c(&data) != loc.crc {
+            return Err(EngineError::Integrity {
+                what: format!("cluster {key} slot {}", loc.slot),
+                detail: "crc32c mismatch on data from the backend".into(),
+                lba: Some(lba),
+            });
+        }
+        out.copy_from_slice(&data);
+        self.shared.cache.insert(loc.hash, loc_id, out);
+        Ok(())
+    }
+
+    /// Reads the current contents of `cluster` into `out` (zeros if
+    /// unmapped). Retries once if the location moved under it (scrub).
+    fn read_cluster(&self, cluster: u64, out: &mut [u8]) -> EngineResult<()> {
+        let lba = cluster * CLUSTER_SIZE_U64 / u64::from(self.block_size);
+        for attempt in 0..2 {
+            match self.resolve(cluster)? {
+                None => {
+                    out[..CLUSTER_SIZE].fill(0);
+                    return Ok(());
+                }
+                Some(r) => match r.owner.read_location(&r.loc, lba, out) {
+                    Err(EngineError::ObjectNotFound(_)) if attempt == 0 => continue,
+                    other => return other,
+                },
+            }
+        }
+        Err(EngineError::Integrity {
+            what: format!("cluster {cluster} of {}", self.name),
+            detail: "its container is missing locally and on the backend".into(),
+            lba: Some(lba),
+        })
+    }
+
+    fn read_bytes(&self, off: u64, buf: &mut [u8]) -> EngineResult<()> {
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        let len = buf.len() as u64;
+        if len == 0 {
+            return Ok(());
+        }
+        let first = off / CLUSTER_SIZE_U64;
+        let last = (off + len - 1) / CLUSTER_SIZE_U64;
+        let mut tmp = [0u8; CLUSTER_SIZE];
+        let mut c = first;
+        while c <= last {
+            let cs = c * CLUSTER_SIZE_U64;
+            let lo = cs.max(off);
+            let hi = (cs + CLUSTER_SIZE_U64).min(off + len);
+            let (dlo, dhi) = ((lo - off) as usize, (hi - off) as usize);
+            if lo == cs && hi == cs + CLUSTER_SIZE_U64 {
+                // Whole cluster: try to coalesce a run from one local container.
+                if let Some(r) = self.resolve(c)?
+                    && let Some(f) = r.owner.container_file(r.loc.container)
+                {
+                    let mut run = vec![r.loc];
+                    let mut next = c + 1;
+                    while next <= last
+                        && (next + 1) * CLUSTER_SIZE_U64 <= off + len
+                        && run.len() < 256
+                    {
+                        match self.resolve(next)? {
+                            Some(n)
+                                if std::ptr::eq(n.owner, r.owner)
+                                    && n.loc.container == r.loc.container
+                                    && n.loc.slot == r.loc.slot + run.len() as u32 =>
+                            {
+                                run.push(n.loc);
+                                next += 1;
+                            }
+                            _ => break,
+                        }
+                    }
+                    let start = (cs - off) as usize;
+                    let span = &mut buf[start..start + run.len() * CLUSTER_SIZE];
+                    if f.read_exact_at(span, slot_offset(r.loc.slot)).is_ok() {
+                        for (i, l) in run.iter().enumerate() {
+                            let chunk = &mut span[i * CLUSTER_SIZE..(i + 1) * CLUSTER_SIZE];
+                            if crc32c::crc32c(chunk) != l.crc {
+                                r.owner.read_location(l, 0, chunk)?;
+                            }
+                        }
+                        self.counters
+                            .local_reads
+                            .fetch_add(run.len() as u64, Ordering::Relaxed);
+                        c += run.len() as u64;
+                        continue;
+                    }
+                }
+                self.read_cluster(c, &mut buf[dlo..dhi])?;
+            } else {
+                self.read_cluster(c, &mut tmp)?;
+                let from = (lo - cs) as usize;
+                buf[dlo..dhi].copy_from_slice(&tmp[from..from + (dhi - dlo)]);
+            }
+            c += 1;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ write
+
+    fn lock_stripes(&self, first: u64, last: u64) -> Vec<parking_lot::MutexGuard<'_, ()>> {
+        let mut want = [false; STRIPES];
+        let n = (last - first + 1).min(STRIPES as u64);
+        for c in first..first + n {
+            want[(c % STRIPES as u64) as usize] = true;
+        }
+        want.iter()
+            .enumerate()
+            .filter(|(_, w)| **w)
+            .map(|(i, _)| self.stripes[i].lock())
+            .collect()
+    }
+
+    fn throttle(&self) {
+        let cap = self.shared.cfg.write_buffer_bytes;
+        if self.unshipped.load(Ordering::Relaxed) <= cap {
+            return;
+        }
+        self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+        let mut g = self.throttle_lock.lock();
+        while self.unshipped.load(Ordering::Relaxed) > cap && !self.closed.load(Ordering::Relaxed) {
+            self.shared.wake_shipper();
+            self.throttle_cv.wait_for(&mut g, Duration::from_millis(50));
+        }
+    }
+
+    fn ensure_tlog(&self, w: &mut Writer) -> EngineResult<()> {
+        if w.tlog.is_some() {
+            return Ok(());
+        }
+        let seq = w.next_tlog;
+        let path = self.tlog_path(seq);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| EngineError::io("creating a tlog", e))?;
+        let hdr = TlogHeader {
+            version: TLOG_VERSION,
+            flags: 0,
+            volume_id: self.id,
+            seq,
+            generation: w.generation,
+        };
+        file.write_all_at(&hdr.encode(), 0)
+            .map_err(|e| EngineError::io("writing a tlog header", e))?;
+        w.next_tlog += 1;
+        w.dir_dirty = true;
+        w.tlog = Some(OpenTlog {
+            seq,
+            generation: w.generation,
+            file: Arc::new(file),
+            on_file: 0,
+            buf: Vec::with_capacity(TLOG_BUF_FLUSH + TLOG_RECORD_SIZE),
+            containers: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn ensure_container(&self, w: &mut Writer) -> EngineResult<()> {
+        self.ensure_tlog(w)?;
+        if w.container.is_some() {
+            return Ok(());
+        }
+        let seq = w.next_container;
+        let path = self.container_path(seq);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| EngineError::io("creating a container", e))?;
+        let hdr = ContainerHeader {
+            version: CONTAINER_VERSION,
+            flags: 0,
+            volume_id: self.id,
+            seq,
+        };
+        file.write_all_at(&hdr.encode(), 0)
+            .map_err(|e| EngineError::io("writing a container header", e))?;
+        w.next_container += 1;
+        w.dir_dirty = true;
+        let file = Arc::new(file);
+        self.files.lock().insert(seq, file.clone());
+        if let Some(t) = w.tlog.as_mut() {
+            t.containers.push(seq);
+        }
+        w.container = Some(OpenContainer {
+            seq,
+            file,
+            next_slot: 0,
+            opened: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Closes the open container and tlog into a segment for shipping.
+    fn seal(&self, w: &mut Writer) -> EngineResult<()> {
+        if let Some(t) = w.tlog.as_mut() {
+            t.flush_buf()?;
+        }
+        let Some(t) = w.tlog.take() else {
+            return Ok(());
+        };
+        let bytes = w
+            .container
+            .as_ref()
+            .map_or(0, |c| slot_offset(c.next_slot));
+        if let Some(c) = w.container.take() {
+            w.unsynced.push(c.file);
+        }
+        w.unsynced.push(t.file.clone());
+        let seq = w.write_seq;
+        w.segments.push_back(Segment {
+            tlog: t.seq,
+            generation: t.generation,
+            containers: t.containers,
+            bytes,
+            write_seq: seq,
+        });
+        self.shared.wake_shipper();
+        Ok(())
+    }
+
+    /// Appends whole clusters (contiguous bytes) starting at `cluster`.
+    fn append(&self, w: &mut Writer, mut cluster: u64, data: &[u8]) -> EngineResult<()> {
+        let slots = self.shared.cfg.container_slots();
+        let mut rest = data;
+        while !rest.is_empty() {
+            self.ensure_container(w)?;
+            let generation = w.generation;
+            let Some(oc) = w.container.as_mut() else {
+                return Err(EngineError::Failed("no open container".into()));
+            };
+            let room = (slots - oc.next_slot) as usize;
+            let k = room.min(rest.len() / CLUSTER_SIZE);
+            let (now, later) = rest.split_at(k * CLUSTER_SIZE);
+            let first_slot = oc.next_slot;
+            let cseq = oc.seq;
+            let r = oc.file.write_all_at(now, slot_offset(first_slot));
+            if let Err(e) = r {
+                return Err(EngineError::io("appending to a container", e));
+            }
+            oc.next_slot += k as u32;
+            let full = oc.next_slot >= slots;
+            let Some(t) = w.tlog.as_mut() else {
+                return Err(EngineError::Failed("no open tlog".into()));
+            };
+            let mut mem = self.memtable.write();
+            let mut rec = [0u8; TLOG_RECORD_SIZE];
+            for (i, chunk) in now.chunks_exact(CLUSTER_SIZE).enumerate() {
+                let loc = Location {
+                    container: cseq,
+                    slot: first_slot + i as u32,
+                    len: CLUSTER_SIZE as u32,
+                    flags: 0,
+                    crc: crc32c::crc32c(chunk),
+                    hash: content_hash(chunk),
+                };
+                let m = Mapping::Data(loc);
+                TlogRecord { cluster, mapping: m }.encode(&mut rec);
+                t.buf.extend_from_slice(&rec);
+                w.write_seq += 1;
+                mem.insert((cluster, generation), (w.write_seq, m));
+                w.pending.push((cluster, generation, m));
+                cluster += 1;
+            }
+            drop(mem);
+            if t.buf.len() >= TLOG_BUF_FLUSH {
+                t.flush_buf()?;
+            }
+            self.unshipped
+                .fetch_add((k * CLUSTER_SIZE) as u64, Ordering::Relaxed);
+            if full {
+                self.seal(w)?;
+            }
+            rest = later;
+        }
+        Ok(())
+    }
+
+    fn append_unmaps(&self, w: &mut Writer, clusters: &[u64]) -> EngineResult<()> {
+        self.ensure_tlog(w)?;
+        let generation = w.generation;
+        let Some(t) = w.tlog.as_mut() else {
+            return Err(EngineError::Failed("no open tlog".into()));
+        };
+        let mut mem = self.memtable.write();
+        let mut rec = [0u8; TLOG_RECORD_SIZE];
+        for &c in clusters {
+            TlogRecord {
+                cluster: c,
+                mapping: Mapping::Unmapped,
+            }
+            .encode(&mut rec);
+            t.buf.extend_from_slice(&rec);
+            w.write_seq += 1;
+            mem.insert((c, generation), (w.write_seq, Mapping::Unmapped));
+            w.pending.push((c, generation, Mapping::Unmapped));
+        }
+        drop(mem);
+        if t.buf.len() >= TLOG_BUF_FLUSH {
+            t.flush_buf()?;
+        }
+        Ok(())
+    }
+
+    fn write_bytes(&self, off: u64, data: &[u8], fua: bool) -> EngineResult<()> {
+        self.check_writable()?;
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        if data.is_empty() {
+            return if fua { self.flush_all() } else { Ok(()) };
+        }
+        self.throttle();
+        let len = data.len() as u64;
+        let first = off / CLUSTER_SIZE_U64;
+        let last = (off + len - 1) / CLUSTER_SIZE_U64;
+        let _stripes = self.lock_stripes(first, last);
+        // Read-modify-write edges, before taking the writer lock.
+        let mut head = [0u8; CLUSTER_SIZE];
+        let mut tail = [0u8; CLUSTER_SIZE];
+        let head_partial = off % CLUSTER_SIZE_U64 != 0 || (first == last && len < CLUSTER_SIZE_U64);
+        let tail_partial = last != first && (off + len) % CLUSTER_SIZE_U64 != 0;
+        if head_partial {
+            self.read_cluster(first, &mut head)?;
+            let from = (off - first * CLUSTER_SIZE_U64) as usize;
+            let n = (CLUSTER_SIZE - from).min(data.len());
+            head[from..from + n].copy_from_slice(&data[..n]);
+        }
+        if tail_partial {
+            self.read_cluster(last, &mut tail)?;
+            let n = ((off + len) - last * CLUSTER_SIZE_U64) as usize;
+            tail[..n].copy_from_slice(&data[data.len() - n..]);
+        }
+        let seq = {
+            let mut w = self.writer.lock();
+            let mut c = first;
+            let mut pos = 0usize;
+            if head_partial {
+                self.append(&mut w, first, &head)?;
+                c += 1;
+                pos = (CLUSTER_SIZE_U64 - off % CLUSTER_SIZE_U64) as usize;
+            }
+            let full_end = if tail_partial { last } else { last + 1 };
+            if c < full_end {
+                let n = ((full_end - c) * CLUSTER_SIZE_U64) as usize;
+                self.append(&mut w, c, &data[pos..pos + n])?;
+            }
+            if tail_partial {
+                self.append(&mut w, last, &tail)?;
+            }
+            w.write_seq
+        };
+        if fua {
+            self.sync_to(seq)?;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------- sync
+
+    fn grab(&self, w: &mut Writer) -> EngineResult<SyncWork> {
+        if let Some(t) = w.tlog.as_mut() {
+            t.flush_buf()?;
+        }
+        let mut files: Vec<Arc<File>> = Vec::with_capacity(w.unsynced.len() + 2);
+        if let Some(c) = &w.container {
+            files.push(c.file.clone());
+        }
+        files.append(&mut w.unsynced);
+        if let Some(t) = &w.tlog {
+            files.push(t.file.clone());
+        }
+        let applied = match &w.tlog {
+            Some(t) => (t.seq, t.on_file),
+            None => (w.next_tlog, 0),
+        };
+        let dir_sync = std::mem::take(&mut w.dir_dirty);
+        Ok(SyncWork {
+            files,
+            entries: std::mem::take(&mut w.pending),
+            applied,
+            upto: w.write_seq,
+            dir_sync,
+        })
+    }
+
+    fn do_sync(&self, work: &SyncWork) -> EngineResult<()> {
+        // Containers come before tlogs in `files` except the sealed ones;
+        // syncing all data before any log is not required for correctness
+        // (replay verifies data crcs) but keeps torn tails rare.
+        for f in &work.files {
+            f.sync_data()
+                .map_err(|e| EngineError::io("fdatasync of flash data", e))?;
+        }
+        if work.dir_sync {
+            sync_dir(&self.dir.join("containers"))?;
+            sync_dir(&self.dir.join("tlogs"))?;
+        }
+        {
+            let _g = self.index_lock.lock();
+            self.shared
+                .index
+                .commit(self.id, &work.entries, work.applied)?;
+        }
+        let mut mem = self.memtable.write();
+        for (c, g, _) in &work.entries {
+            if let Some((s, _)) = mem.get(&(*c, *g))
+                && *s <= work.upto
+            {
+                mem.remove(&(*c, *g));
+            }
+        }
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        *self.last_sync.lock() = Instant::now();
+        Ok(())
+    }
+
+    fn finish_sync(&self, work: &SyncWork, r: EngineResult<()>) -> EngineResult<()> {
+        let mut cs = self.commit.lock();
+        cs.syncing = false;
+        if r.is_ok() {
+            cs.durable = cs.durable.max(work.upto);
+        }
+        self.commit_cv.notify_all();
+        drop(cs);
+        if let Err(e) = &r {
+            // After a failed fdatasync the kernel may have dropped dirty
+            // pages: nothing after this point can be trusted until the
+            // volume is reopened and its logs replayed.
+            if matches!(e, EngineError::Io { .. } | EngineError::Index(_)) {
+                *self.failed.lock() = Some(e.to_string());
+            }
+        }
+        r
+    }
+
+    /// Makes every write with seq ≤ `target` durable (group commit).
+    fn sync_to(&self, target: u64) -> EngineResult<()> {
+        loop {
+            self.check_ok()?;
+            if self.commit.lock().durable >= target {
+                return Ok(());
+            }
+            let mut w = self.writer.lock();
+            let mut cs = self.commit.lock();
+            if cs.durable >= target {
+                return Ok(());
+            }
+            if cs.syncing {
+                drop(w);
+                self.commit_cv.wait(&mut cs);
+                continue;
+            }
+            cs.syncing = true;
+            drop(cs);
+            let work = match self.grab(&mut w) {
+                Ok(wk) => wk,
+                Err(e) => {
+                    self.commit.lock().syncing = false;
+                    self.commit_cv.notify_all();
+                    return Err(e);
+                }
+            };
+            drop(w);
+            let r = self.do_sync(&work);
+            self.finish_sync(&work, r)?;
+        }
+    }
+
+    /// Sync while already holding the writer lock (admin operations).
+    fn sync_locked(&self, w: &mut Writer) -> EngineResult<()> {
+        self.check_ok()?;
+        let mut cs = self.commit.lock();
+        while cs.syncing {
+            self.commit_cv.wait(&mut cs);
+        }
+        cs.syncing = true;
+        drop(cs);
+        let work = match self.grab(w) {
+            Ok(wk) => wk,
+            Err(e) => {
+                self.commit.lock().syncing = false;
+                self.commit_cv.notify_all();
+                return Err(e);
+            }
+        };
+        let r = self.do_sync(&work);
+        self.finish_sync(&work, r)
+    }
+
+    fn flush_all(&self) -> EngineResult<()> {
+        let target = self.writer.lock().write_seq;
+        self.sync_to(target)
+    }
+
+    /// Background tick: periodic sync and sealing of idle containers.
+    pub(crate) fn tick(&self) -> EngineResult<()> {
+        if self.closed.load(Ordering::Relaxed) || self.failed.lock().is_some() {
+            return Ok(());
+        }
+        let cfg = &self.shared.cfg;
+        let (dirty, old_container) = {
+            let w = self.writer.lock();
+            let dirty = !w.pending.is_empty() || !w.unsynced.is_empty();
+            let old = w
+                .container
+                .as_ref()
+                .is_some_and(|c| c.next_slot > 0 && c.opened.elapsed() >= cfg.ship_interval);
+            (dirty, old)
+        };
+        if dirty && self.last_sync.lock().elapsed() >= cfg.sync_interval {
+            self.flush_all()?;
+        }
+        if old_container {
+            let mut w = self.writer.lock();
+            self.seal(&mut w)?;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------- shipping
+
+    /// Whether this volume has work for the shipper.
+    pub(crate) fn wants_ship(&self) -> bool {
+        !self.closed.load(Ordering::Relaxed)
+            && (!self.writer.lock().segments.is_empty() || self.meta_dirty.load(Ordering::SeqCst))
+    }
+
+    fn manifest_for_backend(&self) -> VolumeMeta {
+        let w = self.writer.lock();
+        let first_unshipped_gen = w.segments.front().map_or(w.generation, |s| s.generation);
+        let (nc, nt) = (w.next_container, w.next_tlog);
+        drop(w);
+        let mut m = self.meta.lock().clone();
+        m.snapshots.retain(|s| s.generation < first_unshipped_gen);
+        m.next_container = m.next_container.max(nc);
+        m.next_tlog = m.next_tlog.max(nt);
+        m
+    }
+
+    pub(crate) fn upload_manifest(&self, forever: bool) -> EngineResult<()> {
+        self.meta_dirty.store(false, Ordering::SeqCst);
+        let m = self.manifest_for_backend();
+        let body = serde_json::to_vec(&m)
+            .map_err(|e| EngineError::corrupt("manifest", e.to_string()))?;
+        let r = self
+            .shared
+            .backend
+            .put(&backend::manifest_key(self.id), Bytes::from(body), forever);
+        if r.is_err() {
+            self.meta_dirty.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+
+    /// Ships the oldest sealed segment; returns whether there was one.
+    pub(crate) fn ship_one(&self, forever: bool) -> EngineResult<bool> {
+        let _g = self.ship_lock.lock();
+        if self.closed.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let seg = self.writer.lock().segments.front().cloned();
+        let Some(seg) = seg else {
+            if self.meta_dirty.load(Ordering::SeqCst) {
+                self.upload_manifest(forever)?;
+            }
+            return Ok(false);
+        };
+        if seg.write_seq > 0 {
+            self.sync_to(seg.write_seq)?;
+        } else {
+            self.flush_all()?;
+        }
+        let be = &self.shared.backend;
+        for &c in &seg.containers {
+            let data = std::fs::read(self.container_path(c))
+                .map_err(|e| EngineError::io("reading a container to ship", e))?;
+            be.put(&backend::container_key(self.id, c), Bytes::from(data), forever)?;
+        }
+        let tlog = std::fs::read(self.tlog_path(seg.tlog))
+            .map_err(|e| EngineError::io("reading a tlog to ship", e))?;
+        be.put(&backend::tlog_key(self.id, seg.tlog), Bytes::from(tlog), forever)?;
+        {
+            let mut m = self.meta.lock();
+            m.shipped.tlogs.push(TlogRef {
+                seq: seg.tlog,
+                generation: seg.generation,
+            });
+            m.shipped.next_tlog = seg.tlog + 1;
+        }
+        {
+            let mut w = self.writer.lock();
+            if w.segments.front().is_some_and(|s| s.tlog == seg.tlog) {
+                w.segments.pop_front();
+            }
+            for &c in &seg.containers {
+                let len = std::fs::metadata(self.container_path(c))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                w.shipped_local.push_back((c, len));
+                w.shipped_local_bytes += len;
+            }
+        }
+        self.upload_manifest(forever)?;
+        {
+            let m = self.meta.lock();
+            self.persist_meta(&m)?;
+        }
+        self.meta_dirty.store(false, Ordering::SeqCst);
+        self.unshipped.fetch_sub(
+            seg.bytes.min(self.unshipped.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        self.throttle_cv.notify_all();
+        // The tlog is fully applied (synced above): drop the local copy once
+        // RocksDB's WAL is durable.
+        self.shared.index.sync_wal()?;
+        let _ = std::fs::remove_file(self.tlog_path(seg.tlog));
+        self.evict_local(self.shared.cfg.keep_shipped_bytes);
+        Ok(true)
+    }
+
+    /// Deletes the oldest shipped local containers beyond `keep` bytes.
+    pub(crate) fn evict_local(&self, keep: u64) {
+        let mut w = self.writer.lock();
+        while w.shipped_local_bytes > keep {
+            let Some((c, len)) = w.shipped_local.pop_front() else {
+                break;
+            };
+            w.shipped_local_bytes -= len;
+            self.files.lock().remove(&c);
+            let _ = std::fs::remove_file(self.container_path(c));
+        }
+    }
+
+    /// Closes the open container and ships everything to the backend;
+    /// returns once the backend holds every write made before the call.
+    pub fn sync_to_backend(&self) -> EngineResult<()> {
+        self.check_ok()?;
+        {
+            let mut w = self.writer.lock();
+            self.seal(&mut w)?;
+        }
+        while self.ship_one(false)? {}
+        if self.meta_dirty.load(Ordering::SeqCst) {
+            let _g = self.ship_lock.lock();
+            self.upload_manifest(false)?;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ snapshots
+
+    /// Creates a snapshot in O(1): seals, syncs and starts a new generation.
+    pub fn create_snapshot(&self, name: &str) -> EngineResult<SnapshotInfo> {
+        crate::pool::check_name(name, "snapshot name")?;
+        if name.starts_with('@') {
+            return Err(EngineError::InvalidArgument(
+                "snapshot names starting with '@' are reserved".into(),
+            ));
+        }
+        self.snapshot_inner(name)
+    }
+
+    pub(crate) fn snapshot_inner(&self, name: &str) -> EngineResult<SnapshotInfo> {
+        self.check_ok()?;
+        let _a = self.admin.lock();
+        if self.meta.lock().snapshot(name).is_some() {
+            return Err(EngineError::SnapshotExists(name.to_string()));
+        }
+        let mut w = self.writer.lock();
+        self.seal(&mut w)?;
+        self.sync_locked(&mut w)?;
+        let mut m = self.meta.lock();
+        let old = m.clone();
+        let snap = SnapshotMeta {
+            name: name.to_string(),
+            generation: w.generation,
+            created_unix: now_unix(),
+        };
+        let new_gen = m.next_gen;
+        m.next_gen += 1;
+        m.head_gen = new_gen;
+        m.snapshots.push(snap.clone());
+        m.next_container = w.next_container;
+        m.next_tlog = w.next_tlog;
+        if let Err(e) = self.persist_meta(&m) {
+            *m = old;
+            return Err(e);
+        }
+        w.generation = new_gen;
+        self.head_gen.store(new_gen, Ordering::Release);
+        drop(m);
+        drop(w);
+        self.shared.wake_shipper();
+        Ok(SnapshotInfo {
+            name: snap.name,
+            created_unix: snap.created_unix,
+            generation: snap.generation,
+            on_backend: false,
+            clones: 0,
+        })
+    }
+
+    /// Lists snapshots, oldest first.
+    pub fn list_snapshots(&self) -> Vec<SnapshotInfo> {
+        let first_unshipped = {
+            let w = self.writer.lock();
+            w.segments.front().map_or(w.generation, |s| s.generation)
+        };
+        let m = self.meta.lock();
+        m.snapshots
+            .iter()
+            .map(|s| SnapshotInfo {
+                name: s.name.clone(),
+                created_unix: s.created_unix,
+                generation: s.generation,
+                on_backend: s.generation < first_unshipped,
+                clones: m.children.iter().filter(|c| c.snapshot == s.name).count(),
+            })
+            .collect()
+    }
+
+    /// Deletes a snapshot (metadata only; scrub reclaims its data). Refused
+    /// while clones depend on it.
+    pub fn delete_snapshot(&self, name: &str) -> EngineResult<()> {
+        self.check_ok()?;
+        let _a = self.admin.lock();
+        {
+            let mut m = self.meta.lock();
+            if m.snapshot(name).is_none() {
+                return Err(EngineError::SnapshotNotFound(name.to_string()));
+            }
+            if m.children.iter().any(|c| c.snapshot == name) {
+                return Err(EngineError::HasClones(format!("snapshot {name:?}")));
+            }
+            let old = m.clone();
+            m.snapshots.retain(|s| s.name != name);
+            if let Err(e) = self.persist_meta(&m) {
+                *m = old;
+                return Err(e);
+            }
+        }
+        self.compact_index()?;
+        self.shared.wake_shipper();
+        Ok(())
+    }
+
+    /// Removes index entries no snapshot or the head can see any more
+    /// (superseded within a generation range, or rolled back).
+    fn compact_index(&self) -> EngineResult<()> {
+        let meta = self.meta.lock().clone();
+        let has_parent = self.parent.is_some();
+        let mut b = WriteBatch::default();
+        let mut n = 0usize;
+        let mut group: Vec<(u32, Mapping)> = Vec::new();
+        let mut cur: Option<u64> = None;
+        let id = self.id;
+        let flush_group = |c: u64, group: &mut Vec<(u32, Mapping)>, b: &mut WriteBatch, n: &mut usize| {
+            // group is in ascending generation order.
+            let mut keep: Vec<bool> = vec![true; group.len()];
+            for i in 0..group.len() {
+                let g = group[i].0;
+                if meta.is_discarded(g) {
+                    keep[i] = false;
+                    continue;
+                }
+                let bnd = meta.boundary(g);
+                if group[i + 1..]
+                    .iter()
+                    .any(|(g2, _)| !meta.is_discarded(*g2) && meta.boundary(*g2) == bnd)
+                {
+                    keep[i] = false;
+                }
+            }
+            if !has_parent
+                && let Some(first) = (0..group.len()).find(|&i| keep[i])
+                && group[first].1 == Mapping::Unmapped
+            {
+                keep[first] = false;
+            }
+            for (i, (g, _)) in group.iter().enumerate() {
+                if !keep[i] {
+                    b.delete(crate::format::keys::index(id, c, *g));
+                    *n += 1;
+                }
+            }
+            group.clear();
+        };
+        self.shared.index.scan(self.id, 0, u64::MAX, |c, g, m| {
+            if cur != Some(c) {
+                if let Some(pc) = cur {
+                    flush_group(pc, &mut group, &mut b, &mut n);
+                }
+                cur = Some(c);
+            }
+            group.push((g, m));
+            true
+        })?;
+        if let Some(pc) = cur {
+            flush_group(pc, &mut group, &mut b, &mut n);
+        }
+        if n > 0 {
+            let _g = self.index_lock.lock();
+            self.shared.index.write(b)?;
+        }
+        Ok(())
+    }
+
+    /// Rolls the volume back to a snapshot: later writes and later
+    /// snapshots are discarded. Refused while a later snapshot has clones.
+    pub fn rollback(&self, name: &str) -> EngineResult<()> {
+        self.check_writable()?;
+        let _a = self.admin.lock();
+        let target = self
+            .meta
+            .lock()
+            .snapshot(name)
+            .cloned()
+            .ok_or_else(|| EngineError::SnapshotNotFound(name.to_string()))?;
+        {
+            let m = self.meta.lock();
+            for s in m.snapshots.iter().filter(|s| s.generation > target.generation) {
+                if m.children.iter().any(|c| c.snapshot == s.name) {
+                    return Err(EngineError::HasClones(format!("snapshot {:?}", s.name)));
+                }
+            }
+        }
+        let _s = self.ship_lock.lock();
+        let mut w = self.writer.lock();
+        self.seal(&mut w)?;
+        self.sync_locked(&mut w)?;
+        let mut m = self.meta.lock();
+        let old_meta = m.clone();
+        let old_head = w.generation;
+        let new_gen = m.next_gen;
+        m.next_gen += 1;
+        m.discarded_gens.push((target.generation + 1, old_head));
+        m.head_gen = new_gen;
+        m.snapshots.retain(|s| s.generation <= target.generation);
+        m.shipped.tlogs.retain(|t| t.generation <= target.generation);
+        m.next_container = w.next_container;
+        m.next_tlog = w.next_tlog;
+        // One atomic batch: metadata + removal of every discarded mapping.
+        let mut b = WriteBatch::default();
+        Index::put_meta(&mut b, &m)?;
+        let mut dels = Vec::new();
+        self.shared.index.scan(self.id, 0, u64::MAX, |c, g, _| {
+            if g > target.generation {
+                dels.push((c, g));
+            }
+            true
+        })?;
+        for (c, g) in &dels {
+            b.delete(crate::format::keys::index(self.id, *c, *g));
+        }
+        if let Err(e) = self.shared.index.write_sync(b) {
+            *m = old_meta;
+            return Err(e);
+        }
+        self.meta_dirty.store(true, Ordering::SeqCst);
+        w.generation = new_gen;
+        self.head_gen.store(new_gen, Ordering::Release);
+        self.memtable.write().clear();
+        let mut dropped_bytes = 0;
+        let mut keep = VecDeque::new();
+        for s in w.segments.drain(..) {
+            if s.generation > target.generation {
+                dropped_bytes += s.bytes;
+                let _ = std::fs::remove_file(self.tlog_path(s.tlog));
+                for c in &s.containers {
+                    self.files.lock().remove(c);
+                    let _ = std::fs::remove_file(self.container_path(*c));
+                }
+            } else {
+                keep.push_back(s);
+            }
+        }
+        w.segments = keep;
+        self.unshipped.fetch_sub(
+            dropped_bytes.min(self.unshipped.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        drop(m);
+        drop(w);
+        self.throttle_cv.notify_all();
+        self.shared.wake_shipper();
+        Ok(())
+    }
+
+    /// Grows the volume (shrinking is refused).
+    pub fn resize(&self, new_size_bytes: u64) -> EngineResult<()> {
+        self.check_ok()?;
+        let _a = self.admin.lock();
+        let bs = u64::from(self.block_size);
+        let cur = self.num_blocks.load(Ordering::Acquire) * bs;
+        if new_size_bytes % bs != 0 || new_size_bytes < cur {
+            return Err(EngineError::InvalidArgument(format!(
+                "new size {new_size_bytes} must be a multiple of {bs} and at least {cur}"
+            )));
+        }
+        let mut m = self.meta.lock();
+        m.size_bytes = new_size_bytes;
+        self.persist_meta(&m)?;
+        self.num_blocks.store(new_size_bytes / bs, Ordering::Release);
+        drop(m);
+        self.shared.wake_shipper();
+        Ok(())
+    }
+
+    /// Marks or unmarks the volume as a template. A template is read-only
+    /// and can be cloned from its current state; marking takes an internal
+    /// snapshot (`@template-N`) that clones of the current state use.
+    pub fn set_template(&self, on: bool) -> EngineResult<()> {
+        self.check_ok()?;
+        if on == self.template.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if on {
+            let generation = self.head_gen.load(Ordering::Acquire);
+            self.snapshot_inner(&format!("@template-{generation}"))?;
+        }
+        let _a = self.admin.lock();
+        let mut m = self.meta.lock();
+        m.template = on;
+        self.persist_meta(&m)?;
+        self.template.store(on, Ordering::Release);
+        drop(m);
+        self.shared.wake_shipper();
+        Ok(())
+    }
+
+    /// Whether the volume is a template.
+    pub fn is_template(&self) -> bool {
+        self.template.load(Ordering::Acquire)
+    }
+
+    /// The snapshot a clone of the template's current state uses.
+    pub(crate) fn template_snapshot(&self) -> Option<String> {
+        if !self.is_template() {
+            return None;
+        }
+        let m = self.meta.lock();
+        m.snapshots
+            .iter()
+            .rev()
+            .find(|s| s.name.starts_with("@template-"))
+            .map(|s| s.name.clone())
+    }
+
+    /// Per-volume numbers.
+    pub fn stats(&self) -> VolumeStats {
+        let (segments_waiting, local_shipped_bytes) = {
+            let w = self.writer.lock();
+            (w.segments.len(), w.shipped_local_bytes)
+        };
+        let m = self.meta.lock();
+        VolumeStats {
+            size_bytes: m.size_bytes,
+            unshipped_bytes: self.unshipped.load(Ordering::Relaxed),
+            segments_waiting,
+            local_shipped_bytes,
+            reads: self.counters.reads.load(Ordering::Relaxed),
+            writes: self.counters.writes.load(Ordering::Relaxed),
+            local_reads: self.counters.local_reads.load(Ordering::Relaxed),
+            backend_reads: self.counters.backend_reads.load(Ordering::Relaxed),
+            syncs: self.counters.syncs.load(Ordering::Relaxed),
+            throttled: self.counters.throttled.load(Ordering::Relaxed),
+            snapshots: m.snapshots.len(),
+            template: m.template,
+        }
+    }
+
+    pub(crate) fn unshipped_bytes(&self) -> u64 {
+        self.unshipped.load(Ordering::Relaxed)
+    }
+
+    /// Flash bytes used by this volume's containers and tlogs.
+    pub(crate) fn flash_bytes(&self) -> u64 {
+        let mut total = 0;
+        for sub in ["containers", "tlogs"] {
+            if let Ok(rd) = std::fs::read_dir(self.dir.join(sub)) {
+                for e in rd.flatten() {
+                    total += e.metadata().map(|m| m.len()).unwrap_or(0);
+                }
+            }
+        }
+        total
+    }
+
+    /// Stops background work on this volume (delete, shutdown).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.throttle_cv.notify_all();
+    }
+
+    pub(crate) fn local_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    // -------------------------------------------------------------- unmap
+
+    /// Clusters in `[from, to)` that may be mapped (any generation, any
+    /// ancestor); a superset the caller resolves exactly.
+    fn candidates(&self, from: u64, to: u64, out: &mut BTreeSet<u64>) -> EngineResult<()> {
+        let mut vol: &Volume = self;
+        let mut generation = self.head_gen.load(Ordering::Acquire);
+        loop {
+            for (&(c, g), _) in vol.memtable.read().range((from, 0)..(to, 0)) {
+                if g <= generation {
+                    out.insert(c);
+                }
+            }
+            vol.shared.index.scan(vol.id, from, to, |c, g, _| {
+                if g <= generation {
+                    out.insert(c);
+                }
+                true
+            })?;
+            match &vol.parent {
+                Some((p, pg)) => {
+                    vol = p;
+                    generation = *pg;
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn unmap_bytes(&self, off: u64, len: u64) -> EngineResult<()> {
+        self.check_writable()?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = off + len;
+        let first_full = off.div_ceil(CLUSTER_SIZE_U64);
+        let end_full = end / CLUSTER_SIZE_U64;
+        // Partial clusters at the edges: write zeros into them if mapped.
+        let zeros = [0u8; CLUSTER_SIZE];
+        let head = off / CLUSTER_SIZE_U64;
+        let tail = (end - 1) / CLUSTER_SIZE_U64;
+        for c in [head, tail] {
+            let cs = c * CLUSTER_SIZE_U64;
+            let lo = cs.max(off);
+            let hi = (cs + CLUSTER_SIZE_U64).min(end);
+            let partial = hi - lo < CLUSTER_SIZE_U64;
+            if partial && (c == head || tail != head) && self.resolve(c)?.is_some() {
+                self.write_bytes(lo, &zeros[..(hi - lo) as usize], false)?;
+            }
+        }
+        if first_full >= end_full {
+            return Ok(());
+        }
+        let mut cands = BTreeSet::new();
+        self.candidates(first_full, end_full, &mut cands)?;
+        let _stripes = self.lock_stripes(0, STRIPES as u64 - 1);
+        let mut todo = Vec::new();
+        for c in cands {
+            if self.resolve(c)?.is_some() {
+                todo.push(c);
+            }
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let mut w = self.writer.lock();
+        for chunk in todo.chunks(4096) {
+            self.append_unmaps(&mut w, chunk)?;
+        }
+        Ok(())
+    }
+
+    fn provisioning_inner(&self, lba: u64, max_blocks: u64) -> EngineResult<(Provisioning, u64)> {
+        let total = self.num_blocks.load(Ordering::Acquire);
+        if lba >= total {
+            return Err(EngineError::OutOfRange { lba, blocks: 1 });
+        }
+        let bs = u64::from(self.block_size);
+        let limit = max_blocks.clamp(1, total - lba);
+        let off = lba * bs;
+        let end = (lba + limit) * bs;
+        let c0 = off / CLUSTER_SIZE_U64;
+        let mapped = self.resolve(c0)?.is_some();
+        let state = if mapped {
+            Provisioning::Mapped
+        } else {
+            Provisioning::Deallocated
+        };
+        let last_c = (end - 1) / CLUSTER_SIZE_U64;
+        let mut c = c0 + 1;
+        if mapped {
+            while c <= last_c && c - c0 < 65536 && self.resolve(c)?.is_some() {
+                c += 1;
+            }
+        } else {
+            let mut cands = BTreeSet::new();
+            self.candidates(c, (last_c + 1).min(c + 1_000_000), &mut cands)?;
+            let mut stop = (last_c + 1).min(c + 1_000_000);
+            for cand in cands {
+                if self.resolve(cand)?.is_some() {
+                    stop = cand;
+                    break;
+                }
+            }
+            c = stop;
+        }
+        let run_end = (c * CLUSTER_SIZE_U64).min(end);
+        Ok((state, ((run_end - off) / bs).max(1)))
+    }
+
+    // -------------------------------------------------------------- restore
+
+    /// Rebuilds this volume's index from the backend (flash was lost).
+    pub(crate) fn restore_index_from_backend(
+        shared: &Shared,
+        meta: &VolumeMeta,
+    ) -> EngineResult<()> {
+        let be = &shared.backend;
+        let mut batch: Vec<Entry> = Vec::new();
+        let remap = |g: u32| meta.boundary(g);
+        if let Some((ck, _cut)) = meta.shipped.checkpoint {
+            let data = be.get(&backend::checkpoint_key(meta.id, ck))?;
+            let (vid, _, entries) = crate::format::decode_checkpoint(&data)?;
+            if vid != meta.id {
+                return Err(EngineError::corrupt("checkpoint", "belongs to another volume"));
+            }
+            for e in entries {
+                if !meta.is_discarded(e.generation) {
+                    batch.push((e.cluster, remap(e.generation), e.mapping));
+                }
+            }
+        }
+        let mut last = meta.shipped.next_tlog;
+        for t in &meta.shipped.tlogs {
+            if meta.is_discarded(t.generation) {
+                continue;
+            }
+            let data = be.get(&backend::tlog_key(meta.id, t.seq))?;
+            let hdr = TlogHeader::decode(&data)?;
+            if hdr.volume_id != meta.id || hdr.seq != t.seq {
+                return Err(EngineError::corrupt(
+                    format!("tlog {:016x}", t.seq),
+                    "header names another log",
+                ));
+            }
+            for rec in data[TLOG_HEADER_SIZE..].chunks(TLOG_RECORD_SIZE) {
+                let Some(r) = TlogRecord::decode(rec) else {
+                    return Err(EngineError::corrupt(
+                        format!("tlog {:016x} on the backend", t.seq),
+                        "bad record checksum",
+                    ));
+                };
+                batch.push((r.cluster, remap(hdr.generation), r.mapping));
+            }
+            last = last.max(t.seq + 1);
+            if batch.len() > 65536 {
+                shared.index.commit(meta.id, &batch, (0, 0))?;
+                batch.clear();
+            }
+        }
+        shared.index.commit(meta.id, &batch, (last, 0))?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- scrub
+
+    /// Rewrites this volume's sparsely used containers and writes a fresh
+    /// index checkpoint; see `crate::scrub`.
+    pub(crate) fn scrub(&self, report: &mut crate::pool::ScrubReport) -> EngineResult<()> {
+        crate::scrub::scrub_volume(self, report)
+    }
+
+    pub(crate) fn admin_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.admin.lock()
+    }
+    pub(crate) fn ship_guard(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.ship_lock.lock()
+    }
+    pub(crate) fn index_guard(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.index_lock.lock()
+    }
+
+    /// Seals, syncs, and returns (cut tlog seq, next container seq) with the
+    /// index at exactly that cut; used by scrub.
+    pub(crate) fn cut(&self) -> EngineResult<(u64, u64, rocksdb::Snapshot<'_>)> {
+        let mut w = self.writer.lock();
+        self.seal(&mut w)?;
+        self.sync_locked(&mut w)?;
+        let snap = self.shared.index.snapshot();
+        Ok((w.next_tlog, w.next_container, snap))
+    }
+
+    /// Allocates a container sequence number (scrub output).
+    pub(crate) fn alloc_container(&self) -> u64 {
+        let mut w = self.writer.lock();
+        let s = w.next_container;
+        w.next_container += 1;
+        s
+    }
+
+    /// Registers a scrub-written container as a shipped local container.
+    pub(crate) fn adopt_local_container(&self, seq: u64, data: &[u8]) -> EngineResult<()> {
+        let path = self.container_path(seq);
+        std::fs::write(&path, data).map_err(|e| EngineError::io("writing a scrubbed container", e))?;
+        let mut w = self.writer.lock();
+        w.shipped_local.push_back((seq, data.len() as u64));
+        w.shipped_local_bytes += data.len() as u64;
+        Ok(())
+    }
+
+    /// Removes a local container file (after scrub released it).
+    pub(crate) fn drop_local_container(&self, seq: u64) {
+        self.files.lock().remove(&seq);
+        let mut w = self.writer.lock();
+        if let Some(pos) = w.shipped_local.iter().position(|(c, _)| *c == seq) {
+            if let Some((_, len)) = w.shipped_local.remove(pos) {
+                w.shipped_local_bytes -= len;
+            }
+        }
+        drop(w);
+        let _ = std::fs::remove_file(self.container_path(seq));
+    }
+
+    /// Reads a whole container (local file, else backend).
+    pub(crate) fn fetch_container(&self, seq: u64) -> EngineResult<Bytes> {
+        match std::fs::read(self.container_path(seq)) {
+            Ok(d) => Ok(Bytes::from(d)),
+            Err(_) => self.shared.backend.get(&backend::container_key(self.id, seq)),
+        }
+    }
+}
+
+impl BlockDevice for Volume {
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    fn num_blocks(&self) -> u64 {
+        self.num_blocks.load(Ordering::Acquire)
+    }
+
+    fn physical_block_exponent(&self) -> u8 {
+        if self.block_size < CLUSTER_SIZE as u32 {
+            (CLUSTER_SIZE as u32 / self.block_size).trailing_zeros() as u8
+        } else {
+            0
+        }
+    }
+
+    fn read(&self, lba: u64, buf: &mut [u8]) -> BlockResult<()> {
+        self.check_ok()?;
+        let (off, _) = self.byte_range(lba, buf.len())?;
+        self.read_bytes(off, buf).map_err(BlockError::from)
+    }
+
+    fn write(&self, lba: u64, data: &[u8], fua: bool) -> BlockResult<()> {
+        let (off, _) = self.byte_range(lba, data.len())?;
+        self.write_bytes(off, data, fua).map_err(BlockError::from)
+    }
+
+    fn flush(&self) -> BlockResult<()> {
+        self.check_ok()?;
+        self.flush_all().map_err(BlockError::from)
+    }
+
+    fn thin_provisioned(&self) -> bool {
+        true
+    }
+
+    fn unmap(&self, lba: u64, blocks: u64) -> BlockResult<()> {
+        let total = self.num_blocks.load(Ordering::Acquire);
+        match lba.checked_add(blocks) {
+            Some(end) if end <= total => {}
+            _ => return Err(BlockError::OutOfRange { lba, blocks }),
+        }
+        let bs = u64::from(self.block_size);
+        self.unmap_bytes(lba * bs, blocks * bs)
+            .map_err(BlockError::from)
+    }
+
+    fn provisioning(&self, lba: u64, max_blocks: u64) -> BlockResult<(Provisioning, u64)> {
+        self.check_ok()?;
+        self.provisioning_inner(lba, max_blocks)
+            .map_err(BlockError::from)
+    }
+}
