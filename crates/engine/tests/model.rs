@@ -1,0 +1,299 @@
+//! Model-based property test: random sequences of writes, reads, unmaps,
+//! flushes, snapshots, snapshot deletes, rollbacks, clones, restarts (clean,
+//! crash-after-flush, and from the backend alone) and scrubs, checked against
+//! a simple in-memory model of every vDisk. `DEPOT_MODEL_CASES` raises the
+//! number of cases (default 12 in CI).
+#![allow(missing_docs)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use depot_block::{BlockDevice, Provisioning};
+use depot_engine::{EngineError, VPool, VPoolConfig};
+use proptest::prelude::*;
+
+const BS: usize = 512;
+const BLOCKS: u64 = 128; // 64 KiB, 16 clusters
+const CLUSTERS: usize = 16;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write { vol: u8, lba: u64, n: u64, seed: u32, fua: bool },
+    Read { vol: u8, lba: u64, n: u64 },
+    Unmap { vol: u8, lba: u64, n: u64 },
+    Status { vol: u8, lba: u64 },
+    Flush { vol: u8 },
+    Snapshot { vol: u8 },
+    DeleteSnapshot { vol: u8, snap: u8 },
+    Rollback { vol: u8, snap: u8 },
+    Clone { vol: u8, snap: u8 },
+    Restart,
+    CrashAfterFlush,
+    RestartFromBackend,
+    Scrub,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let lba_n = (0..BLOCKS).prop_flat_map(|lba| (Just(lba), 1..=(BLOCKS - lba).min(24)));
+    prop_oneof![
+        12 => (any::<u8>(), lba_n.clone(), any::<u32>(), any::<bool>())
+            .prop_map(|(vol, (lba, n), seed, fua)| Op::Write { vol, lba, n, seed, fua }),
+        6 => (any::<u8>(), lba_n.clone()).prop_map(|(vol, (lba, n))| Op::Read { vol, lba, n }),
+        3 => (any::<u8>(), lba_n).prop_map(|(vol, (lba, n))| Op::Unmap { vol, lba, n }),
+        2 => (any::<u8>(), 0..BLOCKS).prop_map(|(vol, lba)| Op::Status { vol, lba }),
+        1 => any::<u8>().prop_map(|vol| Op::Flush { vol }),
+        3 => any::<u8>().prop_map(|vol| Op::Snapshot { vol }),
+        1 => (any::<u8>(), any::<u8>()).prop_map(|(vol, snap)| Op::DeleteSnapshot { vol, snap }),
+        2 => (any::<u8>(), any::<u8>()).prop_map(|(vol, snap)| Op::Rollback { vol, snap }),
+        2 => (any::<u8>(), any::<u8>()).prop_map(|(vol, snap)| Op::Clone { vol, snap }),
+        1 => Just(Op::Restart),
+        1 => Just(Op::CrashAfterFlush),
+        1 => Just(Op::RestartFromBackend),
+        1 => Just(Op::Scrub),
+    ]
+}
+
+#[derive(Clone)]
+struct Image {
+    data: Vec<u8>,
+    mapped: [bool; CLUSTERS],
+}
+
+struct ModelVol {
+    name: String,
+    img: Image,
+    snaps: Vec<(String, Image)>,
+}
+
+struct Model {
+    vols: Vec<ModelVol>,
+    /// (parent index, snapshot name) of every clone.
+    deps: Vec<(usize, String)>,
+    next: u32,
+}
+
+fn bytes(seed: u32, lba: u64, n: u64) -> Vec<u8> {
+    pattern(u64::from(seed), lba, (n as usize) * BS)
+}
+
+struct Harness {
+    rt: tokio::runtime::Runtime,
+    cfg: VPoolConfig,
+    pool: Option<Arc<VPool>>,
+    dir: tempfile::TempDir,
+}
+
+impl Harness {
+    fn pool(&self) -> &Arc<VPool> {
+        self.pool.as_ref().unwrap()
+    }
+    fn vol(&self, name: &str) -> Arc<depot_engine::Volume> {
+        self.pool().open_volume(name).unwrap()
+    }
+    fn reopen(&mut self, wipe: bool) {
+        if let Some(p) = self.pool.take() {
+            p.abandon();
+        }
+        if wipe {
+            std::fs::remove_dir_all(flash(self.dir.path())).unwrap();
+        }
+        self.pool = Some(VPool::open(self.cfg.clone(), self.rt.handle().clone()).unwrap());
+    }
+}
+
+fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.container_bytes = 9 * 4096; // 8 slots: lots of sealing and shipping
+    cfg.write_buffer_bytes = 1 << 20;
+    cfg.keep_shipped_bytes = 16 * 4096;
+    let rt = runtime();
+    let pool = VPool::open(cfg.clone(), rt.handle().clone()).unwrap();
+    let mut h = Harness { rt, cfg, pool: Some(pool), dir };
+    h.pool().create_volume("v0", BLOCKS * BS as u64, BS as u32).unwrap();
+    let mut m = Model {
+        vols: vec![ModelVol {
+            name: "v0".into(),
+            img: Image { data: vec![0; BLOCKS as usize * BS], mapped: [false; CLUSTERS] },
+            snaps: vec![],
+        }],
+        deps: vec![],
+        next: 0,
+    };
+    for op in ops {
+        match op {
+            Op::Write { vol, lba, n, seed, fua } => {
+                let i = vol as usize % m.vols.len();
+                let d = bytes(seed, lba, n);
+                h.vol(&m.vols[i].name).write(lba, &d, fua).unwrap();
+                let img = &mut m.vols[i].img;
+                img.data[lba as usize * BS..(lba + n) as usize * BS].copy_from_slice(&d);
+                for b in lba..lba + n {
+                    img.mapped[(b as usize * BS) / 4096] = true;
+                }
+            }
+            Op::Read { vol, lba, n } => {
+                let i = vol as usize % m.vols.len();
+                let mut buf = vec![0u8; n as usize * BS];
+                h.vol(&m.vols[i].name).read(lba, &mut buf).unwrap();
+                prop_assert_eq!(
+                    &buf[..],
+                    &m.vols[i].img.data[lba as usize * BS..(lba + n) as usize * BS]
+                );
+            }
+            Op::Unmap { vol, lba, n } => {
+                let i = vol as usize % m.vols.len();
+                h.vol(&m.vols[i].name).unmap(lba, n).unwrap();
+                let img = &mut m.vols[i].img;
+                img.data[lba as usize * BS..(lba + n) as usize * BS].fill(0);
+                for c in 0..CLUSTERS {
+                    let (cs, ce) = (c as u64 * 8, c as u64 * 8 + 8);
+                    if lba <= cs && lba + n >= ce {
+                        img.mapped[c] = false;
+                    }
+                }
+            }
+            Op::Status { vol, lba } => {
+                let i = vol as usize % m.vols.len();
+                let (st, run) = h.vol(&m.vols[i].name).provisioning(lba, BLOCKS).unwrap();
+                let c = (lba / 8) as usize;
+                let want = if m.vols[i].img.mapped[c] {
+                    Provisioning::Mapped
+                } else {
+                    Provisioning::Deallocated
+                };
+                prop_assert_eq!(st, want, "cluster {}", c);
+                prop_assert!(run >= 1 && lba + run <= BLOCKS);
+                let end_c = ((lba + run - 1) / 8) as usize;
+                for cc in c..=end_c {
+                    prop_assert_eq!(m.vols[i].img.mapped[cc], m.vols[i].img.mapped[c]);
+                }
+            }
+            Op::Flush { vol } => {
+                let i = vol as usize % m.vols.len();
+                h.vol(&m.vols[i].name).flush().unwrap();
+            }
+            Op::Snapshot { vol } => {
+                let i = vol as usize % m.vols.len();
+                m.next += 1;
+                let name = format!("s{}", m.next);
+                h.vol(&m.vols[i].name).create_snapshot(&name).unwrap();
+                let img = m.vols[i].img.clone();
+                m.vols[i].snaps.push((name, img));
+            }
+            Op::DeleteSnapshot { vol, snap } => {
+                let i = vol as usize % m.vols.len();
+                if m.vols[i].snaps.is_empty() {
+                    continue;
+                }
+                let s = snap as usize % m.vols[i].snaps.len();
+                let name = m.vols[i].snaps[s].0.clone();
+                let r = h.vol(&m.vols[i].name).delete_snapshot(&name);
+                if m.deps.iter().any(|(p, n)| *p == i && *n == name) {
+                    prop_assert!(matches!(r, Err(EngineError::HasClones(_))));
+                } else {
+                    r.unwrap();
+                    m.vols[i].snaps.remove(s);
+                }
+            }
+            Op::Rollback { vol, snap } => {
+                let i = vol as usize % m.vols.len();
+                if m.vols[i].snaps.is_empty() {
+                    continue;
+                }
+                let s = snap as usize % m.vols[i].snaps.len();
+                let name = m.vols[i].snaps[s].0.clone();
+                let r = h.vol(&m.vols[i].name).rollback(&name);
+                let later_has_clone = m.vols[i].snaps[s + 1..]
+                    .iter()
+                    .any(|(n, _)| m.deps.iter().any(|(p, dn)| *p == i && dn == n));
+                if later_has_clone {
+                    prop_assert!(matches!(r, Err(EngineError::HasClones(_))));
+                } else {
+                    r.unwrap();
+                    m.vols[i].img = m.vols[i].snaps[s].1.clone();
+                    m.vols[i].snaps.truncate(s + 1);
+                }
+            }
+            Op::Clone { vol, snap } => {
+                let i = vol as usize % m.vols.len();
+                if m.vols[i].snaps.is_empty() || m.vols.len() >= 5 {
+                    continue;
+                }
+                let s = snap as usize % m.vols[i].snaps.len();
+                let (sname, img) = m.vols[i].snaps[s].clone();
+                m.next += 1;
+                let name = format!("c{}", m.next);
+                h.pool().clone_volume(&m.vols[i].name, Some(&sname), &name).unwrap();
+                m.deps.push((i, sname));
+                m.vols.push(ModelVol { name, img, snaps: vec![] });
+            }
+            Op::Restart => {
+                if let Some(p) = h.pool.take() {
+                    p.shutdown().unwrap();
+                }
+                h.reopen(false);
+            }
+            Op::CrashAfterFlush => {
+                for v in &m.vols {
+                    h.vol(&v.name).flush().unwrap();
+                }
+                h.reopen(false);
+            }
+            Op::RestartFromBackend => {
+                for v in &m.vols {
+                    h.vol(&v.name).sync_to_backend().unwrap();
+                }
+                h.reopen(true);
+            }
+            Op::Scrub => {
+                let r = h.pool().scrub().unwrap();
+                prop_assert!(r.errors.is_empty(), "{:?}", r);
+            }
+        }
+    }
+    // Final full comparison, then once more after a restart from the backend.
+    for round in 0..2 {
+        for v in &m.vols {
+            let vol = h.vol(&v.name);
+            let mut buf = vec![0u8; BLOCKS as usize * BS];
+            vol.read(0, &mut buf).unwrap();
+            prop_assert!(buf == v.img.data, "round {} volume {}", round, v.name);
+            let names: Vec<String> =
+                vol.list_snapshots().into_iter().map(|s| s.name).collect();
+            let want: Vec<String> = v.snaps.iter().map(|(n, _)| n.clone()).collect();
+            prop_assert_eq!(names, want);
+            if round == 0 {
+                vol.sync_to_backend().unwrap();
+            }
+        }
+        h.reopen(true);
+    }
+    if let Some(p) = h.pool.take() {
+        p.shutdown().unwrap();
+    }
+    Ok(())
+}
+
+fn cases() -> u32 {
+    std::env::var("DEPOT_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        max_shrink_iters: 200,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn engine_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
+        run(ops)?;
+    }
+}
