@@ -815,8 +815,14 @@ mod tests {
     fn unknown_and_short_cdbs() {
         assert_eq!(parse(&[]).unwrap_err().code(), asc::INVALID_OPCODE);
         assert_eq!(parse(&[0xff; 16]).unwrap_err().code(), asc::INVALID_OPCODE);
-        assert_eq!(parse(&[0x28, 0, 0]).unwrap_err().code(), asc::INVALID_OPCODE);
-        assert_eq!(parse(&[0x04, 0, 0, 0, 0, 0]).unwrap_err().code(), asc::INVALID_OPCODE);
+        assert_eq!(
+            parse(&[0x28, 0, 0]).unwrap_err().code(),
+            asc::INVALID_OPCODE
+        );
+        assert_eq!(
+            parse(&[0x04, 0, 0, 0, 0, 0]).unwrap_err().code(),
+            asc::INVALID_OPCODE
+        );
     }
 
     #[test]

@@ -182,16 +182,24 @@ fn device_identification(id: &Identity<'_>, nexus: &Nexus, tpg_id: u16) -> Vec<u
     let mut name = nexus.target_port().into_bytes();
     name.truncate(251);
     name.push(0);
-    while name.len() % 4 != 0 {
+    while !name.len().is_multiple_of(4) {
         name.push(0);
     }
     b.extend(designator(0x53, 0x80 | 0x10 | 0x08, &name));
     // Target port: relative target port identifier (type 4).
     let rel = nexus.relative_port_id.to_be_bytes();
-    b.extend(designator(0x51, 0x80 | 0x10 | 0x04, &[0, 0, rel[0], rel[1]]));
+    b.extend(designator(
+        0x51,
+        0x80 | 0x10 | 0x04,
+        &[0, 0, rel[0], rel[1]],
+    ));
     // Target port group (type 5).
     let tpg = tpg_id.to_be_bytes();
-    b.extend(designator(0x51, 0x80 | 0x10 | 0x05, &[0, 0, tpg[0], tpg[1]]));
+    b.extend(designator(
+        0x51,
+        0x80 | 0x10 | 0x05,
+        &[0, 0, tpg[0], tpg[1]],
+    ));
     b
 }
 
@@ -325,9 +333,15 @@ mod tests {
     #[test]
     fn rtpg_lengths() {
         let d = report_target_port_groups(&nexus(), 1, false);
-        assert_eq!(u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize, d.len() - 4);
+        assert_eq!(
+            u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize,
+            d.len() - 4
+        );
         let d = report_target_port_groups(&nexus(), 1, true);
         assert_eq!(d[4], 0x10);
-        assert_eq!(u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize, d.len() - 4);
+        assert_eq!(
+            u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize,
+            d.len() - 4
+        );
     }
 }

@@ -437,12 +437,11 @@ impl LogicalUnit {
                     | Cdb::ReportSupportedTmfs { .. }
                     | Cdb::ReportTargetPortGroups { .. }
             );
-            if !spc2_exempt {
-                if let Some(holder) = self.spc2.lock().as_ref() {
-                    if holder != nexus {
-                        return true;
-                    }
-                }
+            if !spc2_exempt
+                && let Some(holder) = self.spc2.lock().as_ref()
+                && holder != nexus
+            {
+                return true;
             }
         }
         if self.pr_reserved.load(Ordering::Acquire) {
@@ -507,7 +506,7 @@ impl LogicalUnit {
     fn write_data<'a>(&self, cmd: &Command<'a>, blocks: u32) -> Result<&'a [u8], Sense> {
         let needed = blocks as usize * self.limits.block_size as usize;
         let avail = cmd.data_out.len().min(needed);
-        if avail % self.limits.block_size as usize != 0 {
+        if !avail.is_multiple_of(self.limits.block_size as usize) {
             return Err(Sense::illegal(asc::INVALID_FIELD_IN_IU));
         }
         Ok(&cmd.data_out[..avail])
@@ -731,7 +730,9 @@ impl LogicalUnit {
         }
         if verify {
             let mut back = vec![0u8; data.len()];
-            self.device.read(io.lba, &mut back).map_err(dev_err(false))?;
+            self.device
+                .read(io.lba, &mut back)
+                .map_err(dev_err(false))?;
             if let Some(off) = first_difference(&back, data) {
                 return Err(Sense::miscompare(off as u64));
             }
@@ -1031,7 +1032,10 @@ impl LogicalUnit {
             if let Err(e) = self.pr_store.save(&next) {
                 tracing::error!(error = %e, serial = %self.config.serial,
                     "cannot persist persistent reservation state");
-                return Err(Sense::new(key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE));
+                return Err(Sense::new(
+                    key::HARDWARE_ERROR,
+                    asc::INTERNAL_TARGET_FAILURE,
+                ));
             }
             let reserved = next.reservation.is_some();
             *self.pr.write() = next;

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use depot_block::{BlockDevice, MemDevice};
+use proptest::prelude::*;
 
 use super::*;
-use crate::ScsiTarget;
+use crate::{ScsiTarget, TmfOutcome};
 
 const BS: usize = 512;
 const BLOCKS: u64 = 1024;
@@ -70,7 +71,12 @@ fn info_of(c: &Completion) -> Option<u64> {
 }
 
 fn assert_good(c: &Completion) {
-    assert_eq!(c.status, Status::GOOD, "sense {:?}", c.sense.as_ref().map(|s| s.to_vec()));
+    assert_eq!(
+        c.status,
+        Status::GOOD,
+        "sense {:?}",
+        c.sense.as_ref().map(|s| s.to_vec())
+    );
 }
 
 fn assert_check(c: &Completion, key: u8, code: (u8, u8)) {
@@ -102,7 +108,13 @@ fn write10(r: &Rig, lba: u32, data: &[u8]) -> Completion {
 }
 
 fn read10(r: &Rig, lba: u32, blocks: u16) -> Completion {
-    run(&r.lu, &r.a, &cdb10(0x28, 0, lba, blocks), &[], blocks as u32 * BS as u32)
+    run(
+        &r.lu,
+        &r.a,
+        &cdb10(0x28, 0, lba, blocks),
+        &[],
+        blocks as u32 * BS as u32,
+    )
 }
 
 #[test]
@@ -151,15 +163,826 @@ fn out_of_range_and_bad_opcode() {
     assert_check(&c, 5, (0x21, 0));
     let c = run(&r.lu, &r.a, &cdb16(0x88, 0, u64::MAX, 1), &[], 512);
     assert_check(&c, 5, (0x21, 0));
-    let c = run(&r.lu, &r.a, &cdb10(0x28, 0, BLOCKS as u32 - 1, 2), &[], 1024);
+    let c = run(
+        &r.lu,
+        &r.a,
+        &cdb10(0x28, 0, BLOCKS as u32 - 1, 2),
+        &[],
+        1024,
+    );
     assert_check(&c, 5, (0x21, 0));
     // Zero blocks: fine inside, out of range past the end.
     assert_good(&run(&r.lu, &r.a, &cdb10(0x28, 0, 0, 0), &[], 0));
     let c = run(&r.lu, &r.a, &cdb10(0x2a, 0, BLOCKS as u32 + 1, 0), &[], 0);
     assert_check(&c, 5, (0x21, 0));
-    let c = run(&r.lu, &r.a, &[0xc5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0);
+    let c = run(
+        &r.lu,
+        &r.a,
+        &[0xc5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        &[],
+        0,
+    );
     assert_check(&c, 5, (0x20, 0));
     // RDPROTECT without protection information.
     let c = run(&r.lu, &r.a, &cdb10(0x28, 0x20, 0, 1), &[], 512);
     assert_check(&c, 5, (0x24, 0));
+}
+
+fn caw(r: &Rig, n: &Arc<Nexus>, lba: u64, blocks: u8, data: &[u8]) -> Completion {
+    let mut c = cdb16(0x89, 0, lba, 0);
+    c[10..14].fill(0);
+    c[13] = blocks;
+    run(&r.lu, n, &c, data, 0)
+}
+
+#[test]
+fn compare_and_write_semantics() {
+    let r = rig();
+    assert_good(&write10(&r, 3, &[b'A'; BS]));
+    let mut buf = vec![b'A'; BS];
+    buf.extend_from_slice(&[b'B'; BS]);
+    assert_good(&caw(&r, &r.a, 3, 1, &buf));
+    assert!(read10(&r, 3, 1).data.iter().all(|b| *b == b'B'));
+    // Miscompare: INFORMATION is the offset of the first differing byte and
+    // nothing is written.
+    let mut buf = vec![b'B'; BS];
+    buf[100] = b'X';
+    buf.extend_from_slice(&[b'C'; BS]);
+    let c = caw(&r, &r.a, 3, 1, &buf);
+    assert_check(&c, 0x0e, (0x1d, 0));
+    assert_eq!(info_of(&c), Some(100));
+    assert!(read10(&r, 3, 1).data.iter().all(|b| *b == b'B'));
+    // Wrong data-out size, beyond the limit, beyond the end.
+    let c = caw(&r, &r.a, 3, 1, &[b'B'; 4 * BS]);
+    assert_check(&c, 5, (0x24, 0));
+    let c = caw(&r, &r.a, 3, 33, &vec![0; 66 * BS]);
+    assert_check(&c, 5, (0x24, 0));
+    let c = caw(&r, &r.a, BLOCKS, 1, &[0; 2 * BS]);
+    assert_check(&c, 5, (0x21, 0));
+    assert_eq!(c.transfer_length, 2 * BS as u32);
+}
+
+#[test]
+fn compare_and_write_is_atomic_against_writes() {
+    // Writers flip a block between two patterns; CAW swaps them. Every
+    // read must show a whole pattern and CAW must never lose an update.
+    let r = Arc::new(rig());
+    assert_good(&write10(&r, 7, &[0u8; BS]));
+    let writer = {
+        let r = r.clone();
+        std::thread::spawn(move || {
+            for i in 0..300u32 {
+                let fill = if i % 2 == 0 { 1u8 } else { 0u8 };
+                assert_good(&write10(&r, 7, &[fill; BS]));
+            }
+        })
+    };
+    let mut swaps = 0;
+    for _ in 0..300 {
+        let mut buf = vec![1u8; BS];
+        buf.extend_from_slice(&[2u8; BS]);
+        let c = caw(&r, &r.b, 7, 1, &buf);
+        if c.status == Status::GOOD {
+            swaps += 1;
+        } else {
+            assert_check(&c, 0x0e, (0x1d, 0));
+        }
+        let d = read10(&r, 7, 1).data;
+        assert!(d.iter().all(|b| *b == d[0]), "torn block");
+    }
+    writer.join().unwrap();
+    let _ = swaps;
+}
+
+#[test]
+fn verify_and_write_verify() {
+    let r = rig();
+    let data: Vec<u8> = (0..3 * BS).map(|i| (i * 7) as u8).collect();
+    assert_good(&write10(&r, 10, &data));
+    // BYTCHK=1 match / mismatch.
+    assert_good(&run(&r.lu, &r.a, &cdb10(0x2f, 0x02, 10, 3), &data, 0));
+    let mut bad = data.clone();
+    bad[BS + 9] ^= 0xff;
+    let c = run(&r.lu, &r.a, &cdb10(0x2f, 0x02, 10, 3), &bad, 0);
+    assert_check(&c, 0x0e, (0x1d, 0));
+    assert_eq!(info_of(&c), Some(BS as u64 + 9));
+    // BYTCHK=0: medium verification only.
+    assert_good(&run(&r.lu, &r.a, &cdb10(0x2f, 0x10, 10, 3), &[], 0));
+    // BYTCHK=3: one block against each.
+    assert_good(&write10(&r, 20, &[9u8; 2 * BS]));
+    assert_good(&run(&r.lu, &r.a, &cdb10(0x2f, 0x06, 20, 2), &[9u8; BS], 0));
+    // VRPROTECT.
+    let c = run(&r.lu, &r.a, &cdb10(0x2f, 0x22, 10, 1), &data[..BS], 0);
+    assert_check(&c, 5, (0x24, 0));
+    // WRITE AND VERIFY writes.
+    assert_good(&run(&r.lu, &r.a, &cdb10(0x2e, 0x02, 30, 1), &[5u8; BS], 0));
+    assert!(read10(&r, 30, 1).data.iter().all(|b| *b == 5));
+}
+
+#[test]
+fn orwrite_ors() {
+    let r = rig();
+    assert_good(&write10(&r, 0, &[0xa0; BS]));
+    assert_good(&run(&r.lu, &r.a, &cdb16(0x8b, 0x18, 0, 1), &[0x05; BS], 0));
+    assert!(read10(&r, 0, 1).data.iter().all(|b| *b == 0xa5));
+}
+
+#[test]
+fn write_same_and_unmap() {
+    let r = rig();
+    assert_good(&write10(&r, 0, &[0xff; 8 * BS]));
+    // WRITE SAME(10) with data.
+    let mut pat = vec![0u8; BS];
+    pat[0] = 0x11;
+    assert_good(&run(&r.lu, &r.a, &cdb10(0x41, 0, 0, 4), &pat, 0));
+    let d = read10(&r, 0, 4).data;
+    for b in d.chunks(BS) {
+        assert_eq!(b, &pat[..]);
+    }
+    // UNMAP bit with zeros deallocates.
+    assert_good(&run(&r.lu, &r.a, &cdb10(0x41, 0x08, 4, 4), &[0; BS], 0));
+    assert_eq!(
+        r.dev.provisioning(4, 2000).unwrap(),
+        (Provisioning::Deallocated, 1020)
+    );
+    // NDOB (16) + UNMAP.
+    assert_good(&run(&r.lu, &r.a, &cdb16(0x93, 0x09, 0, 2), &[], 0));
+    assert_eq!(
+        r.dev.provisioning(0, 2).unwrap().0,
+        Provisioning::Deallocated
+    );
+    // ANCHOR, 0 blocks (WSNZ), wrong data-out size, out of range.
+    assert_check(
+        &run(&r.lu, &r.a, &cdb10(0x41, 0x18, 0, 1), &[0; BS], 0),
+        5,
+        (0x24, 0),
+    );
+    assert_check(
+        &run(&r.lu, &r.a, &cdb10(0x41, 0, 0, 0), &[0; BS], 0),
+        5,
+        (0x24, 0),
+    );
+    assert_check(
+        &run(&r.lu, &r.a, &cdb10(0x41, 0x08, 0, 1), &[0; 2 * BS], 0),
+        5,
+        (0x0e, 0x03),
+    );
+    let c = run(
+        &r.lu,
+        &r.a,
+        &cdb10(0x41, 0, BLOCKS as u32 - 1, 2),
+        &[0; BS],
+        0,
+    );
+    assert_check(&c, 5, (0x21, 0));
+    // UNMAP command: descriptors, zero-length ones, limits.
+    assert_good(&write10(&r, 100, &[1; 4 * BS]));
+    let mut p = vec![0u8; 8];
+    for (lba, n) in [(100u64, 2u32), (BLOCKS, 0), (103, 1)] {
+        p.extend_from_slice(&lba.to_be_bytes());
+        p.extend_from_slice(&n.to_be_bytes());
+        p.extend_from_slice(&[0; 4]);
+    }
+    let total = p.len();
+    p[0..2].copy_from_slice(&((total - 2) as u16).to_be_bytes());
+    p[2..4].copy_from_slice(&((total - 8) as u16).to_be_bytes());
+    let unmap = |p: &[u8]| cdb10(0x42, 0, 0, p.len() as u16);
+    assert_good(&run(&r.lu, &r.a, &unmap(&p), &p, 0));
+    assert_eq!(
+        r.dev.provisioning(100, 4).unwrap(),
+        (Provisioning::Deallocated, 2)
+    );
+    assert_eq!(
+        r.dev.provisioning(102, 4).unwrap(),
+        (Provisioning::Mapped, 1)
+    );
+    assert_eq!(
+        r.dev.provisioning(103, 1).unwrap().0,
+        Provisioning::Deallocated
+    );
+    // Out of range descriptor: nothing unmapped.
+    let mut q = p.clone();
+    q[8..16].copy_from_slice(&(BLOCKS - 1).to_be_bytes());
+    assert_check(&run(&r.lu, &r.a, &unmap(&q), &q, 0), 5, (0x21, 0));
+    // Parameter list shorter than the header; longer than the data-out.
+    assert_check(
+        &run(&r.lu, &r.a, &cdb10(0x42, 0, 0, 4), &p, 0),
+        5,
+        (0x1a, 0),
+    );
+    assert_check(&run(&r.lu, &r.a, &unmap(&p), &p[..20], 0), 5, (0x1a, 0));
+    // Zero-length parameter list is a no-op.
+    assert_good(&run(&r.lu, &r.a, &cdb10(0x42, 0, 0, 0), &[], 0));
+}
+
+#[test]
+fn get_lba_status_reports_runs() {
+    let r = rig();
+    assert_good(&write10(&r, 10, &[1; 5 * BS]));
+    let mut c = cdb16(0x9e, 0x12, 8, 0);
+    c[10..14].copy_from_slice(&64u32.to_be_bytes());
+    let out = run(&r.lu, &r.a, &c, &[], 64);
+    assert_good(&out);
+    let d = &out.data;
+    assert_eq!(d.len(), 56);
+    assert_eq!(u32::from_be_bytes([d[0], d[1], d[2], d[3]]), 4 + 48);
+    let desc = |i: usize| {
+        let b = &d[8 + 16 * i..];
+        (
+            u64::from_be_bytes(b[..8].try_into().unwrap()),
+            u32::from_be_bytes(b[8..12].try_into().unwrap()),
+            b[12],
+        )
+    };
+    assert_eq!(desc(0), (8, 2, 1));
+    assert_eq!(desc(1), (10, 5, 0));
+    assert_eq!(desc(2), (15, (BLOCKS - 15) as u32, 1));
+    // Beyond the end.
+    let mut c = cdb16(0x9e, 0x12, BLOCKS, 0);
+    c[10..14].copy_from_slice(&24u32.to_be_bytes());
+    assert_check(&run(&r.lu, &r.a, &c, &[], 24), 5, (0x21, 0));
+}
+
+#[test]
+fn capacity_and_inquiry() {
+    let r = rig();
+    let c = run(&r.lu, &r.a, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 8);
+    assert_good(&c);
+    assert_eq!(&c.data[..], &[0, 0, 3, 0xff, 0, 0, 2, 0]);
+    let mut rc16 = cdb16(0x9e, 0x10, 0, 0);
+    rc16[10..14].copy_from_slice(&32u32.to_be_bytes());
+    let c = run(&r.lu, &r.a, &rc16, &[], 32);
+    assert_eq!(c.data[14], 0xc0);
+    assert_eq!(
+        u64::from_be_bytes(c.data[..8].try_into().unwrap()),
+        BLOCKS - 1
+    );
+    // Allocation length smaller than the data.
+    rc16[13] = 5;
+    let c = run(&r.lu, &r.a, &rc16, &[], 32);
+    assert_eq!((c.data.len(), c.transfer_length), (5, 5));
+    // INQUIRY honours allocation length; EVPD=0 with a page code fails.
+    let c = run(&r.lu, &r.a, &[0x12, 0, 0, 0, 5, 0], &[], 255);
+    assert_eq!(c.data.len(), 5);
+    assert_check(
+        &run(&r.lu, &r.a, &[0x12, 0, 0x80, 0, 255, 0], &[], 255),
+        5,
+        (0x24, 0),
+    );
+    let c = run(&r.lu, &r.a, &[0x12, 1, 0x80, 0, 255, 0], &[], 255);
+    assert_eq!(&c.data[4..], b"SN0001");
+    let c = run(&r.lu, &r.a, &[0x12, 1, 0xb2, 0, 255, 0], &[], 255);
+    assert_eq!(c.data[5], 0xe4);
+    assert_check(
+        &run(&r.lu, &r.a, &[0x12, 1, 0x99, 0, 255, 0], &[], 255),
+        5,
+        (0x24, 0),
+    );
+}
+
+#[test]
+fn mode_pages_dsense_and_swp() {
+    let r = rig();
+    let c = run(&r.lu, &r.a, &[0x1a, 0, 0x3f, 0, 255, 0], &[], 255);
+    assert_good(&c);
+    assert_eq!(c.data[0] as usize, c.data.len() - 1);
+    assert_eq!(c.data[2], 0x10);
+    // Switch to descriptor sense and software write protect.
+    let cur = run(&r.lu, &r.a, &[0x1a, 0x08, 0x0a, 0, 255, 0], &[], 255);
+    let mut params = vec![0, 0, 0, 0];
+    params.extend_from_slice(&cur.data[4..]);
+    params[4 + 2] |= 0x04;
+    params[4 + 4] |= 0x08;
+    let sel = [0x15, 0x10, 0, 0, params.len() as u8, 0];
+    assert_good(&run(&r.lu, &r.a, &sel, &params, 0));
+    let c = write10(&r, 0, &[0; BS]);
+    assert_eq!(c.sense.as_ref().unwrap()[0], 0x72);
+    assert_check(&c, 7, (0x27, 0x02));
+    let c = run(&r.lu, &r.a, &[0x1a, 0x08, 0x3f, 0, 255, 0], &[], 255);
+    assert_eq!(c.data[2], 0x90);
+    // Saved values are not supported.
+    assert_check(
+        &run(&r.lu, &r.a, &[0x1a, 0, 0xff, 0, 255, 0], &[], 255),
+        5,
+        (0x39, 0),
+    );
+    // MODE SENSE(10) header.
+    let c = run(
+        &r.lu,
+        &r.a,
+        &[0x5a, 0, 0x08, 0, 0, 0, 0, 0, 255, 0],
+        &[],
+        255,
+    );
+    assert_eq!(
+        u16::from_be_bytes([c.data[0], c.data[1]]) as usize,
+        c.data.len() - 2
+    );
+    assert_eq!(c.data[7], 8);
+}
+
+#[test]
+fn read_only_lu() {
+    let mut cfg = LuConfig::new("RO", LuConfig::naa_from_id(7));
+    cfg.read_only = true;
+    let r = rig_with(cfg);
+    assert_check(&write10(&r, 0, &[0; BS]), 7, (0x27, 0));
+    assert_check(
+        &run(&r.lu, &r.a, &cdb10(0x41, 0x08, 0, 1), &[], 0),
+        7,
+        (0x27, 0),
+    );
+    let mut p = vec![0u8; 24];
+    p[3] = 16;
+    p[19] = 1;
+    assert_check(
+        &run(&r.lu, &r.a, &cdb10(0x42, 0, 0, 24), &p, 0),
+        7,
+        (0x27, 0),
+    );
+    let c = run(&r.lu, &r.a, &[0x1a, 0, 0x3f, 0, 255, 0], &[], 255);
+    assert_eq!(c.data[2] & 0x80, 0x80);
+    assert_good(&read10(&r, 0, 1));
+}
+
+#[test]
+fn report_supported_opcodes_and_tmfs() {
+    let r = rig();
+    let c = run(
+        &r.lu,
+        &r.a,
+        &[0xa3, 0x0c, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0],
+        &[],
+        65535,
+    );
+    assert_good(&c);
+    let len = u32::from_be_bytes(c.data[..4].try_into().unwrap()) as usize;
+    assert_eq!(len + 4, c.data.len());
+    let c = run(
+        &r.lu,
+        &r.a,
+        &[0xa3, 0x0c, 0x01, 0x89, 0, 0, 0, 0, 0xff, 0xff, 0, 0],
+        &[],
+        65535,
+    );
+    assert_eq!(c.data[1] & 7, 3);
+    assert_eq!(c.data[5] & 0x18, 0x18);
+    let c = run(
+        &r.lu,
+        &r.a,
+        &[0xa3, 0x0d, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0],
+        &[],
+        4,
+    );
+    assert_eq!(c.data[0], 0xca);
+}
+
+fn pr_out(r: &Rig, n: &Arc<Nexus>, sa: u8, ty: u8, res: u64, sa_key: u64, flags: u8) -> Completion {
+    let mut p = vec![0u8; 24];
+    p[..8].copy_from_slice(&res.to_be_bytes());
+    p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    p[20] = flags;
+    let c = [0x5f, sa, ty, 0, 0, 0, 0, 0, 24, 0];
+    run(&r.lu, n, &c, &p, 0)
+}
+
+fn pr_in(r: &Rig, n: &Arc<Nexus>, sa: u8) -> Completion {
+    run(
+        &r.lu,
+        n,
+        &[0x5e, sa, 0, 0, 0, 0, 0, 0x40, 0, 0],
+        &[],
+        0x4000,
+    )
+}
+
+#[test]
+fn persistent_reservations_over_cdbs() {
+    let r = rig();
+    assert_good(&pr_out(&r, &r.a, 6, 0, 0, 0xaa, 0));
+    assert_good(&pr_out(&r, &r.b, 6, 0, 0, 0xbb, 0));
+    let keys = pr_in(&r, &r.a, 0);
+    assert_eq!(u32::from_be_bytes(keys.data[4..8].try_into().unwrap()), 16);
+    // Exclusive access by A: B can neither read nor write.
+    assert_good(&pr_out(&r, &r.a, 1, 3, 0xaa, 0, 0));
+    assert_eq!(
+        run(&r.lu, &r.b, &cdb10(0x28, 0, 0, 1), &[], 512).status,
+        Status::RESERVATION_CONFLICT
+    );
+    assert_good(&read10(&r, 0, 1));
+    // TUR and INQUIRY are allowed; MODE SENSE is not.
+    assert_good(&run(&r.lu, &r.b, &[0, 0, 0, 0, 0, 0], &[], 0));
+    assert_eq!(
+        run(&r.lu, &r.b, &[0x1a, 0, 0x3f, 0, 255, 0], &[], 255).status,
+        Status::RESERVATION_CONFLICT
+    );
+    // READ RESERVATION.
+    let rr = pr_in(&r, &r.b, 1);
+    assert_eq!(u32::from_be_bytes(rr.data[4..8].try_into().unwrap()), 16);
+    assert_eq!(u64::from_be_bytes(rr.data[8..16].try_into().unwrap()), 0xaa);
+    assert_eq!(rr.data[21], 3);
+    // B preempts A: A's registration goes, A gets REGISTRATIONS PREEMPTED.
+    assert_good(&pr_out(&r, &r.b, 4, 1, 0xbb, 0xaa, 0));
+    let c = run(&r.lu, &r.a, &[0, 0, 0, 0, 0, 0], &[], 0);
+    assert_check(&c, 6, (0x2a, 0x05));
+    assert_eq!(
+        run(&r.lu, &r.a, &cdb10(0x2a, 0, 0, 1), &[0; BS], 0).status,
+        Status::RESERVATION_CONFLICT
+    );
+    assert_good(&read10(&r, 0, 1)); // Write Exclusive: reads allowed
+    // RESERVE(6) conflicts while registrations exist.
+    assert_eq!(
+        run(&r.lu, &r.a, &[0x16, 0, 0, 0, 0, 0], &[], 0).status,
+        Status::RESERVATION_CONFLICT
+    );
+    // REPORT CAPABILITIES and READ FULL STATUS shapes.
+    let caps = pr_in(&r, &r.a, 2);
+    assert_eq!(caps.data.len(), 8);
+    assert_eq!(caps.data[2] & 0x01, 0);
+    let fs = pr_in(&r, &r.a, 3);
+    assert_eq!(fs.data[8 + 12], 1); // R_HOLDER
+    // Invalid service action.
+    assert_check(
+        &run(
+            &r.lu,
+            &r.a,
+            &[0x5e, 4, 0, 0, 0, 0, 0, 0x40, 0, 0],
+            &[],
+            0x4000,
+        ),
+        5,
+        (0x24, 0),
+    );
+    // Wrong parameter list length.
+    let c = run(
+        &r.lu,
+        &r.b,
+        &[0x5f, 0, 0, 0, 0, 0, 0, 0, 20, 0],
+        &[0; 24],
+        0,
+    );
+    assert_check(&c, 5, (0x1a, 0));
+    // CLEAR.
+    assert_good(&pr_out(&r, &r.b, 3, 0, 0xbb, 0, 0));
+    let keys = pr_in(&r, &r.a, 0);
+    assert_eq!(u32::from_be_bytes(keys.data[4..8].try_into().unwrap()), 0);
+}
+
+#[test]
+fn persistent_reservations_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lu.pr");
+    let mut cfg = LuConfig::new("P1", LuConfig::naa_from_id(9));
+    cfg.pr_state_path = Some(path.clone());
+    let r = rig_with(cfg.clone());
+    assert_good(&pr_out(&r, &r.a, 6, 0, 0, 0x77, 1));
+    assert_good(&pr_out(&r, &r.a, 1, 5, 0x77, 0, 0));
+    assert!(path.exists());
+    drop(r);
+    let r = rig_with(cfg);
+    let rr = pr_in(&r, &r.b, 1);
+    assert_eq!(u64::from_be_bytes(rr.data[8..16].try_into().unwrap()), 0x77);
+    assert_eq!(rr.data[21], 5);
+    assert_eq!(pr_in(&r, &r.a, 2).data[3] & 0x01, 1); // PTPL_A
+    assert_eq!(
+        run(&r.lu, &r.b, &cdb10(0x2a, 0, 0, 1), &[0; BS], 0).status,
+        Status::RESERVATION_CONFLICT
+    );
+    // APTPL without a state path is refused.
+    let r2 = rig();
+    assert_check(&pr_out(&r2, &r2.a, 6, 0, 0, 1, 1), 5, (0x26, 0));
+}
+
+#[test]
+fn spc2_reserve_release() {
+    let r = rig();
+    let reserve = [0x16, 0, 0, 0, 0, 0];
+    let release = [0x17, 0, 0, 0, 0, 0];
+    assert_good(&run(&r.lu, &r.a, &reserve, &[], 0));
+    assert_good(&run(&r.lu, &r.a, &reserve, &[], 0));
+    assert_eq!(
+        run(&r.lu, &r.b, &reserve, &[], 0).status,
+        Status::RESERVATION_CONFLICT
+    );
+    assert_good(&run(&r.lu, &r.b, &release, &[], 0)); // no-op for non-holder
+    assert_eq!(
+        run(&r.lu, &r.b, &[0x1a, 0, 0x3f, 0, 255, 0], &[], 255).status,
+        Status::RESERVATION_CONFLICT
+    );
+    assert_good(&run(&r.lu, &r.b, &[0x12, 0, 0, 0, 36, 0], &[], 36));
+    assert_good(&run(&r.lu, &r.a, &[0x1a, 0, 0x3f, 0, 255, 0], &[], 255));
+    // PR commands conflict with an SPC-2 reservation, even for the holder.
+    assert_eq!(pr_in(&r, &r.a, 0).status, Status::RESERVATION_CONFLICT);
+    // Nexus loss releases it.
+    r.lu.nexus_lost(&r.a);
+    assert_good(&run(&r.lu, &r.b, &reserve, &[], 0));
+    // LU reset releases it too, with a unit attention for everyone.
+    r.lu.reset(asc::BUS_DEVICE_RESET);
+    assert_check(&run(&r.lu, &r.b, &reserve, &[], 0), 6, (0x29, 0x03));
+    assert_good(&run(&r.lu, &r.a, &reserve, &[], 0));
+}
+
+#[test]
+fn unit_attentions_and_request_sense() {
+    let r = rig();
+    assert_good(&read10(&r, 0, 1));
+    r.lu.capacity_changed();
+    // INQUIRY does not report it; REQUEST SENSE returns and clears it.
+    assert_good(&run(&r.lu, &r.a, &[0x12, 0, 0, 0, 36, 0], &[], 36));
+    let c = run(&r.lu, &r.a, &[0x03, 0, 0, 0, 252, 0], &[], 252);
+    assert_good(&c);
+    assert_eq!((c.data[2], c.data[12], c.data[13]), (6, 0x2a, 0x09));
+    let c = run(&r.lu, &r.a, &[0x03, 1, 0, 0, 252, 0], &[], 252);
+    assert_eq!((c.data[0], c.data[1]), (0x72, 0));
+    assert_good(&read10(&r, 0, 1));
+}
+
+fn target_rig() -> (ScsiTarget, Rig) {
+    let r = rig();
+    let t = ScsiTarget::new(Registry::new());
+    t.insert_lun(0, r.lu.clone());
+    (t, r)
+}
+
+fn trun(t: &ScsiTarget, lun: u64, n: &Arc<Nexus>, cdb: &[u8], expected_in: u32) -> Completion {
+    t.execute(
+        lun,
+        &Command {
+            nexus: n,
+            cdb,
+            data_out: &[],
+            expected_in,
+        },
+    )
+}
+
+#[test]
+fn target_luns_and_unit_attentions() {
+    let (t, r) = target_rig();
+    let rl = [0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+    let c = trun(&t, 5, &r.a, &rl, 256);
+    assert_good(&c);
+    assert_eq!(&c.data[..8], &[0, 0, 0, 8, 0, 0, 0, 0]);
+    // Absent LUN: INQUIRY PQ=3, others 25/00, REQUEST SENSE data 25/00.
+    let c = trun(&t, 5, &r.a, &[0x12, 0, 0, 0, 36, 0], 36);
+    assert_eq!(c.data[0], 0x7f);
+    assert_check(&trun(&t, 5, &r.a, &[0, 0, 0, 0, 0, 0], 0), 5, (0x25, 0));
+    let c = trun(&t, 5, &r.a, &[0x03, 0, 0, 0, 18, 0], 18);
+    assert_eq!((c.data[2], c.data[12]), (5, 0x25));
+    // Adding a LUN: REPORTED LUNS DATA HAS CHANGED once, for known nexuses.
+    assert_good(&trun(&t, 0, &r.a, &[0, 0, 0, 0, 0, 0], 0));
+    t.insert_lun(1, r.lu.clone());
+    assert_check(&trun(&t, 0, &r.a, &[0, 0, 0, 0, 0, 0], 0), 6, (0x3f, 0x0e));
+    assert_good(&trun(&t, 0, &r.a, &[0, 0, 0, 0, 0, 0], 0));
+    assert_good(&trun(&t, 0, &r.b, &[0, 0, 0, 0, 0, 0], 0));
+    // REPORT LUNS clears it.
+    t.remove_lun(1);
+    let c = trun(&t, 0, &r.a, &rl, 256);
+    assert_eq!(c.data[3], 8);
+    assert_good(&trun(&t, 0, &r.a, &[0, 0, 0, 0, 0, 0], 0));
+    assert_check(&trun(&t, 0, &r.b, &[0, 0, 0, 0, 0, 0], 0), 6, (0x3f, 0x0e));
+    // LU reset: 29/03 for every nexus; target reset: 29/00.
+    assert_eq!(t.logical_unit_reset(0, &r.a), TmfOutcome::Complete);
+    assert_eq!(t.logical_unit_reset(9, &r.a), TmfOutcome::NoSuchLun);
+    assert_check(&trun(&t, 0, &r.a, &[0, 0, 0, 0, 0, 0], 0), 6, (0x29, 0x03));
+    assert_check(&trun(&t, 0, &r.b, &[0, 0, 0, 0, 0, 0], 0), 6, (0x29, 0x03));
+    t.target_reset(&r.a);
+    assert_check(&trun(&t, 0, &r.b, &[0, 0, 0, 0, 0, 0], 0), 6, (0x29, 0x00));
+    t.nexus_lost(&r.a);
+    assert_eq!(t.lun_numbers(), vec![0]);
+}
+
+fn xcopy_params(naa: &[u8; 16], src: u64, dst: u64, blocks: u16, dst_idx: u16) -> Vec<u8> {
+    let mut p = vec![0u8; 16];
+    p[0] = 1;
+    p[3] = 32;
+    p[11] = 28;
+    let mut cscd = vec![0u8; 32];
+    cscd[0] = 0xe4;
+    cscd[4] = 0x01;
+    cscd[5] = 0x03;
+    cscd[7] = 16;
+    cscd[8..24].copy_from_slice(naa);
+    cscd[29..32].copy_from_slice(&(BS as u32).to_be_bytes()[1..]);
+    p.extend_from_slice(&cscd);
+    let mut seg = vec![0u8; 28];
+    seg[0] = 0x02;
+    seg[3] = 0x18;
+    seg[6..8].copy_from_slice(&dst_idx.to_be_bytes());
+    seg[10..12].copy_from_slice(&blocks.to_be_bytes());
+    seg[12..20].copy_from_slice(&src.to_be_bytes());
+    seg[20..28].copy_from_slice(&dst.to_be_bytes());
+    p.extend_from_slice(&seg);
+    p
+}
+
+#[test]
+fn extended_copy_and_results() {
+    let r = rig();
+    let naa = r.lu.config().naa;
+    let data: Vec<u8> = (0..4 * BS).map(|i| (i % 251) as u8).collect();
+    assert_good(&write10(&r, 0, &data));
+    let xcopy = |p: &[u8]| {
+        let mut c = vec![0u8; 16];
+        c[0] = 0x83;
+        c[10..14].copy_from_slice(&(p.len() as u32).to_be_bytes());
+        c
+    };
+    let p = xcopy_params(&naa, 0, 500, 4, 0);
+    assert_good(&run(&r.lu, &r.a, &xcopy(&p), &p, 0));
+    assert_eq!(&read10(&r, 500, 4).data[..], &data[..]);
+    // COPY STATUS for list id 1 (held), unknown list id 2.
+    let rcr = |sa: u8, id: u8| [0x84, sa, id, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0];
+    let c = run(&r.lu, &r.a, &rcr(0, 1), &[], 1024);
+    assert_good(&c);
+    assert_eq!((c.data[4], c.data[6]), (1, 1));
+    assert_check(&run(&r.lu, &r.a, &rcr(0, 2), &[], 1024), 5, (0x24, 0));
+    assert_check(&run(&r.lu, &r.b, &rcr(0, 1), &[], 1024), 5, (0x24, 0));
+    let c = run(&r.lu, &r.a, &rcr(3, 0), &[], 1024);
+    assert_eq!(u16::from_be_bytes([c.data[8], c.data[9]]), 2);
+    // Errors: bad destination index, beyond the end, unknown NAA, short list.
+    let p = xcopy_params(&naa, 0, 0, 1, 1);
+    assert_check(&run(&r.lu, &r.a, &xcopy(&p), &p, 0), 0x0a, (0x0d, 0x02));
+    let p = xcopy_params(&naa, 0, BLOCKS - 1, 4, 0);
+    assert_check(&run(&r.lu, &r.a, &xcopy(&p), &p, 0), 0x0a, (0, 0));
+    let p = xcopy_params(&[0x60; 16], 0, 0, 1, 0);
+    assert_check(&run(&r.lu, &r.a, &xcopy(&p), &p, 0), 0x0a, (0x0d, 0x02));
+    let p = xcopy_params(&naa, 0, 0, 1, 0);
+    assert_check(
+        &run(&r.lu, &r.a, &xcopy(&p[..47]), &p[..47], 0),
+        5,
+        (0x1a, 0),
+    );
+    let mut q = p.clone();
+    q[16] = 0xe0;
+    assert_check(&run(&r.lu, &r.a, &xcopy(&q), &q, 0), 5, (0x26, 0x07));
+    let mut q = p.clone();
+    q[48] = 0x03;
+    assert_check(&run(&r.lu, &r.a, &xcopy(&q), &q, 0), 5, (0x26, 0x09));
+    assert_good(&run(&r.lu, &r.a, &xcopy(&[]), &[], 0));
+}
+
+#[test]
+fn naa_from_id_is_stable_nnaa6() {
+    let a = LuConfig::naa_from_id(0x1234_5678_9abc_def0_1122_3344_5566_7788);
+    assert_eq!(a[0] >> 4, 6);
+    assert_eq!(
+        a,
+        LuConfig::naa_from_id(0x1234_5678_9abc_def0_1122_3344_5566_7788)
+    );
+    assert_ne!(a, LuConfig::naa_from_id(1));
+    assert_ne!(LuConfig::naa_from_id(1 << 120), LuConfig::naa_from_id(0));
+}
+
+/// One operation of the model test.
+#[derive(Debug, Clone)]
+enum Op {
+    Write {
+        lba: u64,
+        blocks: u8,
+        fill: u8,
+    },
+    Unmap {
+        lba: u64,
+        blocks: u8,
+    },
+    WriteSame {
+        lba: u64,
+        blocks: u8,
+        fill: u8,
+        unmap: bool,
+    },
+    Caw {
+        lba: u64,
+        fill: u8,
+        matching: bool,
+    },
+    Read {
+        lba: u64,
+        blocks: u8,
+    },
+}
+
+const MODEL_BLOCKS: u64 = 64;
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    let lba = 0..MODEL_BLOCKS + 2;
+    prop_oneof![
+        (lba.clone(), 0..6u8, any::<u8>()).prop_map(|(lba, blocks, fill)| Op::Write {
+            lba,
+            blocks,
+            fill
+        }),
+        (lba.clone(), 0..6u8).prop_map(|(lba, blocks)| Op::Unmap { lba, blocks }),
+        (lba.clone(), 0..6u8, any::<u8>(), any::<bool>()).prop_map(|(lba, blocks, fill, unmap)| {
+            Op::WriteSame {
+                lba,
+                blocks,
+                fill,
+                unmap,
+            }
+        }),
+        (lba.clone(), any::<u8>(), any::<bool>()).prop_map(|(lba, fill, matching)| Op::Caw {
+            lba,
+            fill,
+            matching
+        }),
+        (lba, 0..6u8).prop_map(|(lba, blocks)| Op::Read { lba, blocks }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn data_path_matches_model(ops in proptest::collection::vec(op_strategy(), 1..40)) {
+        let dev = Arc::new(MemDevice::new(BS as u32, MODEL_BLOCKS));
+        let lu = LogicalUnit::new(LuConfig::new("M", LuConfig::naa_from_id(3)), dev, &Registry::new()).unwrap();
+        let n = nexus("iqn.model", 1);
+        let mut model = vec![0u8; MODEL_BLOCKS as usize * BS];
+        let in_range = |lba: u64, blocks: u64| {
+            if blocks == 0 { lba < MODEL_BLOCKS } else { lba + blocks <= MODEL_BLOCKS }
+        };
+        for op in ops {
+            match op {
+                Op::Write { lba, blocks, fill } => {
+                    let data = vec![fill; blocks as usize * BS];
+                    let c = run(&lu, &n, &cdb16(0x8a, 0, lba, blocks.into()), &data, 0);
+                    if in_range(lba, blocks.into()) {
+                        prop_assert_eq!(c.status, Status::GOOD);
+                        let at = lba as usize * BS;
+                        model[at..at + data.len()].copy_from_slice(&data);
+                    } else {
+                        prop_assert_eq!(sense_of(&c), (5, 0x21, 0));
+                    }
+                }
+                Op::Unmap { lba, blocks } => {
+                    let mut p = vec![0u8; 24];
+                    p[1] = 22;
+                    p[3] = 16;
+                    p[8..16].copy_from_slice(&lba.to_be_bytes());
+                    p[16..20].copy_from_slice(&u32::from(blocks).to_be_bytes());
+                    let c = run(&lu, &n, &cdb10(0x42, 0, 0, 24), &p, 0);
+                    if blocks == 0 || lba + u64::from(blocks) <= MODEL_BLOCKS {
+                        prop_assert_eq!(c.status, Status::GOOD);
+                        let at = lba as usize * BS;
+                        if blocks > 0 {
+                            model[at..at + blocks as usize * BS].fill(0);
+                        }
+                    } else {
+                        prop_assert_eq!(sense_of(&c), (5, 0x21, 0));
+                    }
+                }
+                Op::WriteSame { lba, blocks, fill, unmap } => {
+                    let fill = if unmap { 0 } else { fill };
+                    let flags = if unmap { 0x08 } else { 0 };
+                    let c = run(&lu, &n, &cdb16(0x93, flags, lba, blocks.into()), &vec![fill; BS], 0);
+                    if blocks == 0 {
+                        prop_assert_eq!(c.status, Status::CHECK_CONDITION);
+                    } else if in_range(lba, blocks.into()) {
+                        prop_assert_eq!(c.status, Status::GOOD);
+                        let at = lba as usize * BS;
+                        model[at..at + blocks as usize * BS].fill(fill);
+                    } else {
+                        prop_assert_eq!(sense_of(&c), (5, 0x21, 0));
+                    }
+                }
+                Op::Caw { lba, fill, matching } => {
+                    let at = lba as usize * BS;
+                    let mut data = if in_range(lba, 1) {
+                        model[at..at + BS].to_vec()
+                    } else {
+                        vec![0; BS]
+                    };
+                    if !matching {
+                        data[17] ^= 0x5a;
+                    }
+                    data.extend_from_slice(&[fill; BS]);
+                    let mut cdb = cdb16(0x89, 0, lba, 0);
+                    cdb[13] = 1;
+                    let c = run(&lu, &n, &cdb, &data, 0);
+                    if !in_range(lba, 1) {
+                        prop_assert_eq!(sense_of(&c), (5, 0x21, 0));
+                    } else if matching {
+                        prop_assert_eq!(c.status, Status::GOOD);
+                        model[at..at + BS].fill(fill);
+                    } else {
+                        prop_assert_eq!(sense_of(&c), (0x0e, 0x1d, 0));
+                        prop_assert_eq!(info_of(&c), Some(17));
+                    }
+                }
+                Op::Read { lba, blocks } => {
+                    let len = blocks as u32 * BS as u32;
+                    let c = run(&lu, &n, &cdb16(0x88, 0, lba, blocks.into()), &[], len);
+                    if in_range(lba, blocks.into()) {
+                        prop_assert_eq!(c.status, Status::GOOD);
+                        let at = lba as usize * BS;
+                        prop_assert_eq!(&c.data[..], &model[at..at + len as usize]);
+                    } else {
+                        prop_assert_eq!(sense_of(&c), (5, 0x21, 0));
+                    }
+                }
+            }
+        }
+    }
 }

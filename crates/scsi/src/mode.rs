@@ -336,7 +336,9 @@ mod tests {
     #[test]
     fn saved_values_refused() {
         let m = ModeState::default();
-        let e = m.sense(&req(page::ALL, 3, false, true), &ctx()).unwrap_err();
+        let e = m
+            .sense(&req(page::ALL, 3, false, true), &ctx())
+            .unwrap_err();
         assert_eq!(e.code(), asc::SAVING_PARAMETERS_NOT_SUPPORTED);
         let e = m.sense(&req(0x19, 0, false, true), &ctx()).unwrap_err();
         assert_eq!(e.code(), asc::INVALID_FIELD_IN_CDB);
@@ -345,7 +347,9 @@ mod tests {
     #[test]
     fn select_round_trip_swp_and_dsense() {
         let m = ModeState::default();
-        let cur = m.sense(&req(page::CONTROL, 0, false, true), &ctx()).unwrap();
+        let cur = m
+            .sense(&req(page::CONTROL, 0, false, true), &ctx())
+            .unwrap();
         let mut params = vec![0u8, 0, 0, 0];
         let mut pg = cur[4..].to_vec();
         pg[4] |= 0x08;
@@ -360,7 +364,9 @@ mod tests {
         let e = m.select(&params[..10], false, false, 512).unwrap_err();
         assert_eq!(e.code(), asc::PARAMETER_LIST_LENGTH_ERROR);
         // Unknown page.
-        let e = m.select(&[0, 0, 0, 0, 0x19, 0x02, 0, 0], false, false, 512).unwrap_err();
+        let e = m
+            .select(&[0, 0, 0, 0, 0x19, 0x02, 0, 0], false, false, 512)
+            .unwrap_err();
         assert_eq!(e.code(), asc::INVALID_FIELD_IN_PARAMETER_LIST);
     }
 }

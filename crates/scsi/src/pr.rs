@@ -341,10 +341,9 @@ impl PrState {
                     (None, 0) => {}
                     (None, key) => {
                         if self.registrations.len() >= MAX_REGISTRATIONS {
-                            return Err(Sense::illegal(
-                                asc::INSUFFICIENT_REGISTRATION_RESOURCES,
-                            )
-                            .into());
+                            return Err(
+                                Sense::illegal(asc::INSUFFICIENT_REGISTRATION_RESOURCES).into()
+                            );
                         }
                         self.registrations.push(Registration {
                             nexus: n.clone(),
@@ -644,7 +643,7 @@ pub fn iscsi_transport_id(n: &ItNexus) -> Vec<u8> {
     let port = n.initiator_port();
     let mut name = port.into_bytes();
     name.push(0);
-    while name.len() % 4 != 0 {
+    while !name.len().is_multiple_of(4) {
         name.push(0);
     }
     let mut d = Vec::with_capacity(4 + name.len());
@@ -733,7 +732,10 @@ impl PrStore {
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|s| s.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|s| s.to_os_string())
+        .unwrap_or_default();
     name.push(".tmp");
     path.with_file_name(name)
 }
@@ -759,13 +761,7 @@ mod tests {
         p
     }
 
-    fn out(
-        st: &mut PrState,
-        n: &ItNexus,
-        sa: u8,
-        ty: u8,
-        p: &[u8],
-    ) -> Result<UaPosts, PrError> {
+    fn out(st: &mut PrState, n: &ItNexus, sa: u8, ty: u8, p: &[u8]) -> Result<UaPosts, PrError> {
         st.apply_out(
             n,
             &OutRequest {
@@ -783,7 +779,14 @@ mod tests {
     fn register_reserve_release() {
         let mut st = PrState::default();
         let a = nx(1);
-        out(&mut st, &a, out_sa::REGISTER_AND_IGNORE, 0, &params(0, 7, 0)).unwrap();
+        out(
+            &mut st,
+            &a,
+            out_sa::REGISTER_AND_IGNORE,
+            0,
+            &params(0, 7, 0),
+        )
+        .unwrap();
         assert_eq!(st.key_of(&a), Some(7));
         assert_eq!(st.generation, 1);
         // Re-register without the right key conflicts.
@@ -799,7 +802,10 @@ mod tests {
         assert!(!st.conflicts(&b, Access::Any));
         // Wrong type on release.
         let e = out(&mut st, &a, out_sa::RELEASE, 1, &params(7, 0, 0)).unwrap_err();
-        assert_eq!(e, PrError::Check(Sense::illegal(asc::INVALID_RELEASE_OF_PR)));
+        assert_eq!(
+            e,
+            PrError::Check(Sense::illegal(asc::INVALID_RELEASE_OF_PR))
+        );
         out(&mut st, &a, out_sa::RELEASE, 3, &params(7, 0, 0)).unwrap();
         assert!(st.reservation.is_none());
     }
@@ -809,8 +815,22 @@ mod tests {
         for (ty, shared) in [(1u8, false), (6, false), (7, true), (8, true)] {
             let mut st = PrState::default();
             let (a, b) = (nx(1), nx(2));
-            out(&mut st, &a, out_sa::REGISTER_AND_IGNORE, 0, &params(0, 1, 0)).unwrap();
-            out(&mut st, &b, out_sa::REGISTER_AND_IGNORE, 0, &params(0, 2, 0)).unwrap();
+            out(
+                &mut st,
+                &a,
+                out_sa::REGISTER_AND_IGNORE,
+                0,
+                &params(0, 1, 0),
+            )
+            .unwrap();
+            out(
+                &mut st,
+                &b,
+                out_sa::REGISTER_AND_IGNORE,
+                0,
+                &params(0, 2, 0),
+            )
+            .unwrap();
             out(&mut st, &a, out_sa::RESERVE, ty, &params(1, 0, 0)).unwrap();
             out(&mut st, &a, out_sa::REGISTER, 0, &params(1, 0, 0)).unwrap();
             assert_eq!(st.reservation.is_some(), shared, "type {ty}");
@@ -821,8 +841,22 @@ mod tests {
     fn preempt_removes_registrations() {
         let mut st = PrState::default();
         let (a, b) = (nx(1), nx(2));
-        out(&mut st, &a, out_sa::REGISTER_AND_IGNORE, 0, &params(0, 1, 0)).unwrap();
-        out(&mut st, &b, out_sa::REGISTER_AND_IGNORE, 0, &params(0, 2, 0)).unwrap();
+        out(
+            &mut st,
+            &a,
+            out_sa::REGISTER_AND_IGNORE,
+            0,
+            &params(0, 1, 0),
+        )
+        .unwrap();
+        out(
+            &mut st,
+            &b,
+            out_sa::REGISTER_AND_IGNORE,
+            0,
+            &params(0, 2, 0),
+        )
+        .unwrap();
         let g = st.generation;
         let ua = out(&mut st, &b, out_sa::PREEMPT, 3, &params(2, 1, 0)).unwrap();
         assert_eq!(ua, vec![(a.clone(), asc::REGISTRATIONS_PREEMPTED)]);
@@ -833,18 +867,35 @@ mod tests {
             Err(PrError::Conflict)
         );
         // Preempting the holder moves the reservation.
-        out(&mut st, &a, out_sa::REGISTER_AND_IGNORE, 0, &params(0, 1, 0)).unwrap();
+        out(
+            &mut st,
+            &a,
+            out_sa::REGISTER_AND_IGNORE,
+            0,
+            &params(0, 1, 0),
+        )
+        .unwrap();
         out(&mut st, &a, out_sa::RESERVE, 1, &params(1, 0, 0)).unwrap();
         out(&mut st, &b, out_sa::PREEMPT, 3, &params(2, 1, 0)).unwrap();
         assert!(st.is_holder(&b));
-        assert_eq!(st.reservation.as_ref().unwrap().pr_type, PrType::ExclusiveAccess);
+        assert_eq!(
+            st.reservation.as_ref().unwrap().pr_type,
+            PrType::ExclusiveAccess
+        );
     }
 
     #[test]
     fn register_and_move() {
         let mut st = PrState::default();
         let (a, b) = (nx(1), nx(2));
-        out(&mut st, &a, out_sa::REGISTER_AND_IGNORE, 0, &params(0, 1, 0)).unwrap();
+        out(
+            &mut st,
+            &a,
+            out_sa::REGISTER_AND_IGNORE,
+            0,
+            &params(0, 1, 0),
+        )
+        .unwrap();
         out(&mut st, &a, out_sa::RESERVE, 1, &params(1, 0, 0)).unwrap();
         let tid = iscsi_transport_id(&b);
         let mut p = vec![0u8; 24];
@@ -876,7 +927,14 @@ mod tests {
         let store = PrStore::new(Some(dir.path().join("pr.json")));
         assert_eq!(store.load().unwrap(), PrState::default());
         let mut st = PrState::default();
-        out(&mut st, &nx(1), out_sa::REGISTER_AND_IGNORE, 0, &params(0, 1, 1)).unwrap();
+        out(
+            &mut st,
+            &nx(1),
+            out_sa::REGISTER_AND_IGNORE,
+            0,
+            &params(0, 1, 1),
+        )
+        .unwrap();
         store.save(&st).unwrap();
         assert_eq!(store.load().unwrap(), st);
     }

@@ -104,7 +104,10 @@ mod tests {
         assert_eq!(RangeLocks::mask(STRIPE_BLOCKS * 63, 1), 1 << 63);
         assert_eq!(RangeLocks::mask(STRIPE_BLOCKS * 64, 1), 1);
         assert_eq!(RangeLocks::mask(0, STRIPE_BLOCKS * 100), u64::MAX);
-        assert_eq!(RangeLocks::mask(u64::MAX - 1, 2), 1 << ((u64::MAX / STRIPE_BLOCKS) % 64));
+        assert_eq!(
+            RangeLocks::mask(u64::MAX - 1, 2),
+            1 << ((u64::MAX / STRIPE_BLOCKS) % 64)
+        );
     }
 
     #[test]

@@ -78,14 +78,46 @@ pub const COMMANDS: &[CommandInfo] = &[
     s(0x5e, 0x01, &[0x5e, 0x01, 0, 0, 0, 0, 0, 0xff, 0xff, 0]),
     s(0x5e, 0x02, &[0x5e, 0x02, 0, 0, 0, 0, 0, 0xff, 0xff, 0]),
     s(0x5e, 0x03, &[0x5e, 0x03, 0, 0, 0, 0, 0, 0xff, 0xff, 0]),
-    s(0x5f, 0x00, &[0x5f, 0x00, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0]),
-    s(0x5f, 0x01, &[0x5f, 0x01, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0]),
-    s(0x5f, 0x02, &[0x5f, 0x02, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0]),
-    s(0x5f, 0x03, &[0x5f, 0x03, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0]),
-    s(0x5f, 0x04, &[0x5f, 0x04, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0]),
-    s(0x5f, 0x05, &[0x5f, 0x05, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0]),
-    s(0x5f, 0x06, &[0x5f, 0x06, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0]),
-    s(0x5f, 0x07, &[0x5f, 0x07, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0]),
+    s(
+        0x5f,
+        0x00,
+        &[0x5f, 0x00, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    ),
+    s(
+        0x5f,
+        0x01,
+        &[0x5f, 0x01, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    ),
+    s(
+        0x5f,
+        0x02,
+        &[0x5f, 0x02, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    ),
+    s(
+        0x5f,
+        0x03,
+        &[0x5f, 0x03, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    ),
+    s(
+        0x5f,
+        0x04,
+        &[0x5f, 0x04, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    ),
+    s(
+        0x5f,
+        0x05,
+        &[0x5f, 0x05, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    ),
+    s(
+        0x5f,
+        0x06,
+        &[0x5f, 0x06, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    ),
+    s(
+        0x5f,
+        0x07,
+        &[0x5f, 0x07, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    ),
     s(
         0x83,
         0x00,
@@ -94,7 +126,9 @@ pub const COMMANDS: &[CommandInfo] = &[
     s(
         0x84,
         0x00,
-        &[0x84, 0x00, 0xff, 0, 0, 0, 0, 0, 0, 0, FF4, FF4, FF4, FF4, 0, 0],
+        &[
+            0x84, 0x00, 0xff, 0, 0, 0, 0, 0, 0, 0, FF4, FF4, FF4, FF4, 0, 0,
+        ],
     ),
     s(
         0x84,
@@ -103,39 +137,57 @@ pub const COMMANDS: &[CommandInfo] = &[
     ),
     c(
         0x88,
-        &[0x88, 0x18, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0],
+        &[
+            0x88, 0x18, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0,
+        ],
     ),
     c(
         0x89,
-        &[0x89, 0x18, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0, 0, 0xff, 0, 0],
+        &[
+            0x89, 0x18, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0, 0, 0xff, 0, 0,
+        ],
     ),
     c(
         0x8a,
-        &[0x8a, 0x18, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0],
+        &[
+            0x8a, 0x18, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0,
+        ],
     ),
     c(
         0x8b,
-        &[0x8b, 0x18, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0],
+        &[
+            0x8b, 0x18, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0,
+        ],
     ),
     c(
         0x8e,
-        &[0x8e, 0x16, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0],
+        &[
+            0x8e, 0x16, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0,
+        ],
     ),
     c(
         0x8f,
-        &[0x8f, 0x16, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0],
+        &[
+            0x8f, 0x16, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0,
+        ],
     ),
     c(
         0x90,
-        &[0x90, 0x02, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0],
+        &[
+            0x90, 0x02, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0,
+        ],
     ),
     c(
         0x91,
-        &[0x91, 0x02, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0],
+        &[
+            0x91, 0x02, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0,
+        ],
     ),
     c(
         0x93,
-        &[0x93, 0x09, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0],
+        &[
+            0x93, 0x09, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0,
+        ],
     ),
     s(
         0x9e,
@@ -145,16 +197,42 @@ pub const COMMANDS: &[CommandInfo] = &[
     s(
         0x9e,
         0x12,
-        &[0x9e, 0x12, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0],
+        &[
+            0x9e, 0x12, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0,
+        ],
     ),
     c(0xa0, &[0xa0, 0, 0xff, 0, 0, 0, FF4, FF4, FF4, FF4, 0, 0]),
-    s(0xa3, 0x0a, &[0xa3, 0x2a, 0, 0, 0, 0, FF4, FF4, FF4, FF4, 0, 0]),
-    s(0xa3, 0x0c, &[0xa3, 0x0c, 0x87, 0xff, 0xff, 0xff, FF4, FF4, FF4, FF4, 0, 0]),
-    s(0xa3, 0x0d, &[0xa3, 0x0d, 0x80, 0, 0, 0, FF4, FF4, FF4, FF4, 0, 0]),
-    c(0xa8, &[0xa8, 0x18, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0]),
-    c(0xaa, &[0xaa, 0x18, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0]),
-    c(0xae, &[0xae, 0x16, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0]),
-    c(0xaf, &[0xaf, 0x16, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0]),
+    s(
+        0xa3,
+        0x0a,
+        &[0xa3, 0x2a, 0, 0, 0, 0, FF4, FF4, FF4, FF4, 0, 0],
+    ),
+    s(
+        0xa3,
+        0x0c,
+        &[0xa3, 0x0c, 0x87, 0xff, 0xff, 0xff, FF4, FF4, FF4, FF4, 0, 0],
+    ),
+    s(
+        0xa3,
+        0x0d,
+        &[0xa3, 0x0d, 0x80, 0, 0, 0, FF4, FF4, FF4, FF4, 0, 0],
+    ),
+    c(
+        0xa8,
+        &[0xa8, 0x18, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0],
+    ),
+    c(
+        0xaa,
+        &[0xaa, 0x18, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0],
+    ),
+    c(
+        0xae,
+        &[0xae, 0x16, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0],
+    ),
+    c(
+        0xaf,
+        &[0xaf, 0x16, FF4, FF4, FF4, FF4, FF4, FF4, FF4, FF4, 0, 0],
+    ),
     c(0xb7, &[0xb7, 0x1f, 0, 0, 0, 0, FF4, FF4, FF4, FF4, 0, 0]),
 ];
 
@@ -271,7 +349,10 @@ mod tests {
                 bytes[1] = sa;
             }
             if let Err(s) = cdb::parse(&bytes[..cmd.usage.len()]) {
-                panic!("opcode {:#x} sa {:?}: {s:?}", cmd.opcode, cmd.service_action);
+                panic!(
+                    "opcode {:#x} sa {:?}: {s:?}",
+                    cmd.opcode, cmd.service_action
+                );
             }
         }
     }

@@ -218,11 +218,11 @@ impl Sense {
     pub fn encode_fixed(&self) -> Vec<u8> {
         let mut b = vec![0u8; 18];
         b[0] = 0x70;
-        if let Some(info) = self.information {
-            if let Ok(info) = u32::try_from(info) {
-                b[0] |= 0x80;
-                b[3..7].copy_from_slice(&info.to_be_bytes());
-            }
+        if let Some(info) = self.information
+            && let Ok(info) = u32::try_from(info)
+        {
+            b[0] |= 0x80;
+            b[3..7].copy_from_slice(&info.to_be_bytes());
         }
         b[2] = self.key & 0x0f;
         b[7] = 10;
@@ -365,7 +365,10 @@ mod tests {
             },
             false,
         );
-        assert_eq!((s.key, s.code(), s.information), (key::MEDIUM_ERROR, (0x11, 0), Some(5)));
+        assert_eq!(
+            (s.key, s.code(), s.information),
+            (key::MEDIUM_ERROR, (0x11, 0), Some(5))
+        );
         let s = from_block_error(&BlockError::Unavailable("s3".into()), false);
         assert_eq!((s.key, s.code()), (key::NOT_READY, (0x04, 0x01)));
     }

@@ -32,7 +32,12 @@ pub struct ScsiTarget {
     ua: UnitAttentions,
 }
 
-fn completion(status: Status, sense: Option<Bytes>, mut data: Vec<u8>, cmd: &Command<'_>) -> Completion {
+fn completion(
+    status: Status,
+    sense: Option<Bytes>,
+    mut data: Vec<u8>,
+    cmd: &Command<'_>,
+) -> Completion {
     let transfer_length = data.len() as u32;
     data.truncate(cmd.expected_in as usize);
     Completion {
@@ -137,12 +142,12 @@ impl ScsiTarget {
             return self.absent_lun(cmd);
         };
         if opcode == Some(op::REQUEST_SENSE) {
-            if let Some(ua) = self.ua.on_command(cmd.nexus, true) {
-                if let Ok(Cdb::RequestSense { desc, alloc_len }) = cdb::parse(cmd.cdb) {
-                    let mut d = ua.encode(desc);
-                    d.truncate(alloc_len as usize);
-                    return completion(Status::GOOD, None, d, cmd);
-                }
+            if let Some(ua) = self.ua.on_command(cmd.nexus, true)
+                && let Ok(Cdb::RequestSense { desc, alloc_len }) = cdb::parse(cmd.cdb)
+            {
+                let mut d = ua.encode(desc);
+                d.truncate(alloc_len as usize);
+                return completion(Status::GOOD, None, d, cmd);
             }
         } else if let Some(ua) = self.ua.on_command(cmd.nexus, !exempt) {
             return Completion {

@@ -129,11 +129,6 @@ impl UnitAttentions {
             self.pending.fetch_sub(queue.len(), Ordering::Relaxed);
         }
     }
-
-    /// Whether `nexus` has been seen.
-    pub fn knows(&self, nexus: &Nexus) -> bool {
-        self.queues.lock().contains_key(nexus)
-    }
 }
 
 fn push_counted(pending: &AtomicUsize, queue: &mut VecDeque<asc::Code>, code: asc::Code) {
@@ -171,11 +166,17 @@ mod tests {
         ua.post_all(asc::BUS_DEVICE_RESET);
         // Not reported to exempt commands, but still pending.
         assert!(ua.on_command(&nx(1), false).is_none());
-        assert_eq!(ua.on_command(&nx(1), true).unwrap().code(), asc::BUS_DEVICE_RESET);
+        assert_eq!(
+            ua.on_command(&nx(1), true).unwrap().code(),
+            asc::BUS_DEVICE_RESET
+        );
         assert!(ua.on_command(&nx(1), true).is_none());
         ua.post_it(&ItNexus::of(&nx(2)), asc::CAPACITY_DATA_CHANGED);
         ua.clear(&nx(2), asc::BUS_DEVICE_RESET);
-        assert_eq!(ua.on_command(&nx(2), true).unwrap().code(), asc::CAPACITY_DATA_CHANGED);
+        assert_eq!(
+            ua.on_command(&nx(2), true).unwrap().code(),
+            asc::CAPACITY_DATA_CHANGED
+        );
         assert_eq!(ua.pending.load(Ordering::Relaxed), 0);
         ua.on_command(&nx(3), false);
         for i in 0..20 {
@@ -184,6 +185,6 @@ mod tests {
         assert_eq!(ua.pending.load(Ordering::Relaxed), 3 * MAX_QUEUED);
         ua.forget(&nx(3));
         assert_eq!(ua.pending.load(Ordering::Relaxed), 2 * MAX_QUEUED);
-        assert!(!ua.knows(&nx(3)));
+        assert!(!ua.queues.lock().contains_key(&nx(3)));
     }
 }

@@ -169,7 +169,9 @@ pub fn extended_copy(lu: &LogicalUnit, nexus: &Nexus, p: &[u8]) -> Result<(), Se
             return Err(Sense::param_list_length());
         }
         if u16::from_be_bytes([d[2], d[3]]) != 0x18 {
-            return Err(Sense::invalid_param_field((PARAM_HEADER + cscd_len + at + 2) as u16));
+            return Err(Sense::invalid_param_field(
+                (PARAM_HEADER + cscd_len + at + 2) as u16,
+            ));
         }
         let be64 = |i: usize| {
             let mut x = [0u8; 8];
