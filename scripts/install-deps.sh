@@ -3,7 +3,8 @@
 # machine: Debian's RocksDB (linked by the rocksdb crate 0.21), libclang for
 # bindgen, libiscsi-bin (iscsi-test-cu), qemu-block-extra from
 # bookworm-backports (must match the preinstalled qemu-utils 10), tgt for
-# side-by-side runs, and fio rebuilt with the libiscsi engine.
+# side-by-side runs, fio rebuilt with the libiscsi engine, and moto_server
+# (S3) in a Python venv.
 #
 # Apt sources are derived from the mirror already configured in
 # /etc/apt/sources.list.d/debian.sources; no host is named here.
@@ -50,4 +51,11 @@ if ! { [ -x "$FIO_PREFIX/bin/fio" ] && "$FIO_PREFIX/bin/fio" --enghelp | grep -q
   rm -rf "$build"
 fi
 "$FIO_PREFIX/bin/fio" --enghelp | grep -qw libiscsi
-echo "deps ok: fio with libiscsi at $FIO_PREFIX/bin/fio"
+
+# moto_server: a faithful S3 server for the engine's S3 tests (127.0.0.1 only).
+MOTO_VENV=${MOTO_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/depot-tools/moto}
+if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
+  python3 -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install -q 'moto[server]' >/dev/null
+fi
+echo "deps ok: fio with libiscsi at $FIO_PREFIX/bin/fio, moto at $MOTO_VENV/bin/moto_server"

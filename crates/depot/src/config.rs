@@ -1,0 +1,341 @@
+//! Daemon configuration: built-in defaults, then the TOML file (`--config`),
+//! then `DEPOT_*` environment variables (`DEPOT_DATA_DIR`,
+//! `DEPOT_ISCSI_LISTEN`, ...), then command-line flags — later sources win.
+//!
+//! [`load`] parses into [`FileConfig`] (serde, unknown fields refused so a
+//! typo is an error rather than a silently ignored setting) and validates it
+//! into [`Config`]: addresses parsed, sizes parsed, VM and vDisk names
+//! checked, paths resolved against the data directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::ServeArgs;
+use crate::size;
+
+/// The file format.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Local state directory.
+    pub data_dir: PathBuf,
+    /// iSCSI portal, `ADDR:PORT`.
+    pub iscsi_listen: String,
+    /// Management API, `ADDR:PORT`.
+    pub api_listen: String,
+    /// VMs declared in the file.
+    #[serde(default)]
+    pub vm: Vec<VmFile>,
+}
+
+/// A VM in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmFile {
+    /// VM name; its target is `iqn.2026-11.io.depot:<name>`.
+    pub name: String,
+    /// Initiator names allowed to log in (empty: any).
+    #[serde(default)]
+    pub allowed_initiators: Vec<String>,
+    /// CHAP credentials the initiator must present.
+    #[serde(default)]
+    pub chap: Option<ChapFile>,
+    /// The VM's disks, LUN 0 first.
+    #[serde(default)]
+    pub disk: Vec<DiskFile>,
+}
+
+/// CHAP settings in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChapFile {
+    /// Initiator's CHAP name.
+    pub user: String,
+    /// Initiator's secret.
+    pub secret: String,
+    /// Target's CHAP name for mutual CHAP.
+    #[serde(default)]
+    pub target_user: Option<String>,
+    /// Target's secret for mutual CHAP.
+    #[serde(default)]
+    pub target_secret: Option<String>,
+}
+
+/// A vDisk in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskFile {
+    /// vDisk name, unique within the VM.
+    pub name: String,
+    /// Size, e.g. `20G`.
+    pub size: String,
+    /// Backing image (raw kind); default `<data_dir>/raw/<vm>/<disk>.img`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Logical block size: 512 or 4096.
+    #[serde(default = "default_block_size")]
+    pub block_size: u32,
+    /// Expose write-protected.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+fn default_block_size() -> u32 {
+    512
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Local state directory.
+    pub data_dir: PathBuf,
+    /// iSCSI portal.
+    pub iscsi_listen: SocketAddr,
+    /// Management API address.
+    pub api_listen: SocketAddr,
+    /// Statically declared VMs.
+    pub vms: Vec<Vm>,
+}
+
+/// A validated VM.
+#[derive(Debug, Clone)]
+pub struct Vm {
+    /// Name.
+    pub name: String,
+    /// ACL.
+    pub allowed_initiators: Vec<String>,
+    /// CHAP: (user, secret, optional (target user, target secret)).
+    pub chap: Option<Chap>,
+    /// Disks in LUN order.
+    pub disks: Vec<Disk>,
+}
+
+/// Validated CHAP settings.
+#[derive(Debug, Clone)]
+pub struct Chap {
+    /// Initiator name and secret.
+    pub initiator: (String, String),
+    /// Target name and secret (mutual CHAP).
+    pub target: Option<(String, String)>,
+}
+
+/// A validated vDisk.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    /// Name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Backing image.
+    pub path: PathBuf,
+    /// Logical block size.
+    pub block_size: u32,
+    /// Write-protected.
+    pub read_only: bool,
+}
+
+const DEFAULTS: &str = r#"
+data_dir = "depot-data"
+iscsi_listen = "127.0.0.1:3260"
+api_listen = "127.0.0.1:8080"
+"#;
+
+/// Loads and validates the configuration for `depot serve`.
+pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut b = config::Config::builder()
+        .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+    if let Some(path) = &args.config {
+        b = b.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
+    }
+    b = b.add_source(
+        config::Environment::with_prefix("DEPOT")
+            .prefix_separator("_")
+            .try_parsing(true),
+    );
+    if let Some(d) = &args.data_dir {
+        b = b.set_override("data_dir", d.to_string_lossy().to_string())?;
+    }
+    if let Some(a) = &args.iscsi_listen {
+        b = b.set_override("iscsi_listen", a.clone())?;
+    }
+    if let Some(a) = &args.api_listen {
+        b = b.set_override("api_listen", a.clone())?;
+    }
+    let raw: FileConfig = b
+        .build()
+        .context("reading configuration")?
+        .try_deserialize()
+        .context("invalid configuration")?;
+    validate(raw)
+}
+
+/// Checks a name used in IQNs and paths: 1-64 of `[a-z0-9.-]`, starting
+/// with a letter or digit.
+pub fn check_name(kind: &str, name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if !ok {
+        bail!(
+            "invalid {kind} name {name:?}: use 1-64 characters a-z, 0-9, '-', '.', starting with a letter or digit"
+        );
+    }
+    Ok(())
+}
+
+fn validate(raw: FileConfig) -> anyhow::Result<Config> {
+    let iscsi_listen: SocketAddr = raw
+        .iscsi_listen
+        .parse()
+        .with_context(|| format!("iscsi_listen {:?} is not ADDR:PORT", raw.iscsi_listen))?;
+    let api_listen: SocketAddr = raw
+        .api_listen
+        .parse()
+        .with_context(|| format!("api_listen {:?} is not ADDR:PORT", raw.api_listen))?;
+    let mut vms = Vec::new();
+    for vm in raw.vm {
+        check_name("VM", &vm.name)?;
+        if vms.iter().any(|v: &Vm| v.name == vm.name) {
+            bail!("VM {:?} is declared twice", vm.name);
+        }
+        let chap = match vm.chap {
+            None => None,
+            Some(c) => {
+                let target = match (c.target_user, c.target_secret) {
+                    (Some(u), Some(s)) => Some((u, s)),
+                    (None, None) => None,
+                    _ => bail!(
+                        "VM {}: mutual CHAP needs both target_user and target_secret",
+                        vm.name
+                    ),
+                };
+                if target.as_ref().is_some_and(|(_, s)| *s == c.secret) {
+                    bail!(
+                        "VM {}: the target and initiator CHAP secrets must differ",
+                        vm.name
+                    );
+                }
+                Some(Chap {
+                    initiator: (c.user, c.secret),
+                    target,
+                })
+            }
+        };
+        let mut disks = Vec::new();
+        for d in vm.disk {
+            check_name("vDisk", &d.name)?;
+            if disks.iter().any(|x: &Disk| x.name == d.name) {
+                bail!("VM {}: vDisk {:?} is declared twice", vm.name, d.name);
+            }
+            if d.block_size != 512 && d.block_size != 4096 {
+                bail!("vDisk {}: block_size must be 512 or 4096", d.name);
+            }
+            let size = size::parse(&d.size).map_err(anyhow::Error::msg)?;
+            if size == 0 || size % u64::from(d.block_size) != 0 {
+                bail!(
+                    "vDisk {}: size must be a non-zero multiple of {}",
+                    d.name,
+                    d.block_size
+                );
+            }
+            let path = d
+                .path
+                .unwrap_or_else(|| raw_image_path(&raw.data_dir, &vm.name, &d.name));
+            disks.push(Disk {
+                name: d.name,
+                size,
+                path,
+                block_size: d.block_size,
+                read_only: d.read_only,
+            });
+        }
+        vms.push(Vm {
+            name: vm.name,
+            allowed_initiators: vm.allowed_initiators,
+            chap,
+            disks,
+        });
+    }
+    Ok(Config {
+        data_dir: raw.data_dir,
+        iscsi_listen,
+        api_listen,
+        vms,
+    })
+}
+
+/// Where a raw vDisk's image lives by default.
+pub fn raw_image_path(data_dir: &Path, vm: &str, disk: &str) -> PathBuf {
+    data_dir.join("raw").join(vm).join(format!("{disk}.img"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(config: Option<PathBuf>) -> ServeArgs {
+        ServeArgs {
+            config,
+            data_dir: None,
+            iscsi_listen: None,
+            api_listen: None,
+        }
+    }
+
+    #[test]
+    fn defaults_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("depot.toml");
+        std::fs::write(
+            &f,
+            r#"
+data_dir = "/srv/depot"
+[[vm]]
+name = "web1"
+allowed_initiators = ["iqn.1993-08.org.debian:01:abc"]
+[[vm.disk]]
+name = "root"
+size = "1G"
+[[vm.disk]]
+name = "logs"
+size = "64M"
+read_only = true
+"#,
+        )
+        .unwrap();
+        let mut a = args(Some(f));
+        a.iscsi_listen = Some("127.0.0.1:3261".into());
+        let c = load(&a).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/depot"));
+        assert_eq!(c.iscsi_listen.port(), 3261);
+        assert_eq!(c.vms[0].disks[1].size, 64 << 20);
+        assert!(c.vms[0].disks[1].read_only);
+        assert_eq!(
+            c.vms[0].disks[0].path,
+            PathBuf::from("/srv/depot/raw/web1/root.img")
+        );
+        let c = load(&args(None)).unwrap();
+        assert_eq!(c.iscsi_listen.port(), 3260);
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("depot.toml");
+        for bad in [
+            "bogus_key = 1",
+            "[[vm]]\nname = \"Bad Name\"",
+            "[[vm]]\nname = \"a\"\n[[vm.disk]]\nname = \"d\"\nsize = \"1000\"",
+            "iscsi_listen = \"nowhere\"",
+        ] {
+            std::fs::write(&f, bad).unwrap();
+            assert!(load(&args(Some(f.clone()))).is_err(), "{bad}");
+        }
+    }
+}

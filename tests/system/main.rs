@@ -1,0 +1,13 @@
+//! Black-box system tests: a real `depot serve` process on 127.0.0.1, driven
+//! by real initiators (libiscsi's iscsi-test-cu, qemu-img/qemu-io over
+//! `iscsi://`, fio's libiscsi engine) and by raw sockets for hostile input.
+//!
+//! The peers are installed by `scripts/install-deps.sh`; a missing peer fails
+//! the test with that hint rather than skipping it.
+
+mod common;
+mod conformance;
+mod durability;
+mod fio;
+mod hostile;
+mod qemu;
