@@ -82,6 +82,12 @@ pub struct LuConfig {
     pub unmap_granularity_bytes: u32,
     /// MAXIMUM COMPARE AND WRITE LENGTH in blocks (≥ 1 for VAAI ATS).
     pub max_compare_and_write_blocks: u8,
+    /// Overrides the device's logical-blocks-per-physical-block exponent
+    /// in READ CAPACITY(16) (`None`: the device's). libiscsi 1.19's
+    /// `GetLBAStatus.UnmapSingle` only passes with exponent 0: for
+    /// exponent > 0 it expects GET LBA STATUS at LBA i+1 to report a first
+    /// descriptor starting at i+2^exponent, which SBC-3 does not allow.
+    pub physical_block_exponent: Option<u8>,
 }
 
 impl LuConfig {
@@ -100,6 +106,7 @@ impl LuConfig {
             max_transfer_bytes: DEFAULT_MAX_TRANSFER_BYTES,
             unmap_granularity_bytes: 4096,
             max_compare_and_write_blocks: 32,
+            physical_block_exponent: None,
         }
     }
 
@@ -264,7 +271,10 @@ impl LogicalUnit {
         let max_transfer_blocks = config.max_transfer_bytes / bs;
         let limits = Limits {
             block_size: bs,
-            lbppbe: device.physical_block_exponent().min(15),
+            lbppbe: config
+                .physical_block_exponent
+                .unwrap_or_else(|| device.physical_block_exponent())
+                .min(15),
             max_transfer_blocks,
             optimal_transfer_blocks: ((1u32 << 20) / bs).min(max_transfer_blocks),
             max_caw_blocks: config.max_compare_and_write_blocks,
@@ -818,13 +828,14 @@ impl LogicalUnit {
         }
         self.check_range(io.lba, u64::from(io.blocks))?;
         self.check_writable()?;
-        if io.blocks == 0 {
-            return Ok(Reply::good());
-        }
         let len = io.blocks as usize * self.limits.block_size as usize;
         if cmd.data_out.len() != 2 * len {
-            // The data-out must hold exactly the verify and write halves.
+            // The data-out must hold exactly the verify and write halves
+            // (this also catches 256 blocks wrapping to 0 in the CDB).
             return Err(Sense::invalid_cdb_field(13, None));
+        }
+        if io.blocks == 0 {
+            return Ok(Reply::good());
         }
         let (verify, write) = cmd.data_out.split_at(len);
         let _guard = self.locks.exclusive(io.lba, u64::from(io.blocks));

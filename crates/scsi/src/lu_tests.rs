@@ -217,6 +217,10 @@ fn compare_and_write_semantics() {
     assert_check(&c, 5, (0x24, 0));
     let c = caw(&r, &r.a, 3, 33, &vec![0; 66 * BS]);
     assert_check(&c, 5, (0x24, 0));
+    // NUMBER OF BLOCKS 0 with data-out (256 blocks wrapped) is refused;
+    // without data-out it is a no-op.
+    assert_check(&caw(&r, &r.a, 3, 0, &[0; 4 * BS]), 5, (0x24, 0));
+    assert_good(&caw(&r, &r.a, 3, 0, &[]));
     let c = caw(&r, &r.a, BLOCKS, 1, &[0; 2 * BS]);
     assert_check(&c, 5, (0x21, 0));
     assert_eq!(c.transfer_length, 2 * BS as u32);
