@@ -50,7 +50,7 @@ fn identity_is_stable_across_restarts() {
     let url = depot.url("ident", 0);
     let inq = |url: &str| {
         let mut out = String::new();
-        for page in ["0x80", "0x83"] {
+        for page in ["128", "131"] {
             let o = run_timeout(
                 Command::new(peer("iscsi-inq"))
                     .args(["-e", "1", "-c", page])

@@ -46,8 +46,7 @@ fn fio_libiscsi_verify_qd32() {
         &url,
         &[
             "--rw=randwrite",
-            "--bsrange=512-1m",
-            "--bs_unaligned",
+            "--bsrange=4k-1m",
             "--iodepth=32",
             "--size=96m",
             "--offset=32m",

@@ -365,7 +365,7 @@ fn acl_limits_login_and_discovery() {
     // libiscsi's discovery sees the same.
     let out = run_timeout(
         Command::new(peer("iscsi-ls"))
-            .args(["-i", "iqn.2026-11.test:other", "-s"])
+            .args(["-i", "iqn.2026-11.test:other"])
             .arg(format!("iscsi://{}", depot.portal)),
         Duration::from_secs(30),
     );
@@ -419,7 +419,7 @@ fn chap_and_mutual_chap() {
             ]),
         );
         assert_eq!(rx.get("AuthMethod").as_deref(), Some("CHAP"));
-        let rx = r.login_pdu(0, 1, false, 0, &text_segment(&[("CHAP_A", "7,5")]));
+        let rx = r.login_pdu(0, 1, false, 0, &text_segment(&[("CHAP_A", "99,5")]));
         assert_eq!(rx.get("CHAP_A").as_deref(), Some("5"));
         let id: u8 = rx.get("CHAP_I").unwrap().parse().unwrap();
         let challenge = unhex(&rx.get("CHAP_C").unwrap());

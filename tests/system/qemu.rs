@@ -103,7 +103,7 @@ fn qemu_io_across_pdu_and_burst_boundaries() {
         }
     }
     // Untouched space between ranges reads as zeros.
-    reads.push(format!("read -P 0 {} {}", 32 << 20, 1 << 20));
+    reads.push(format!("read -P 0 {} {}", 40 << 20, 1 << 20));
     let text = qemu_io(&url, &reads);
     assert!(!text.contains("Pattern verification failed"), "{text}");
     assert!(!text.to_lowercase().contains("error"), "{text}");

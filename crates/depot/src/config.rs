@@ -143,6 +143,9 @@ iscsi_listen = "127.0.0.1:3260"
 api_listen = "127.0.0.1:8080"
 "#;
 
+/// Settings that `DEPOT_<NAME>` environment variables may override.
+const ENV_KEYS: &[&str] = &["data_dir", "iscsi_listen", "api_listen"];
+
 /// Loads and validates the configuration for `depot serve`.
 pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     let mut b = config::Config::builder()
@@ -150,10 +153,20 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(path) = &args.config {
         b = b.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
     }
+    // Only the settings this file knows are taken from the environment, so
+    // unrelated DEPOT_* variables (DEPOT_LOG, DEPOT_API, ...) are not errors.
+    let env: config::Map<String, String> = std::env::vars()
+        .filter_map(|(k, v)| {
+            let key = k.strip_prefix("DEPOT_")?.to_ascii_lowercase();
+            ENV_KEYS
+                .contains(&key.as_str())
+                .then_some((format!("DEPOT_{}", key.to_ascii_uppercase()), v))
+        })
+        .collect();
     b = b.add_source(
         config::Environment::with_prefix("DEPOT")
             .prefix_separator("_")
-            .try_parsing(true),
+            .source(Some(env)),
     );
     if let Some(d) = &args.data_dir {
         b = b.set_override("data_dir", d.to_string_lossy().to_string())?;

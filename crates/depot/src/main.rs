@@ -44,7 +44,7 @@ pub struct ServeArgs {
     pub api_listen: Option<String>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -53,10 +53,14 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match cli.command {
-        Command::Serve(args) => {
-            let cfg = config::load(&args)?;
-            serve::run(cfg)
+    let result = match cli.command {
+        Command::Serve(args) => config::load(&args).and_then(serve::run),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("depot: {e:#}");
+            std::process::ExitCode::FAILURE
         }
     }
 }
