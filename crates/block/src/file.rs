@@ -40,7 +40,11 @@ impl FileDevice {
         if is_regular && meta.len() < size_bytes {
             file.set_len(size_bytes)?;
         }
-        let len = if is_regular { file.metadata()?.len() } else { size_bytes };
+        let len = if is_regular {
+            file.metadata()?.len()
+        } else {
+            size_bytes
+        };
         let dev = FileDevice {
             block_size,
             num_blocks: AtomicU64::new(len / u64::from(block_size)),
@@ -227,11 +231,17 @@ mod tests {
         assert!(d.read(2047, &mut [0u8; 1024]).is_err());
         if d.thin_provisioned() {
             assert_eq!(d.provisioning(8, 100).unwrap().0, Provisioning::Mapped);
-            assert_eq!(d.provisioning(2040, 100).unwrap(), (Provisioning::Deallocated, 8));
+            assert_eq!(
+                d.provisioning(2040, 100).unwrap(),
+                (Provisioning::Deallocated, 8)
+            );
             d.unmap(8, 8).unwrap();
             d.read(8, &mut back).unwrap();
             assert!(back.iter().all(|b| *b == 0));
-            assert_eq!(d.provisioning(8, 8).unwrap(), (Provisioning::Deallocated, 8));
+            assert_eq!(
+                d.provisioning(8, 8).unwrap(),
+                (Provisioning::Deallocated, 8)
+            );
         }
         d.grow(2 << 20).unwrap();
         assert_eq!(d.num_blocks(), 4096);

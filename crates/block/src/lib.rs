@@ -132,7 +132,7 @@ pub fn check_range(num_blocks: u64, lba: u64, blocks: u64) -> BlockResult<()> {
 /// multiple of `block_size`.
 pub fn blocks_in(len: usize, block_size: u32) -> BlockResult<u64> {
     let bs = block_size as usize;
-    if bs == 0 || len % bs != 0 {
+    if bs == 0 || !len.is_multiple_of(bs) {
         return Err(BlockError::Io(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("buffer of {len} bytes is not whole {block_size}-byte blocks"),

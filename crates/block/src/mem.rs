@@ -133,13 +133,19 @@ mod tests {
         d.read(0, &mut buf).unwrap();
         assert!(buf.iter().all(|b| *b == 0));
         d.write(2, &[7u8; 1024], false).unwrap();
-        assert_eq!(d.provisioning(0, 16).unwrap(), (Provisioning::Deallocated, 2));
+        assert_eq!(
+            d.provisioning(0, 16).unwrap(),
+            (Provisioning::Deallocated, 2)
+        );
         assert_eq!(d.provisioning(2, 16).unwrap(), (Provisioning::Mapped, 2));
         d.unmap(3, 1).unwrap();
         assert_eq!(d.provisioning(2, 16).unwrap(), (Provisioning::Mapped, 1));
         d.read(2, &mut buf).unwrap();
         assert!(buf[..512].iter().all(|b| *b == 7));
         assert!(buf[512..].iter().all(|b| *b == 0));
-        assert!(matches!(d.write(16, &[0u8; 512], false), Err(BlockError::OutOfRange { .. })));
+        assert!(matches!(
+            d.write(16, &[0u8; 512], false),
+            Err(BlockError::OutOfRange { .. })
+        ));
     }
 }

@@ -219,7 +219,10 @@ impl ChapTarget {
             (None, None) => {}
             (Some(i), Some(c)) => {
                 let target = target.ok_or(ChapError::MutualNotConfigured)?;
-                let id: u8 = i.trim().parse().map_err(|_| ChapError::Malformed("CHAP_I"))?;
+                let id: u8 = i
+                    .trim()
+                    .parse()
+                    .map_err(|_| ChapError::Malformed("CHAP_I"))?;
                 let challenge = decode_binary(c).ok_or(ChapError::Malformed("CHAP_C"))?;
                 if challenge == self.challenge {
                     return Err(ChapError::Reflected);
@@ -322,7 +325,12 @@ mod tests {
         offers.push("CHAP_I", "1");
         offers.push("CHAP_C", encode_hex(&[5u8; CHALLENGE_LEN]));
         assert_eq!(
-            t.verify(&offers, &secret("alice", "right"), Some(&secret("t", "x")), &mut resp),
+            t.verify(
+                &offers,
+                &secret("alice", "right"),
+                Some(&secret("t", "x")),
+                &mut resp
+            ),
             Err(ChapError::Reflected)
         );
         assert_eq!(t.offer("1,2", &mut resp), Err(ChapError::NoAlgorithm));

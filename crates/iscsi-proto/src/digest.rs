@@ -6,7 +6,9 @@
 
 /// CRC32C of `parts` taken as one contiguous byte string.
 pub fn crc32c(parts: &[&[u8]]) -> u32 {
-    parts.iter().fold(0u32, |crc, p| crc32c::crc32c_append(crc, p))
+    parts
+        .iter()
+        .fold(0u32, |crc, p| crc32c::crc32c_append(crc, p))
 }
 
 /// The 4 wire bytes of a digest value.

@@ -399,9 +399,15 @@ mod tests {
         assert_eq!(p.header[0], op::DATA_IN);
         assert_eq!(p.header[1], 0x80 | 0x01 | 0x02);
         assert_eq!(&p.header[5..8], &[0, 0, 3]);
-        assert_eq!(u32::from_be_bytes(p.header[24..28].try_into().unwrap()), 100);
+        assert_eq!(
+            u32::from_be_bytes(p.header[24..28].try_into().unwrap()),
+            100
+        );
         assert_eq!(u32::from_be_bytes(p.header[36..40].try_into().unwrap()), 4);
-        assert_eq!(u32::from_be_bytes(p.header[40..44].try_into().unwrap()), 8192);
+        assert_eq!(
+            u32::from_be_bytes(p.header[40..44].try_into().unwrap()),
+            8192
+        );
         assert_eq!(u32::from_be_bytes(p.header[44..48].try_into().unwrap()), 7);
         let mut wire = BytesMut::new();
         p.write_to(&mut wire, true, true);
@@ -418,7 +424,14 @@ mod tests {
     #[test]
     fn our_encoding_frames_with_our_decoder() {
         // The decoder is for initiator PDUs but framing is opcode-agnostic.
-        let p = text_response(5, RESERVED_TAG, [0; 8], true, false, Bytes::from_static(b"a=b\0"));
+        let p = text_response(
+            5,
+            RESERVED_TAG,
+            [0; 8],
+            true,
+            false,
+            Bytes::from_static(b"a=b\0"),
+        );
         for (hd, dd) in [(false, false), (true, true)] {
             let mut wire = BytesMut::new();
             p.write_to(&mut wire, hd, dd);
@@ -430,7 +443,13 @@ mod tests {
             let got = dec.decode(&mut wire).unwrap().unwrap();
             assert_eq!(&got.data[..], b"a=b\0");
             assert!(!got.data_digest_error);
-            assert!(matches!(got.header, Header::Unknown { opcode: 0x24, itt: 5 }));
+            assert!(matches!(
+                got.header,
+                Header::Unknown {
+                    opcode: 0x24,
+                    itt: 5
+                }
+            ));
         }
     }
 }

@@ -473,8 +473,10 @@ struct Common<'a> {
 }
 
 fn common(i: &[u8]) -> IResult<&[u8], Common<'_>> {
-    let (i, (b0, b1, b2, b3, _ahs, _dsl, lun, itt)) =
-        (be_u8, be_u8, be_u8, be_u8, be_u8, be_u24, array::<8>, be_u32).parse(i)?;
+    let (i, (b0, b1, b2, b3, _ahs, _dsl, lun, itt)) = (
+        be_u8, be_u8, be_u8, be_u8, be_u8, be_u24, array::<8>, be_u32,
+    )
+        .parse(i)?;
     Ok((
         &[],
         Common {

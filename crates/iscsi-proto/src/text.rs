@@ -162,7 +162,7 @@ mod tests {
     proptest! {
         #[test]
         fn round_trip(pairs in proptest::collection::vec(("[A-Za-z][A-Za-z0-9.]{0,20}", "[ -~]{0,40}"), 0..10)) {
-            let kv = KeyValues(pairs.into_iter().map(|(k, v)| (k, v)).collect());
+            let kv = KeyValues(pairs);
             prop_assert_eq!(KeyValues::parse(&kv.encode()).unwrap(), kv);
         }
 

@@ -233,10 +233,8 @@ impl Reader {
     }
 }
 
-/// Why the session loop stopped.
+/// Why the session loop must stop early.
 enum Stop {
-    /// Closed cleanly (logout, EOF, shutdown).
-    Clean,
     /// The initiator broke the protocol.
     Violation(&'static str),
 }
@@ -378,7 +376,6 @@ impl Session {
                         };
                         match self.handle(pdu) {
                             Ok(()) => {}
-                            Err(Stop::Clean) => return Ok(()),
                             Err(Stop::Violation(why)) => {
                                 tracing::warn!(initiator = %self.est.initiator, why, "protocol violation, closing connection");
                                 return Ok(());
