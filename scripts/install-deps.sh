@@ -37,6 +37,9 @@ $SUDO apt-get install -y -q --no-install-recommends \
   librocksdb-dev clang libclang-dev pkg-config \
   libiscsi-bin libiscsi-dev tgt \
   dpkg-dev gcc make zlib1g-dev bc python3 >/dev/null
+# promtool (from Debian's prometheus) checks packaging/prometheus/ in the
+# dashboards system test.
+$SUDO apt-get install -y -q --no-install-recommends prometheus >/dev/null
 # qemu-block-extra must come from backports to match qemu-utils 10.
 $SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports \
   qemu-utils qemu-block-extra >/dev/null

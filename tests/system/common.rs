@@ -12,6 +12,8 @@ pub struct Depot {
     pub dir: tempfile::TempDir,
     /// iSCSI portal.
     pub portal: SocketAddr,
+    /// Management API (and `/metrics`) address.
+    pub api: SocketAddr,
     config: PathBuf,
 }
 
@@ -30,10 +32,12 @@ impl Depot {
         let cfg_path = dir.path().join("depot.toml");
         std::fs::write(&cfg_path, config).expect("write config");
         let portal: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut d = Depot {
             child: None,
             dir,
             portal,
+            api,
             config: cfg_path,
         };
         d.spawn();
@@ -55,7 +59,7 @@ impl Depot {
             .arg("--iscsi-listen")
             .arg(self.portal.to_string())
             .arg("--api-listen")
-            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg(self.api.to_string())
             .env("DEPOT_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

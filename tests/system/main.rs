@@ -7,6 +7,7 @@
 
 mod common;
 mod conformance;
+mod dashboards;
 mod durability;
 mod fio;
 mod hostile;
