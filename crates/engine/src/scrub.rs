@@ -60,7 +60,7 @@ pub(crate) fn scrub_volume(vol: &Volume, report: &mut ScrubReport) -> EngineResu
     // 1. Cut.
     let (cut_tlog, cut_container, snap) = vol.cut()?;
     while vol.ship_one(false)? {}
-    if vol.meta.lock().shipped.next_tlog < cut_tlog {
+    if !vol.shipped_before(cut_tlog) {
         return Err(EngineError::BackendUnavailable(
             "could not ship everything before the scrub cut".into(),
         ));

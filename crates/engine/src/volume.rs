@@ -459,7 +459,11 @@ impl Volume {
                 });
             }
         }
-        let next_tlog = max_tlog.map_or(0, |m| m + 1).max(meta.next_tlog).max(t0);
+        let next_tlog = max_tlog
+            .map_or(0, |m| m + 1)
+            .max(meta.next_tlog)
+            .max(meta.shipped.next_tlog)
+            .max(t0);
         index.commit(self.id, &batch, (next_tlog, 0))?;
         // Everything replayed is in RocksDB; make it durable before
         // deleting shipped tlogs.
@@ -505,12 +509,18 @@ impl Volume {
         Ok(())
     }
 
+    /// Persists metadata locally and marks the backend manifest stale.
     pub(crate) fn persist_meta(&self, meta: &VolumeMeta) -> EngineResult<()> {
-        let mut b = WriteBatch::default();
-        Index::put_meta(&mut b, meta)?;
-        self.shared.index.write_sync(b)?;
+        self.persist_meta_quiet(meta)?;
         self.meta_dirty.store(true, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Persists metadata locally only.
+    fn persist_meta_quiet(&self, meta: &VolumeMeta) -> EngineResult<()> {
+        let mut b = WriteBatch::default();
+        Index::put_meta(&mut b, meta)?;
+        self.shared.index.write_sync(b)
     }
 
     fn check_ok(&self) -> EngineResult<()> {
@@ -1216,8 +1226,16 @@ impl Volume {
         let tlog = std::fs::read(self.tlog_path(seg.tlog))
             .map_err(|e| EngineError::io("reading a tlog to ship", e))?;
         be.put(&backend::tlog_key(self.id, seg.tlog), Bytes::from(tlog), forever)?;
+        let (nc, nt) = {
+            let w = self.writer.lock();
+            (w.next_container, w.next_tlog)
+        };
         {
             let mut m = self.meta.lock();
+            // Sequence numbers are never reused: a reused name would
+            // overwrite a shipped object.
+            m.next_container = m.next_container.max(nc);
+            m.next_tlog = m.next_tlog.max(nt);
             m.shipped.tlogs.push(TlogRef {
                 seq: seg.tlog,
                 generation: seg.generation,
@@ -1237,12 +1255,14 @@ impl Volume {
                 w.shipped_local_bytes += len;
             }
         }
-        self.upload_manifest(forever)?;
         {
             let m = self.meta.lock();
-            self.persist_meta(&m)?;
+            self.persist_meta_quiet(&m)?;
         }
-        self.meta_dirty.store(false, Ordering::SeqCst);
+        // Clears the dirty flag before it snapshots the metadata, so a
+        // concurrent change (a new snapshot) re-marks it and is uploaded
+        // by the next round.
+        self.upload_manifest(forever)?;
         self.unshipped.fetch_sub(
             seg.bytes.min(self.unshipped.load(Ordering::Relaxed)),
             Ordering::Relaxed,
@@ -1498,6 +1518,7 @@ impl Volume {
         w.generation = new_gen;
         self.head_gen.store(new_gen, Ordering::Release);
         self.memtable.write().clear();
+        drop(m);
         let mut dropped_bytes = 0;
         let mut keep = VecDeque::new();
         for s in w.segments.drain(..) {
@@ -1512,16 +1533,29 @@ impl Volume {
                 keep.push_back(s);
             }
         }
+        if keep.is_empty() {
+            // Nothing before the discarded segments waits to ship.
+            let mut m = self.meta.lock();
+            m.shipped.next_tlog = m.shipped.next_tlog.max(w.next_tlog);
+        }
         w.segments = keep;
         self.unshipped.fetch_sub(
             dropped_bytes.min(self.unshipped.load(Ordering::Relaxed)),
             Ordering::Relaxed,
         );
-        drop(m);
         drop(w);
         self.throttle_cv.notify_all();
         self.shared.wake_shipper();
         Ok(())
+    }
+
+    /// Whether every segment with a tlog below `cut` has shipped.
+    pub(crate) fn shipped_before(&self, cut: u64) -> bool {
+        self.writer
+            .lock()
+            .segments
+            .front()
+            .is_none_or(|s| s.tlog >= cut)
     }
 
     /// Grows the volume (shrinking is refused).
