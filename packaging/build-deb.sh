@@ -60,9 +60,9 @@ mkdir -p "$stage/src/debian"
 printf 'Source: depot\n\nPackage: depot\nArchitecture: any\n' >"$stage/src/debian/control"
 shlibs=$(cd "$stage/src" && dpkg-shlibdeps -O "$pkg/usr/bin/depot" 2>/dev/null |
   sed -n 's/^shlibs:Depends=//p')
-if ldd "$pkg/usr/bin/depot" | grep -q 'librocksdb\.so\.7\.8' && ! grep -q librocksdb7.8 <<<"$shlibs"; then
-  shlibs="${shlibs:+$shlibs, }librocksdb7.8"
-fi
+# The tiered engine needs Debian's RocksDB 7.8 (the rocksdb crate 0.21 links
+# it dynamically); declared even if this binary was built without it.
+grep -q librocksdb7.8 <<<"$shlibs" || shlibs="${shlibs:+$shlibs, }librocksdb7.8"
 depends="${shlibs:-libc6}, adduser, init-system-helpers (>= 1.54)"
 size_kb=$(du -sk --exclude=DEBIAN "$pkg" | cut -f1)
 
@@ -81,7 +81,7 @@ Description: VM-centric iSCSI storage router
  Depot is a grid storage router between virtual machines and storage
  backends: every VM is one iSCSI target and each of its vDisks a LUN,
  backed by a tiered engine (flash write log, RocksDB index, object backend).
- This package runs `depot serve` as a systemd service (depot.service) with
+ This package runs "depot serve" as a systemd service (depot.service) with
  its state in /var/lib/depot and its configuration in /etc/depot/depot.toml.
 CONTROL
 echo /etc/depot/depot.toml >"$pkg/DEBIAN/conffiles"
