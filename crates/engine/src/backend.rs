@@ -182,13 +182,25 @@ impl std::fmt::Debug for Backend {
     }
 }
 
+/// The error and its whole source chain, for operators.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 fn map_err(e: object_store::Error, key: &str) -> EngineError {
     match e {
         object_store::Error::NotFound { .. } => EngineError::ObjectNotFound(key.to_string()),
         object_store::Error::Generic { .. } | object_store::Error::JoinError { .. } => {
-            EngineError::BackendUnavailable(e.to_string())
+            EngineError::BackendUnavailable(chain(&e))
         }
-        other => EngineError::Backend(other.to_string()),
+        other => EngineError::Backend(chain(&other)),
     }
 }
 
@@ -222,7 +234,6 @@ impl Backend {
                     .with_region(region)
                     .with_access_key_id(access_key_id)
                     .with_secret_access_key(secret_access_key)
-                    .with_allow_http(*allow_http)
                     .with_virtual_hosted_style_request(false)
                     // The engine does its own retries with backoff; keep the
                     // client's short so a dead endpoint is noticed quickly.
@@ -232,7 +243,10 @@ impl Backend {
                         ..Default::default()
                     })
                     .with_client_options(
+                        // allow_http lives in the client options: set it
+                        // here, or these options would reset it.
                         object_store::ClientOptions::new()
+                            .with_allow_http(*allow_http)
                             .with_timeout(Duration::from_secs(30))
                             .with_connect_timeout(Duration::from_secs(5)),
                     );

@@ -1,0 +1,133 @@
+//! Write and read paths of the tiered engine against the raw-file device
+//! (`depot_block::FileDevice`) on the same flash directory.
+//!
+//! Groups: `write_4k` (buffered, no FUA), `write_4k_fua` (every write
+//! durable), `write_64k`, `read_4k_random` (data in local containers),
+//! `read_4k_backend` (containers evicted: read cache / ranged GET path).
+//! Run: `cargo bench -p depot-benches --bench engine`.
+#![allow(missing_docs)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use depot_block::{BlockDevice, FileDevice};
+use depot_engine::{BackendConfig, VPool, VPoolConfig};
+
+const SIZE: u64 = 256 << 20;
+
+struct Env {
+    _rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+    pool: Arc<VPool>,
+    vol: Arc<depot_engine::Volume>,
+    raw: FileDevice,
+}
+
+fn env(keep_local: bool) -> Env {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir_in(std::env::var("DEPOT_BENCH_DIR").unwrap_or("/tmp".into()))
+        .unwrap();
+    let mut cfg = VPoolConfig::new(
+        "bench",
+        BackendConfig::Local {
+            path: dir.path().join("backend"),
+        },
+        dir.path().join("flash"),
+    );
+    cfg.container_bytes = 16 << 20;
+    cfg.write_buffer_bytes = 512 << 20;
+    cfg.read_cache_bytes = 128 << 20;
+    if !keep_local {
+        cfg.keep_shipped_bytes = 0;
+    }
+    let pool = VPool::open(cfg, rt.handle().clone()).unwrap();
+    let vol = pool.create_volume("bench", SIZE, 4096).unwrap();
+    let raw = FileDevice::open(&dir.path().join("raw.img"), 4096, SIZE).unwrap();
+    Env {
+        _rt: rt,
+        _dir: dir,
+        pool,
+        vol,
+        raw,
+    }
+}
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+fn lcg(x: &mut u64) -> u64 {
+    *x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *x >> 33
+}
+
+fn bench_writes(c: &mut Criterion) {
+    let e = env(true);
+    let blocks = SIZE / 4096;
+    for (name, len, fua) in [
+        ("write_4k", 4096usize, false),
+        ("write_4k_fua", 4096, true),
+        ("write_64k", 65536, false),
+    ] {
+        let mut g = c.benchmark_group(name);
+        g.throughput(Throughput::Bytes(len as u64));
+        g.sample_size(20).measurement_time(Duration::from_secs(3));
+        let buf = data(len);
+        let step = (len / 4096) as u64;
+        let mut lba = 0u64;
+        g.bench_function("engine", |b| {
+            b.iter(|| {
+                e.vol.write(lba, &buf, fua).unwrap();
+                lba = (lba + step) % (blocks - step);
+            })
+        });
+        let mut lba = 0u64;
+        g.bench_function("raw_file", |b| {
+            b.iter(|| {
+                e.raw.write(lba, &buf, fua).unwrap();
+                lba = (lba + step) % (blocks - step);
+            })
+        });
+        g.finish();
+    }
+    e.pool.shutdown().unwrap();
+}
+
+fn bench_reads(c: &mut Criterion) {
+    for (name, keep_local) in [("read_4k_random", true), ("read_4k_backend", false)] {
+        let e = env(keep_local);
+        let span = 8192u64; // 32 MiB of written data
+        let chunk = data(1 << 20);
+        for i in 0..span / 256 {
+            e.vol.write(i * 256, &chunk, false).unwrap();
+            e.raw.write(i * 256, &chunk, false).unwrap();
+        }
+        e.vol.sync_to_backend().unwrap();
+        let mut g = c.benchmark_group(name);
+        g.throughput(Throughput::Bytes(4096));
+        g.sample_size(20).measurement_time(Duration::from_secs(3));
+        let mut buf = vec![0u8; 4096];
+        let mut x = 1u64;
+        g.bench_function("engine", |b| {
+            b.iter(|| e.vol.read(lcg(&mut x) % span, &mut buf).unwrap())
+        });
+        g.bench_function("raw_file", |b| {
+            b.iter(|| e.raw.read(lcg(&mut x) % span, &mut buf).unwrap())
+        });
+        g.finish();
+        let st = e.pool.stats();
+        eprintln!(
+            "{name}: cache hit ratio {:.3}, dedup ratio {:.2}, downloads {}",
+            st.read_cache_hit_ratio, st.read_cache_dedup_ratio, st.downloads
+        );
+        e.pool.shutdown().unwrap();
+    }
+}
+
+criterion_group!(benches, bench_writes, bench_reads);
+criterion_main!(benches);
