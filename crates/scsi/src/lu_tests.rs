@@ -824,6 +824,36 @@ fn extended_copy_and_results() {
     q[48] = 0x03;
     assert_check(&run(&r.lu, &r.a, &xcopy(&q), &q, 0), 5, (0x26, 0x09));
     assert_good(&run(&r.lu, &r.a, &xcopy(&[]), &[], 0));
+    // Overlapping copy within the LU (destination above the source, more
+    // than one chunk) preserves the source data.
+    let dev = Arc::new(MemDevice::new(BS as u32, 8192));
+    let registry = Registry::new();
+    let cfg = LuConfig::new("BIG", LuConfig::naa_from_id(77));
+    let r = Rig {
+        lu: LogicalUnit::new(cfg, dev.clone(), &registry).unwrap(),
+        dev,
+        a: r.a.clone(),
+        b: r.b.clone(),
+    };
+    let naa = r.lu.config().naa;
+    let blocks = 3000u16;
+    let big: Vec<u8> = (0..blocks as usize * BS)
+        .map(|i| (i / BS % 253) as u8)
+        .collect();
+    for (k, chunk) in big.chunks(64 * BS).enumerate() {
+        assert_good(&write10(&r, 10 + 64 * k as u32, chunk));
+    }
+    let p = xcopy_params(&naa, 10, 100, blocks, 0);
+    let c = run(&r.lu, &r.a, &xcopy(&p), &p, 0);
+    assert_good(&c);
+    for (k, chunk) in big.chunks(64 * BS).enumerate() {
+        let n = (chunk.len() / BS) as u16;
+        assert_eq!(
+            &read10(&r, 100 + 64 * k as u32, n).data[..],
+            chunk,
+            "chunk {k}"
+        );
+    }
 }
 
 #[test]

@@ -241,22 +241,25 @@ fn copy_segment(src: &LogicalUnit, dst: &LogicalUnit, s: &Segment) -> Result<u64
     let bs = src.device().block_size() as usize;
     let chunk_blocks = (CHUNK_BYTES / bs).max(1) as u64;
     let mut buf = vec![0u8; (chunk_blocks.min(s.blocks) as usize) * bs];
-    let mut done = 0u64;
-    while done < s.blocks {
-        let n = chunk_blocks.min(s.blocks - done);
+    // Within one LU, a destination overlapping the source from above is
+    // copied back to front so no source block is overwritten before read.
+    let backwards =
+        std::ptr::eq(src, dst) && s.dst_lba > s.src_lba && s.dst_lba < s.src_lba + s.blocks;
+    let chunks = s.blocks.div_ceil(chunk_blocks);
+    for k in 0..chunks {
+        let idx = if backwards { chunks - 1 - k } else { k };
+        let off = idx * chunk_blocks;
+        let n = chunk_blocks.min(s.blocks - off);
         let len = n as usize * bs;
         src.device()
-            .read(s.src_lba + done, &mut buf[..len])
+            .read(s.src_lba + off, &mut buf[..len])
             .map_err(|e| sense::from_block_error(&e, false))?;
-        {
-            let _guard = dst.locks().shared(s.dst_lba + done, n);
-            dst.device()
-                .write(s.dst_lba + done, &buf[..len], !dst.write_cache_enabled())
-                .map_err(|e| sense::from_block_error(&e, true))?;
-        }
-        done += n;
+        let _guard = dst.locks().shared(s.dst_lba + off, n);
+        dst.device()
+            .write(s.dst_lba + off, &buf[..len], !dst.write_cache_enabled())
+            .map_err(|e| sense::from_block_error(&e, true))?;
     }
-    Ok(done * bs as u64)
+    Ok(s.blocks * bs as u64)
 }
 
 /// RECEIVE COPY RESULTS / COPY STATUS data for `list_id`.
