@@ -102,6 +102,16 @@ fn summarize(results: &[(String, String, Outcome)]) -> String {
     s
 }
 
+/// Failures caused by a defect in the test itself, documented in
+/// docs/compliance.md. `GetLBAStatus.UnmapSingle` (libiscsi 1.19.0 and
+/// master) asks GET LBA STATUS for LBA i+1 and expects the first descriptor
+/// at i + (logical blocks per physical block); SBC-3 requires it to start at
+/// the requested LBA, so the test fails on every 512e LUN (Depot's default:
+/// 512-byte logical blocks over 4 KiB physical ones).
+fn known_test_defect(suite: &str, test: &str) -> bool {
+    suite == "GetLBAStatus" && test == "UnmapSingle"
+}
+
 fn run_family(family: &str, urls: &[String]) -> (Vec<(String, String, Outcome)>, String) {
     let mut cmd = Command::new(peer("iscsi-test-cu"));
     cmd.arg("--dataloss").arg("-v").arg("-t").arg(family);
@@ -144,7 +154,10 @@ read_only = true
             "iscsi-test-cu ran no tests for {family}:\n{text}\ndepot log:\n{}",
             depot.log()
         );
-        let failed: Vec<_> = results.iter().filter(|r| r.2 == Outcome::Failed).collect();
+        let failed: Vec<_> = results
+            .iter()
+            .filter(|r| r.2 == Outcome::Failed && !known_test_defect(&r.0, &r.1))
+            .collect();
         failures += failed.len();
         report.push_str(&format!("### {family}\n{}\n", summarize(&results)));
         // Keep the raw output for the record (and for diagnosing failures).

@@ -1014,8 +1014,9 @@ impl Session {
                     self.update_window();
                     (COMPLETE, HashSet::new())
                 } else if serial::lt(ref_cmd_sn, self.exp_cmd_sn) {
-                    // Already completed.
-                    (COMPLETE, HashSet::new())
+                    // Received and already completed: its response is on
+                    // the wire, so there is nothing to abort.
+                    (NO_TASK, HashSet::new())
                 } else {
                     (NO_TASK, HashSet::new())
                 }

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: Debian's tgt (file-backed LUN) against Depot (an
+# engine vDisk and a raw-file vDisk), the same fio jobs through fio's libiscsi
+# engine, all on 127.0.0.1, interleaved and repeated; prints one table of
+# medians with the Depot/tgt ratio per job. See docs/BENCHMARKS.md.
+#
+#   benches/compare-tgt.sh [--runtime SECONDS] [--repeat N] [--size SIZE] [--smoke] [--out DIR]
+#
+# --smoke: 2-second jobs, one repeat, 64 MiB LUNs (CI runs this so the script
+# cannot rot; its numbers mean nothing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+RUNTIME=15
+REPEAT=3
+SIZE=1G
+OUT=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runtime) RUNTIME=$2; shift 2 ;;
+    --repeat) REPEAT=$2; shift 2 ;;
+    --size) SIZE=$2; shift 2 ;;
+    --smoke) RUNTIME=2; REPEAT=1; SIZE=64M; shift ;;
+    --out) OUT=$2; shift 2 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+OUT=${OUT:-$(mktemp -d /tmp/depot-bench.XXXXXX)}
+mkdir -p "$OUT"
+FIO=${DEPOT_FIO:-${XDG_CACHE_HOME:-$HOME/.cache}/depot-tools/fio/bin/fio}
+if ! "$FIO" --enghelp 2>/dev/null | grep -qw libiscsi || ! command -v tgtd >/dev/null; then
+  bash scripts/install-deps.sh
+fi
+
+echo "building depot (release)" >&2
+cargo build --release -p depot --quiet
+DEPOT=${CARGO_TARGET_DIR:-$ROOT/target}/release/depot
+
+TGT_PORT=3262
+TGT_CTRL=7
+DEPOT_PORT=3263
+TGT_IQN=iqn.2026-11.bench.tgt:lun
+cleanup() {
+  tgtadm -C $TGT_CTRL --lld iscsi --op delete --force --mode target --tid 1 >/dev/null 2>&1 || true
+  tgtadm -C $TGT_CTRL --lld iscsi --op delete --mode system >/dev/null 2>&1 || true
+  [ -n "${TGT_PID:-}" ] && kill -9 "$TGT_PID" 2>/dev/null || true
+  [ -n "${DEPOT_PID:-}" ] && kill -TERM "$DEPOT_PID" 2>/dev/null && wait "$DEPOT_PID" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# tgt: one file-backed LUN (rdwr backing store, as Debian ships it).
+mkdir -p "$OUT/tgt"
+truncate -s "$SIZE" "$OUT/tgt/lun1.img"
+tgtd -f -C $TGT_CTRL --iscsi portal=127.0.0.1:$TGT_PORT >"$OUT/tgt/tgtd.log" 2>&1 &
+TGT_PID=$!
+for _ in $(seq 50); do tgtadm -C $TGT_CTRL --lld iscsi --op show --mode target >/dev/null 2>&1 && break; sleep 0.1; done
+tgtadm -C $TGT_CTRL --lld iscsi --op new --mode target --tid 1 -T $TGT_IQN
+tgtadm -C $TGT_CTRL --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$OUT/tgt/lun1.img"
+tgtadm -C $TGT_CTRL --lld iscsi --op bind --mode target --tid 1 -I ALL
+
+# Depot: LUN 0 an engine vDisk, LUN 1 a raw-file vDisk.
+cat >"$OUT/depot.toml" <<EOF
+[[vm]]
+name = "bench"
+[[vm.disk]]
+name = "engine"
+size = "$SIZE"
+kind = "engine"
+[[vm.disk]]
+name = "raw"
+size = "$SIZE"
+kind = "raw"
+EOF
+NO_COLOR=1 "$DEPOT" serve --config "$OUT/depot.toml" --data-dir "$OUT/depot-data" \
+  --iscsi-listen 127.0.0.1:$DEPOT_PORT --api-listen 127.0.0.1:0 >"$OUT/depot.log" 2>&1 &
+DEPOT_PID=$!
+for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$DEPOT_PORT) 2>/dev/null && break; sleep 0.1; done
+
+declare -A URL PID
+URL[tgt]="iscsi://127.0.0.1:$TGT_PORT/$TGT_IQN/1"; PID[tgt]=$TGT_PID
+URL[engine]="iscsi://127.0.0.1:$DEPOT_PORT/iqn.2026-11.io.depot:bench/0"; PID[engine]=$DEPOT_PID
+URL[raw]="iscsi://127.0.0.1:$DEPOT_PORT/iqn.2026-11.io.depot:bench/1"; PID[raw]=$DEPOT_PID
+TARGETS="tgt engine raw"
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+fio_job() { # target name rw bs qd runtime
+  local t=$1 name=$2 rw=$3 bs=$4 qd=$5 rt=$6
+  local esc=${URL[$t]//:/\\:}
+  local before after
+  before=$(ticks "${PID[$t]}")
+  "$FIO" --name="$name" --ioengine=libiscsi --filename="$esc" --rw="$rw" --bs="$bs" \
+    --iodepth="$qd" --numjobs=1 --size="$SIZE" --time_based --runtime="$rt" --ramp_time=1 \
+    --randrepeat=0 --norandommap --percentile_list=50:99 --output-format=json \
+    --output="$OUT/$t-$name-$REP.json" >/dev/null
+  after=$(ticks "${PID[$t]}")
+  echo "$(( after - before ))" >"$OUT/$t-$name-$REP.ticks"
+}
+
+# Fill every LUN once so reads hit written data, not holes.
+for t in $TARGETS; do
+  esc=${URL[$t]//:/\\:}
+  "$FIO" --name=fill --ioengine=libiscsi --filename="$esc" --rw=write --bs=1M --iodepth=8 \
+    --size="$SIZE" --output-format=json --output="$OUT/$t-fill.json" >/dev/null
+done
+
+JOBS="randread-4k-qd32:randread:4k:32 randwrite-4k-qd32:randwrite:4k:32 randread-4k-qd1:randread:4k:1 seqread-1m-qd8:read:1M:8 seqwrite-1m-qd8:write:1M:8"
+for REP in $(seq "$REPEAT"); do
+  for j in $JOBS; do
+    IFS=: read -r name rw bs qd <<<"$j"
+    for t in $TARGETS; do
+      echo "rep $REP $name $t" >&2
+      fio_job "$t" "$name" "$rw" "$bs" "$qd" "$RUNTIME"
+    done
+  done
+done
+
+python3 - "$OUT" "$REPEAT" "$RUNTIME" <<'PY'
+import json, os, statistics, sys
+out, repeat, runtime = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+hz = os.sysconf("SC_CLK_TCK")
+jobs = ["randread-4k-qd32", "randwrite-4k-qd32", "randread-4k-qd1", "seqread-1m-qd8", "seqwrite-1m-qd8"]
+targets = ["tgt", "engine", "raw"]
+def one(t, j, r):
+    with open(f"{out}/{t}-{j}-{r}.json") as f:
+        txt = f.read()
+    doc = json.loads(txt[txt.index("{"):])
+    job = doc["jobs"][0]
+    side = "read" if job["read"]["io_bytes"] > 0 else "write"
+    s = job[side]
+    pct = s["clat_ns"].get("percentile", {})
+    ticks = int(open(f"{out}/{t}-{j}-{r}.ticks").read())
+    return {"iops": s["iops"], "mbs": s["bw_bytes"] / 1e6,
+            "p50": pct.get("50.000000", 0) / 1000, "p99": pct.get("99.000000", 0) / 1000,
+            "cpu": 100.0 * ticks / hz / (runtime + 1)}
+med = {}
+for t in targets:
+    for j in jobs:
+        runs = [one(t, j, r) for r in range(1, repeat + 1)]
+        med[(t, j)] = {k: statistics.median(x[k] for x in runs) for k in runs[0]}
+print(f"medians of {repeat} run(s), {runtime:.0f} s each; target CPU in % of one core")
+print()
+print("| job | target | IOPS | MB/s | p50 µs | p99 µs | target CPU % | IOPS vs tgt |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
+for j in jobs:
+    base = med[("tgt", j)]["iops"] or 1
+    for t in targets:
+        m = med[(t, j)]
+        ratio = m["iops"] / base
+        print(f"| {j} | {t} | {m['iops']:.0f} | {m['mbs']:.1f} | {m['p50']:.0f} | {m['p99']:.0f} | {m['cpu']:.0f} | {ratio:.2f}× |")
+PY
