@@ -30,8 +30,8 @@ fn env(keep_local: bool) -> Env {
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir_in(std::env::var("DEPOT_BENCH_DIR").unwrap_or("/tmp".into()))
-        .unwrap();
+    let dir =
+        tempfile::tempdir_in(std::env::var("DEPOT_BENCH_DIR").unwrap_or("/tmp".into())).unwrap();
     let mut cfg = VPoolConfig::new(
         "bench",
         BackendConfig::Local {
@@ -62,7 +62,9 @@ fn data(len: usize) -> Vec<u8> {
 }
 
 fn lcg(x: &mut u64) -> u64 {
-    *x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *x = x
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     *x >> 33
 }
 

@@ -146,7 +146,9 @@ impl ReadCache {
         }
         if ok && still {
             // Bad bytes on flash: drop the slot so it is refetched.
-            self.counters.integrity_errors.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .integrity_errors
+                .fetch_add(1, Ordering::Relaxed);
             let mut g = self.inner.lock();
             let inner = &mut *g;
             if inner.slots[slot as usize].version == version {

@@ -112,7 +112,7 @@ impl VPoolConfig {
     pub fn validate(&self) -> EngineResult<()> {
         crate::pool::check_name(&self.name, "vPool name")?;
         if self.container_bytes < 2 * CLUSTER_SIZE_U64
-            || self.container_bytes % CLUSTER_SIZE_U64 != 0
+            || !self.container_bytes.is_multiple_of(CLUSTER_SIZE_U64)
             || self.container_bytes > (1 << 36)
         {
             return Err(EngineError::InvalidArgument(format!(

@@ -116,7 +116,10 @@ impl EngineError {
 
     /// Whether the error reports bad or missing stored data.
     pub fn is_integrity(&self) -> bool {
-        matches!(self, EngineError::Integrity { .. } | EngineError::Corrupt { .. })
+        matches!(
+            self,
+            EngineError::Integrity { .. } | EngineError::Corrupt { .. }
+        )
     }
 
     /// Whether the error names something that does not exist.

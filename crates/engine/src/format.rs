@@ -98,10 +98,16 @@ impl ContainerHeader {
     /// Parses and validates a header.
     pub fn decode(b: &[u8]) -> EngineResult<Self> {
         if b.len() < 36 || &b[0..8] != CONTAINER_MAGIC {
-            return Err(EngineError::corrupt("container header", "bad magic or short"));
+            return Err(EngineError::corrupt(
+                "container header",
+                "bad magic or short",
+            ));
         }
         if crc32c::crc32c(&b[0..32]) != u32_at(b, 32) {
-            return Err(EngineError::corrupt("container header", "checksum mismatch"));
+            return Err(EngineError::corrupt(
+                "container header",
+                "checksum mismatch",
+            ));
         }
         let version = u16_at(b, 8);
         if version != CONTAINER_VERSION {
@@ -375,11 +381,7 @@ const CKPT_HEADER: usize = 64;
 const CKPT_ENTRY: usize = 8 + 4 + INDEX_VALUE_SIZE;
 
 /// Encodes a checkpoint: header, entries, trailing crc32c of everything.
-pub fn encode_checkpoint(
-    volume_id: u64,
-    cut_tlog: u64,
-    entries: &[CheckpointEntry],
-) -> Vec<u8> {
+pub fn encode_checkpoint(volume_id: u64, cut_tlog: u64, entries: &[CheckpointEntry]) -> Vec<u8> {
     let mut b = Vec::with_capacity(CKPT_HEADER + entries.len() * CKPT_ENTRY + 4);
     let mut h = [0u8; CKPT_HEADER];
     h[0..8].copy_from_slice(CHECKPOINT_MAGIC);
@@ -414,7 +416,7 @@ pub fn decode_checkpoint(b: &[u8]) -> EngineResult<(u64, u64, Vec<CheckpointEntr
     let cut = u64_at(b, 24);
     let n = u64_at(b, 32);
     let expected = (body.len() - CKPT_HEADER) / CKPT_ENTRY;
-    if (body.len() - CKPT_HEADER) % CKPT_ENTRY != 0 || n != expected as u64 {
+    if !(body.len() - CKPT_HEADER).is_multiple_of(CKPT_ENTRY) || n != expected as u64 {
         return Err(EngineError::corrupt("checkpoint", "entry count mismatch"));
     }
     let mut out = Vec::with_capacity(expected);
@@ -480,11 +482,26 @@ mod tests {
 
     #[test]
     fn headers_round_trip() {
-        let h = ContainerHeader { version: 1, flags: 0, volume_id: 7, seq: 9 };
+        let h = ContainerHeader {
+            version: 1,
+            flags: 0,
+            volume_id: 7,
+            seq: 9,
+        };
         assert_eq!(ContainerHeader::decode(&h.encode()).unwrap(), h);
-        let t = TlogHeader { version: 1, flags: 0, volume_id: 7, seq: 3, generation: 2 };
+        let t = TlogHeader {
+            version: 1,
+            flags: 0,
+            volume_id: 7,
+            seq: 3,
+            generation: 2,
+        };
         assert_eq!(TlogHeader::decode(&t.encode()).unwrap(), t);
-        let e = vec![CheckpointEntry { cluster: 5, generation: 1, mapping: Mapping::Unmapped }];
+        let e = vec![CheckpointEntry {
+            cluster: 5,
+            generation: 1,
+            mapping: Mapping::Unmapped,
+        }];
         let c = encode_checkpoint(7, 4, &e);
         assert_eq!(decode_checkpoint(&c).unwrap(), (7, 4, e));
         let mut bad = c.clone();

@@ -45,7 +45,12 @@ impl Index {
     }
 
     /// Newest entry for `cluster` with generation ≤ `generation`.
-    pub fn lookup(&self, vol: u64, cluster: u64, generation: u32) -> EngineResult<Option<(u32, Mapping)>> {
+    pub fn lookup(
+        &self,
+        vol: u64,
+        cluster: u64,
+        generation: u32,
+    ) -> EngineResult<Option<(u32, Mapping)>> {
         let mut it = self.db.raw_iterator();
         it.seek_for_prev(keys::index(vol, cluster, generation));
         if !it.valid() {
@@ -70,7 +75,10 @@ impl Index {
         for (c, g, m) in entries {
             b.put(keys::index(vol, *c, *g), m.encode_value());
         }
-        b.put(keys::per_volume(keys::APPLIED, vol), encode_applied(applied));
+        b.put(
+            keys::per_volume(keys::APPLIED, vol),
+            encode_applied(applied),
+        );
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
         self.db.write_opt(b, &wo)?;
@@ -112,7 +120,10 @@ impl Index {
 
     /// Adds the replay marker to a batch.
     pub fn put_applied(b: &mut WriteBatch, vol: u64, applied: (u64, u64)) {
-        b.put(keys::per_volume(keys::APPLIED, vol), encode_applied(applied));
+        b.put(
+            keys::per_volume(keys::APPLIED, vol),
+            encode_applied(applied),
+        );
     }
 
     /// Writes a batch durably (metadata changes).

@@ -68,7 +68,9 @@ pub struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("pool", &self.cfg.name).finish()
+        f.debug_struct("Shared")
+            .field("pool", &self.cfg.name)
+            .finish()
     }
 }
 
@@ -241,7 +243,7 @@ impl VPool {
                 "block size {block_size} must be 512 or 4096"
             )));
         }
-        if size_bytes == 0 || size_bytes % u64::from(block_size) != 0 {
+        if size_bytes == 0 || !size_bytes.is_multiple_of(u64::from(block_size)) {
             return Err(EngineError::InvalidArgument(format!(
                 "size {size_bytes} must be a positive multiple of {block_size}"
             )));
@@ -296,8 +298,8 @@ impl VPool {
         parent: Option<(Arc<Volume>, u32)>,
     ) -> EngineResult<Arc<Volume>> {
         let be = &self.shared.backend;
-        let body =
-            serde_json::to_vec(&meta).map_err(|e| EngineError::corrupt("manifest", e.to_string()))?;
+        let body = serde_json::to_vec(&meta)
+            .map_err(|e| EngineError::corrupt("manifest", e.to_string()))?;
         be.put(&backend::manifest_key(meta.id), Bytes::from(body), false)?;
         let cat = serde_json::to_vec(&CatalogEntry {
             name: meta.name.clone(),
@@ -383,7 +385,10 @@ impl VPool {
         let meta: VolumeMeta = serde_json::from_slice(&m)
             .map_err(|e| EngineError::corrupt("manifest", e.to_string()))?;
         if meta.id != cat.id || meta.name != name {
-            return Err(EngineError::corrupt("manifest", "does not match the catalog"));
+            return Err(EngineError::corrupt(
+                "manifest",
+                "does not match the catalog",
+            ));
         }
         if let Some(p) = &meta.parent {
             self.open_inner(&p.name, depth + 1)?;
@@ -640,8 +645,8 @@ fn shipper(shared: Arc<Shared>) {
 }
 
 fn ticker(shared: Arc<Shared>) {
-    let period = (shared.cfg.sync_interval / 2)
-        .clamp(Duration::from_millis(10), Duration::from_millis(500));
+    let period =
+        (shared.cfg.sync_interval / 2).clamp(Duration::from_millis(10), Duration::from_millis(500));
     while !shared.shutdown.load(Ordering::SeqCst) {
         for v in shared.volumes() {
             if let Err(e) = v.tick() {

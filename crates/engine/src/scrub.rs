@@ -111,7 +111,11 @@ pub(crate) fn scrub_volume(vol: &Volume, report: &mut ScrubReport) -> EngineResu
     }
     let mut builder: Option<Builder> = None;
     let finish = |b: Builder, report: &mut ScrubReport| -> EngineResult<()> {
-        be.put(&backend::container_key(id, b.seq), Bytes::from(b.data.clone()), false)?;
+        be.put(
+            &backend::container_key(id, b.seq),
+            Bytes::from(b.data.clone()),
+            false,
+        )?;
         vol.adopt_local_container(b.seq, &b.data)?;
         report.clusters_moved += u64::from(b.slots);
         Ok(())
@@ -138,10 +142,10 @@ pub(crate) fn scrub_volume(vol: &Volume, report: &mut ScrubReport) -> EngineResu
                     lba: None,
                 });
             }
-            if builder.as_ref().is_some_and(|b| b.slots >= cap) {
-                if let Some(b) = builder.take() {
-                    finish(b, report)?;
-                }
+            if builder.as_ref().is_some_and(|b| b.slots >= cap)
+                && let Some(b) = builder.take()
+            {
+                finish(b, report)?;
             }
             let b = builder.get_or_insert_with(|| {
                 let seq = vol.alloc_container();
@@ -195,12 +199,7 @@ pub(crate) fn scrub_volume(vol: &Volume, report: &mut ScrubReport) -> EngineResu
             Mapping::Unmapped => None,
         })
         .collect();
-    let ck_seq = vol
-        .meta
-        .lock()
-        .shipped
-        .checkpoint
-        .map_or(0, |(s, _)| s + 1);
+    let ck_seq = vol.meta.lock().shipped.checkpoint.map_or(0, |(s, _)| s + 1);
     be.put(
         &backend::checkpoint_key(id, ck_seq),
         Bytes::from(encode_checkpoint(id, cut_tlog, &ck_entries)),

@@ -397,9 +397,13 @@ impl Volume {
                         Mapping::Data(l) => {
                             // Verify the data reached the container too.
                             let f = match open_files.entry(l.container) {
-                                std::collections::hash_map::Entry::Occupied(o) => Some(o.into_mut()),
+                                std::collections::hash_map::Entry::Occupied(o) => {
+                                    Some(o.into_mut())
+                                }
                                 std::collections::hash_map::Entry::Vacant(v) => {
-                                    File::open(self.container_path(l.container)).ok().map(|f| v.insert(f))
+                                    File::open(self.container_path(l.container))
+                                        .ok()
+                                        .map(|f| v.insert(f))
                                 }
                             };
                             let good = f.is_some_and(|f| {
@@ -557,7 +561,9 @@ impl Volume {
     fn lookup_own(&self, cluster: u64, generation: u32) -> EngineResult<Option<Mapping>> {
         {
             let m = self.memtable.read();
-            if let Some((_, (_, mapping))) = m.range((cluster, 0)..=(cluster, generation)).next_back() {
+            if let Some((_, (_, mapping))) =
+                m.range((cluster, 0)..=(cluster, generation)).next_back()
+            {
                 return Ok(Some(*mapping));
             }
         }
@@ -606,7 +612,10 @@ impl Volume {
         if loc.len as usize != CLUSTER_SIZE || loc.flags != 0 {
             return Err(EngineError::Integrity {
                 what: format!("cluster in container {:016x}", loc.container),
-                detail: format!("unsupported stored length {} / flags {}", loc.len, loc.flags),
+                detail: format!(
+                    "unsupported stored length {} / flags {}",
+                    loc.len, loc.flags
+                ),
                 lba: Some(lba),
             });
         }
@@ -626,7 +635,11 @@ impl Volume {
         }
         let key = backend::container_key(self.id, loc.container);
         let off = slot_offset(loc.slot);
-        let data = match self.shared.backend.get_range(&key, off..off + CLUSTER_SIZE_U64) {
+        let data = match self
+            .shared
+            .backend
+            .get_range(&key, off..off + CLUSTER_SIZE_U64)
+        {
             Ok(d) => d,
             Err(EngineError::ObjectNotFound(k)) if local_bad => {
                 return Err(EngineError::Integrity {
@@ -847,10 +860,7 @@ impl Volume {
         let Some(t) = w.tlog.take() else {
             return Ok(());
         };
-        let bytes = w
-            .container
-            .as_ref()
-            .map_or(0, |c| slot_offset(c.next_slot));
+        let bytes = w.container.as_ref().map_or(0, |c| slot_offset(c.next_slot));
         if let Some(c) = w.container.take() {
             w.unsynced.push(c.file);
         }
@@ -903,7 +913,11 @@ impl Volume {
                     hash: content_hash(chunk),
                 };
                 let m = Mapping::Data(loc);
-                TlogRecord { cluster, mapping: m }.encode(&mut rec);
+                TlogRecord {
+                    cluster,
+                    mapping: m,
+                }
+                .encode(&mut rec);
                 t.buf.extend_from_slice(&rec);
                 w.write_seq += 1;
                 mem.insert((cluster, generation), (w.write_seq, m));
@@ -964,8 +978,9 @@ impl Volume {
         // Read-modify-write edges, before taking the writer lock.
         let mut head = [0u8; CLUSTER_SIZE];
         let mut tail = [0u8; CLUSTER_SIZE];
-        let head_partial = off % CLUSTER_SIZE_U64 != 0 || (first == last && len < CLUSTER_SIZE_U64);
-        let tail_partial = last != first && (off + len) % CLUSTER_SIZE_U64 != 0;
+        let head_partial =
+            !off.is_multiple_of(CLUSTER_SIZE_U64) || (first == last && len < CLUSTER_SIZE_U64);
+        let tail_partial = last != first && !(off + len).is_multiple_of(CLUSTER_SIZE_U64);
         if head_partial {
             self.read_cluster(first, &mut head)?;
             let from = (off - first * CLUSTER_SIZE_U64) as usize;
@@ -1187,12 +1202,12 @@ impl Volume {
     pub(crate) fn upload_manifest(&self, forever: bool) -> EngineResult<()> {
         self.meta_dirty.store(false, Ordering::SeqCst);
         let m = self.manifest_for_backend();
-        let body = serde_json::to_vec(&m)
-            .map_err(|e| EngineError::corrupt("manifest", e.to_string()))?;
-        let r = self
-            .shared
-            .backend
-            .put(&backend::manifest_key(self.id), Bytes::from(body), forever);
+        let body =
+            serde_json::to_vec(&m).map_err(|e| EngineError::corrupt("manifest", e.to_string()))?;
+        let r =
+            self.shared
+                .backend
+                .put(&backend::manifest_key(self.id), Bytes::from(body), forever);
         if r.is_err() {
             self.meta_dirty.store(true, Ordering::SeqCst);
         }
@@ -1221,11 +1236,19 @@ impl Volume {
         for &c in &seg.containers {
             let data = std::fs::read(self.container_path(c))
                 .map_err(|e| EngineError::io("reading a container to ship", e))?;
-            be.put(&backend::container_key(self.id, c), Bytes::from(data), forever)?;
+            be.put(
+                &backend::container_key(self.id, c),
+                Bytes::from(data),
+                forever,
+            )?;
         }
         let tlog = std::fs::read(self.tlog_path(seg.tlog))
             .map_err(|e| EngineError::io("reading a tlog to ship", e))?;
-        be.put(&backend::tlog_key(self.id, seg.tlog), Bytes::from(tlog), forever)?;
+        be.put(
+            &backend::tlog_key(self.id, seg.tlog),
+            Bytes::from(tlog),
+            forever,
+        )?;
         let (nc, nt) = {
             let w = self.writer.lock();
             (w.next_container, w.next_tlog)
@@ -1412,37 +1435,38 @@ impl Volume {
         let mut group: Vec<(u32, Mapping)> = Vec::new();
         let mut cur: Option<u64> = None;
         let id = self.id;
-        let flush_group = |c: u64, group: &mut Vec<(u32, Mapping)>, b: &mut WriteBatch, n: &mut usize| {
-            // group is in ascending generation order.
-            let mut keep: Vec<bool> = vec![true; group.len()];
-            for i in 0..group.len() {
-                let g = group[i].0;
-                if meta.is_discarded(g) {
-                    keep[i] = false;
-                    continue;
+        let flush_group =
+            |c: u64, group: &mut Vec<(u32, Mapping)>, b: &mut WriteBatch, n: &mut usize| {
+                // group is in ascending generation order.
+                let mut keep: Vec<bool> = vec![true; group.len()];
+                for i in 0..group.len() {
+                    let g = group[i].0;
+                    if meta.is_discarded(g) {
+                        keep[i] = false;
+                        continue;
+                    }
+                    let bnd = meta.boundary(g);
+                    if group[i + 1..]
+                        .iter()
+                        .any(|(g2, _)| !meta.is_discarded(*g2) && meta.boundary(*g2) == bnd)
+                    {
+                        keep[i] = false;
+                    }
                 }
-                let bnd = meta.boundary(g);
-                if group[i + 1..]
-                    .iter()
-                    .any(|(g2, _)| !meta.is_discarded(*g2) && meta.boundary(*g2) == bnd)
+                if !has_parent
+                    && let Some(first) = (0..group.len()).find(|&i| keep[i])
+                    && group[first].1 == Mapping::Unmapped
                 {
-                    keep[i] = false;
+                    keep[first] = false;
                 }
-            }
-            if !has_parent
-                && let Some(first) = (0..group.len()).find(|&i| keep[i])
-                && group[first].1 == Mapping::Unmapped
-            {
-                keep[first] = false;
-            }
-            for (i, (g, _)) in group.iter().enumerate() {
-                if !keep[i] {
-                    b.delete(crate::format::keys::index(id, c, *g));
-                    *n += 1;
+                for (i, (g, _)) in group.iter().enumerate() {
+                    if !keep[i] {
+                        b.delete(crate::format::keys::index(id, c, *g));
+                        *n += 1;
+                    }
                 }
-            }
-            group.clear();
-        };
+                group.clear();
+            };
         self.shared.index.scan(self.id, 0, u64::MAX, |c, g, m| {
             if cur != Some(c) {
                 if let Some(pc) = cur {
@@ -1476,7 +1500,11 @@ impl Volume {
             .ok_or_else(|| EngineError::SnapshotNotFound(name.to_string()))?;
         {
             let m = self.meta.lock();
-            for s in m.snapshots.iter().filter(|s| s.generation > target.generation) {
+            for s in m
+                .snapshots
+                .iter()
+                .filter(|s| s.generation > target.generation)
+            {
                 if m.children.iter().any(|c| c.snapshot == s.name) {
                     return Err(EngineError::HasClones(format!("snapshot {:?}", s.name)));
                 }
@@ -1494,7 +1522,9 @@ impl Volume {
         m.discarded_gens.push((target.generation + 1, old_head));
         m.head_gen = new_gen;
         m.snapshots.retain(|s| s.generation <= target.generation);
-        m.shipped.tlogs.retain(|t| t.generation <= target.generation);
+        m.shipped
+            .tlogs
+            .retain(|t| t.generation <= target.generation);
         m.next_container = w.next_container;
         m.next_tlog = w.next_tlog;
         // One atomic batch: metadata + removal of every discarded mapping.
@@ -1564,7 +1594,7 @@ impl Volume {
         let _a = self.admin.lock();
         let bs = u64::from(self.block_size);
         let cur = self.num_blocks.load(Ordering::Acquire) * bs;
-        if new_size_bytes % bs != 0 || new_size_bytes < cur {
+        if !new_size_bytes.is_multiple_of(bs) || new_size_bytes < cur {
             return Err(EngineError::InvalidArgument(format!(
                 "new size {new_size_bytes} must be a multiple of {bs} and at least {cur}"
             )));
@@ -1572,7 +1602,8 @@ impl Volume {
         let mut m = self.meta.lock();
         m.size_bytes = new_size_bytes;
         self.persist_meta(&m)?;
-        self.num_blocks.store(new_size_bytes / bs, Ordering::Release);
+        self.num_blocks
+            .store(new_size_bytes / bs, Ordering::Release);
         drop(m);
         self.shared.wake_shipper();
         Ok(())
@@ -1792,7 +1823,10 @@ impl Volume {
             let data = be.get(&backend::checkpoint_key(meta.id, ck))?;
             let (vid, _, entries) = crate::format::decode_checkpoint(&data)?;
             if vid != meta.id {
-                return Err(EngineError::corrupt("checkpoint", "belongs to another volume"));
+                return Err(EngineError::corrupt(
+                    "checkpoint",
+                    "belongs to another volume",
+                ));
             }
             for e in entries {
                 if !meta.is_discarded(e.generation) {
@@ -1871,7 +1905,8 @@ impl Volume {
     /// Registers a scrub-written container as a shipped local container.
     pub(crate) fn adopt_local_container(&self, seq: u64, data: &[u8]) -> EngineResult<()> {
         let path = self.container_path(seq);
-        std::fs::write(&path, data).map_err(|e| EngineError::io("writing a scrubbed container", e))?;
+        std::fs::write(&path, data)
+            .map_err(|e| EngineError::io("writing a scrubbed container", e))?;
         let mut w = self.writer.lock();
         w.shipped_local.push_back((seq, data.len() as u64));
         w.shipped_local_bytes += data.len() as u64;
@@ -1882,10 +1917,10 @@ impl Volume {
     pub(crate) fn drop_local_container(&self, seq: u64) {
         self.files.lock().remove(&seq);
         let mut w = self.writer.lock();
-        if let Some(pos) = w.shipped_local.iter().position(|(c, _)| *c == seq) {
-            if let Some((_, len)) = w.shipped_local.remove(pos) {
-                w.shipped_local_bytes -= len;
-            }
+        if let Some(pos) = w.shipped_local.iter().position(|(c, _)| *c == seq)
+            && let Some((_, len)) = w.shipped_local.remove(pos)
+        {
+            w.shipped_local_bytes -= len;
         }
         drop(w);
         let _ = std::fs::remove_file(self.container_path(seq));
@@ -1895,7 +1930,10 @@ impl Volume {
     pub(crate) fn fetch_container(&self, seq: u64) -> EngineResult<Bytes> {
         match std::fs::read(self.container_path(seq)) {
             Ok(d) => Ok(Bytes::from(d)),
-            Err(_) => self.shared.backend.get(&backend::container_key(self.id, seq)),
+            Err(_) => self
+                .shared
+                .backend
+                .get(&backend::container_key(self.id, seq)),
         }
     }
 }

@@ -20,7 +20,10 @@ fn write_read_round_trip_4k_and_512() {
     assert!(v.thin_provisioned());
     let mut buf = vec![0xffu8; 8192];
     v.read(10, &mut buf).unwrap();
-    assert!(buf.iter().all(|b| *b == 0), "never-written blocks read as zeros");
+    assert!(
+        buf.iter().all(|b| *b == 0),
+        "never-written blocks read as zeros"
+    );
     let d = pattern(1, 10, 3 * 4096);
     v.write(10, &d, false).unwrap();
     let mut back = vec![0u8; 3 * 4096];
@@ -59,7 +62,8 @@ fn flushed_writes_survive_crash_and_local_restart() {
         let pool = open(&cfg, &rt);
         let v = pool.create_volume("d", 8 << 20, 4096).unwrap();
         for i in 0..200u64 {
-            v.write(i % 150, &pattern(i, i % 150, 4096), i % 7 == 0).unwrap();
+            v.write(i % 150, &pattern(i, i % 150, 4096), i % 7 == 0)
+                .unwrap();
         }
         v.flush().unwrap();
         pool.abandon(); // no shutdown sync: like a crash
@@ -131,7 +135,10 @@ fn snapshots_rollback_clones_templates() {
     let mut buf = vec![0u8; 4096];
     v.write(0, &pattern(1, 0, 4096), false).unwrap();
     v.create_snapshot("one").unwrap();
-    assert!(matches!(v.create_snapshot("one"), Err(EngineError::SnapshotExists(_))));
+    assert!(matches!(
+        v.create_snapshot("one"),
+        Err(EngineError::SnapshotExists(_))
+    ));
     v.write(0, &pattern(2, 0, 4096), false).unwrap();
     v.write(1, &pattern(2, 1, 4096), false).unwrap();
     v.create_snapshot("two").unwrap();
@@ -153,8 +160,14 @@ fn snapshots_rollback_clones_templates() {
     c2.read(1, &mut buf).unwrap();
     assert_eq!(buf, pattern(7, 1, 4096));
 
-    assert!(matches!(v.delete_snapshot("one"), Err(EngineError::HasClones(_))));
-    assert!(matches!(pool.delete_volume("base"), Err(EngineError::HasClones(_))));
+    assert!(matches!(
+        v.delete_snapshot("one"),
+        Err(EngineError::HasClones(_))
+    ));
+    assert!(matches!(
+        pool.delete_volume("base"),
+        Err(EngineError::HasClones(_))
+    ));
     v.delete_snapshot("two").unwrap();
     v.read(1, &mut buf).unwrap();
     assert_eq!(buf, pattern(2, 1, 4096));
@@ -170,7 +183,10 @@ fn snapshots_rollback_clones_templates() {
     t.write(3, &pattern(5, 3, 4096), false).unwrap();
     assert!(pool.clone_volume("tmpl", None, "x").is_err());
     t.set_template(true).unwrap();
-    assert!(matches!(t.write(3, &[0u8; 4096], false), Err(BlockError::ReadOnly)));
+    assert!(matches!(
+        t.write(3, &[0u8; 4096], false),
+        Err(BlockError::ReadOnly)
+    ));
     let vm = pool.clone_volume("tmpl", None, "vm1").unwrap();
     vm.read(3, &mut buf).unwrap();
     assert_eq!(buf, pattern(5, 3, 4096));
@@ -179,7 +195,10 @@ fn snapshots_rollback_clones_templates() {
     pool.delete_volume("c1").unwrap();
     v.delete_snapshot("one").unwrap();
     pool.delete_volume("base").unwrap();
-    assert!(matches!(pool.open_volume("base"), Err(EngineError::VolumeNotFound(_))));
+    assert!(matches!(
+        pool.open_volume("base"),
+        Err(EngineError::VolumeNotFound(_))
+    ));
     pool.shutdown().unwrap();
 }
 
@@ -189,14 +208,23 @@ fn thin_provisioning_unmap_and_lba_status() {
     let dir = tempfile::tempdir().unwrap();
     let pool = open(&config(dir.path()), &rt);
     let v = pool.create_volume("thin", 64 << 20, 512).unwrap();
-    assert_eq!(v.provisioning(0, 1 << 20).unwrap(), (Provisioning::Deallocated, 1 << 17));
+    assert_eq!(
+        v.provisioning(0, 1 << 20).unwrap(),
+        (Provisioning::Deallocated, 1 << 17)
+    );
     v.write(80, &pattern(1, 80, 8 * 512), false).unwrap();
-    assert_eq!(v.provisioning(0, 1000).unwrap(), (Provisioning::Deallocated, 80));
+    assert_eq!(
+        v.provisioning(0, 1000).unwrap(),
+        (Provisioning::Deallocated, 80)
+    );
     assert_eq!(v.provisioning(80, 1000).unwrap(), (Provisioning::Mapped, 8));
     assert_eq!(v.provisioning(83, 1000).unwrap(), (Provisioning::Mapped, 5));
     v.create_snapshot("s").unwrap();
     v.unmap(80, 8).unwrap();
-    assert_eq!(v.provisioning(80, 8).unwrap(), (Provisioning::Deallocated, 8));
+    assert_eq!(
+        v.provisioning(80, 8).unwrap(),
+        (Provisioning::Deallocated, 8)
+    );
     let mut buf = vec![0xaau8; 4096];
     v.read(80, &mut buf).unwrap();
     assert!(buf.iter().all(|b| *b == 0));
@@ -214,7 +242,10 @@ fn thin_provisioning_unmap_and_lba_status() {
     let t0 = std::time::Instant::now();
     c.unmap(0, c.num_blocks()).unwrap();
     assert!(t0.elapsed() < Duration::from_secs(5));
-    assert_eq!(c.provisioning(0, u64::MAX).unwrap().0, Provisioning::Deallocated);
+    assert_eq!(
+        c.provisioning(0, u64::MAX).unwrap().0,
+        Provisioning::Deallocated
+    );
     pool.shutdown().unwrap();
 }
 
@@ -245,7 +276,11 @@ fn read_cache_dedups_template_clones_and_checks_integrity() {
         assert_eq!(buf, pattern(i, 0, 4096));
     }
     let after = pool.stats();
-    assert_eq!(after.read_cache_hits - before.read_cache_hits, 16, "{after:?}");
+    assert_eq!(
+        after.read_cache_hits - before.read_cache_hits,
+        16,
+        "{after:?}"
+    );
     assert!(after.read_cache_dedup_ratio > 1.5, "{after:?}");
     assert_eq!(after.read_cache_bytes, 16 * 4096);
     // Corrupt data from the backend is an integrity error, never data.
@@ -253,7 +288,10 @@ fn read_cache_dedups_template_clones_and_checks_integrity() {
     c.write(0, &pattern(77, 0, 4096), false).unwrap();
     c.sync_to_backend().unwrap();
     pool.faults().corrupt_next_gets(1);
-    assert!(matches!(c.read(0, &mut buf), Err(BlockError::Integrity { .. })));
+    assert!(matches!(
+        c.read(0, &mut buf),
+        Err(BlockError::Integrity { .. })
+    ));
     c.read(0, &mut buf).unwrap();
     assert_eq!(buf, pattern(77, 0, 4096));
     pool.shutdown().unwrap();
@@ -276,7 +314,10 @@ fn backend_outage_throttles_never_fails_and_loses_nothing() {
         v2.flush().unwrap();
     });
     std::thread::sleep(Duration::from_millis(500));
-    assert!(!writer.is_finished(), "writer should be throttled by the write buffer");
+    assert!(
+        !writer.is_finished(),
+        "writer should be throttled by the write buffer"
+    );
     assert!(v.stats().unshipped_bytes <= (1 << 20) + 64 * 4096);
     // Flaky then slow, then healthy.
     pool.faults().set_unavailable(false);
@@ -308,7 +349,10 @@ fn backend_outage_throttles_never_fails_and_loses_nothing() {
     let pool = VPool::open(cfg2, rt.handle().clone()).unwrap();
     let v = pool.open_volume("o").unwrap();
     pool.faults().set_unavailable(true);
-    assert!(matches!(v.read(5, &mut buf), Err(BlockError::Unavailable(_))));
+    assert!(matches!(
+        v.read(5, &mut buf),
+        Err(BlockError::Unavailable(_))
+    ));
     pool.faults().clear();
     v.read(5, &mut buf).unwrap();
     assert_eq!(buf, pattern(5, 5, 4096));
@@ -330,8 +374,18 @@ fn torn_tlog_tail_is_truncated_not_fatal() {
     }
     // Append garbage to the newest tlog, as a torn write would leave.
     let vols = flash(dir.path()).join("vols");
-    let vdir = std::fs::read_dir(&vols).unwrap().next().unwrap().unwrap().path();
-    let tl = std::fs::read_dir(vdir.join("tlogs")).unwrap().next().unwrap().unwrap().path();
+    let vdir = std::fs::read_dir(&vols)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let tl = std::fs::read_dir(vdir.join("tlogs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let mut data = std::fs::read(&tl).unwrap();
     data.extend_from_slice(&[0x5a; 100]);
     std::fs::write(&tl, &data).unwrap();
@@ -365,9 +419,7 @@ fn scrub_reclaims_space_keeps_data_and_survives_interruption() {
     v.unmap(0, 8).unwrap();
     v.sync_to_backend().unwrap();
     let backend_dir = dir.path().join("backend");
-    let count = || {
-        walk(&backend_dir)
-    };
+    let count = || walk(&backend_dir);
     let before = count();
     // Interrupt scrubs at several points with injected failures.
     for n in 1..6 {
@@ -387,7 +439,10 @@ fn scrub_reclaims_space_keeps_data_and_survives_interruption() {
     let r = pool.scrub().unwrap();
     assert!(r.errors.is_empty(), "{r:?}");
     let after = count();
-    assert!(after.1 < before.1, "backend bytes {before:?} -> {after:?}; {r:?}");
+    assert!(
+        after.1 < before.1,
+        "backend bytes {before:?} -> {after:?}; {r:?}"
+    );
     check(&v);
     // A second scrub finds nothing left to reclaim or leak.
     let r2 = pool.scrub().unwrap();

@@ -56,7 +56,9 @@ fn crash_child() {
     let pool = VPool::open(crash_config(Path::new(&dir)), rt.handle().clone()).unwrap();
     let vol = match pool.open_volume("crash") {
         Ok(v) => v,
-        Err(_) => pool.create_volume("crash", REGION * THREADS * BS as u64, BS as u32).unwrap(),
+        Err(_) => pool
+            .create_volume("crash", REGION * THREADS * BS as u64, BS as u32)
+            .unwrap(),
     };
     let out = Arc::new(Mutex::new(std::io::stdout()));
     let say = |out: &Mutex<std::io::Stdout>, s: String| {
@@ -219,7 +221,11 @@ fn crash_kill9_many_points() {
                 0
             } else {
                 let s = u64::from_le_bytes(got[4..12].try_into().unwrap());
-                assert_eq!(got, &block(s, *lba)[..], "crash {k}: block {lba} torn or misplaced");
+                assert_eq!(
+                    got,
+                    &block(s, *lba)[..],
+                    "crash {k}: block {lba} torn or misplaced"
+                );
                 s
             };
             let ok = seq == m.acked || (seq > m.acked && m.issued.contains(&seq));

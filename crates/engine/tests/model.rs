@@ -20,15 +20,45 @@ const CLUSTERS: usize = 16;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Write { vol: u8, lba: u64, n: u64, seed: u32, fua: bool },
-    Read { vol: u8, lba: u64, n: u64 },
-    Unmap { vol: u8, lba: u64, n: u64 },
-    Status { vol: u8, lba: u64 },
-    Flush { vol: u8 },
-    Snapshot { vol: u8 },
-    DeleteSnapshot { vol: u8, snap: u8 },
-    Rollback { vol: u8, snap: u8 },
-    Clone { vol: u8, snap: u8 },
+    Write {
+        vol: u8,
+        lba: u64,
+        n: u64,
+        seed: u32,
+        fua: bool,
+    },
+    Read {
+        vol: u8,
+        lba: u64,
+        n: u64,
+    },
+    Unmap {
+        vol: u8,
+        lba: u64,
+        n: u64,
+    },
+    Status {
+        vol: u8,
+        lba: u64,
+    },
+    Flush {
+        vol: u8,
+    },
+    Snapshot {
+        vol: u8,
+    },
+    DeleteSnapshot {
+        vol: u8,
+        snap: u8,
+    },
+    Rollback {
+        vol: u8,
+        snap: u8,
+    },
+    Clone {
+        vol: u8,
+        snap: u8,
+    },
     Restart,
     CrashAfterFlush,
     RestartFromBackend,
@@ -111,12 +141,22 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     cfg.keep_shipped_bytes = 16 * 4096;
     let rt = runtime();
     let pool = VPool::open(cfg.clone(), rt.handle().clone()).unwrap();
-    let mut h = Harness { rt, cfg, pool: Some(pool), dir };
-    h.pool().create_volume("v0", BLOCKS * BS as u64, BS as u32).unwrap();
+    let mut h = Harness {
+        rt,
+        cfg,
+        pool: Some(pool),
+        dir,
+    };
+    h.pool()
+        .create_volume("v0", BLOCKS * BS as u64, BS as u32)
+        .unwrap();
     let mut m = Model {
         vols: vec![ModelVol {
             name: "v0".into(),
-            img: Image { data: vec![0; BLOCKS as usize * BS], mapped: [false; CLUSTERS] },
+            img: Image {
+                data: vec![0; BLOCKS as usize * BS],
+                mapped: [false; CLUSTERS],
+            },
             snaps: vec![],
         }],
         deps: vec![],
@@ -124,7 +164,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     };
     for op in ops {
         match op {
-            Op::Write { vol, lba, n, seed, fua } => {
+            Op::Write {
+                vol,
+                lba,
+                n,
+                seed,
+                fua,
+            } => {
                 let i = vol as usize % m.vols.len();
                 let d = bytes(seed, lba, n);
                 h.vol(&m.vols[i].name).write(lba, &d, fua).unwrap();
@@ -226,9 +272,15 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let (sname, img) = m.vols[i].snaps[s].clone();
                 m.next += 1;
                 let name = format!("c{}", m.next);
-                h.pool().clone_volume(&m.vols[i].name, Some(&sname), &name).unwrap();
+                h.pool()
+                    .clone_volume(&m.vols[i].name, Some(&sname), &name)
+                    .unwrap();
                 m.deps.push((i, sname));
-                m.vols.push(ModelVol { name, img, snaps: vec![] });
+                m.vols.push(ModelVol {
+                    name,
+                    img,
+                    snaps: vec![],
+                });
             }
             Op::Restart => {
                 if let Some(p) = h.pool.take() {
@@ -261,8 +313,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             let mut buf = vec![0u8; BLOCKS as usize * BS];
             vol.read(0, &mut buf).unwrap();
             prop_assert!(buf == v.img.data, "round {} volume {}", round, v.name);
-            let names: Vec<String> =
-                vol.list_snapshots().into_iter().map(|s| s.name).collect();
+            let names: Vec<String> = vol.list_snapshots().into_iter().map(|s| s.name).collect();
             let want: Vec<String> = v.snaps.iter().map(|(n, _)| n.clone()).collect();
             prop_assert_eq!(names, want);
             if round == 0 {

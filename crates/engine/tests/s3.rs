@@ -47,7 +47,10 @@ fn start_moto(bin: &str) -> (Moto, u16) {
     let moto = Moto(child);
     let t0 = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(60), "moto_server did not start");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "moto_server did not start"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     (moto, port)
@@ -72,7 +75,10 @@ fn s3_backend_against_moto() {
             "PUT /depot-test HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         ),
     );
-    assert!(resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200"), "{resp}");
+    assert!(
+        resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200"),
+        "{resp}"
+    );
 
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
@@ -103,7 +109,11 @@ fn s3_backend_against_moto() {
     let mut buf = vec![0u8; 4096];
     for i in 0..200u64 {
         v.read(i * 8, &mut buf).unwrap();
-        let want = if i < 100 { pattern(i + 500, i, 4096) } else { pattern(i, i, 4096) };
+        let want = if i < 100 {
+            pattern(i + 500, i, 4096)
+        } else {
+            pattern(i, i, 4096)
+        };
         assert_eq!(buf, want, "ranged GET, cluster {i}");
     }
     assert!(v.stats().backend_reads > 0);
@@ -121,7 +131,11 @@ fn s3_backend_against_moto() {
     let c = pool.open_volume("s3clone").unwrap();
     for i in 0..200u64 {
         v.read(i * 8, &mut buf).unwrap();
-        let want = if i < 100 { pattern(i + 500, i, 4096) } else { pattern(i, i, 4096) };
+        let want = if i < 100 {
+            pattern(i + 500, i, 4096)
+        } else {
+            pattern(i, i, 4096)
+        };
         assert_eq!(buf, want, "after restart, cluster {i}");
         c.read(i * 8, &mut buf).unwrap();
         assert_eq!(buf, pattern(i, i, 4096), "clone after restart, cluster {i}");
