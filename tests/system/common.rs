@@ -14,7 +14,7 @@ pub struct Depot {
     pub portal: SocketAddr,
     /// Management API (and `/metrics`) address.
     pub api: SocketAddr,
-    config: PathBuf,
+    config: Option<PathBuf>,
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -31,6 +31,16 @@ impl Depot {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg_path = dir.path().join("depot.toml");
         std::fs::write(&cfg_path, config).expect("write config");
+        Depot::launch(dir, Some(cfg_path))
+    }
+
+    /// Starts depot with no configuration at all (the embedded default),
+    /// only `--data-dir` and the listen addresses.
+    pub fn start_plain() -> Depot {
+        Depot::launch(tempfile::tempdir().expect("tempdir"), None)
+    }
+
+    fn launch(dir: tempfile::TempDir, config: Option<PathBuf>) -> Depot {
         let portal: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut d = Depot {
@@ -38,10 +48,57 @@ impl Depot {
             dir,
             portal,
             api,
-            config: cfg_path,
+            config,
         };
         d.spawn();
         d
+    }
+
+    /// Runs the `depot` CLI against this daemon's API.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        run_timeout(
+            Command::new(env!("CARGO_BIN_EXE_depot"))
+                .arg("--api")
+                .arg(format!("http://{}", self.api))
+                .args(args)
+                .env_remove("DEPOT_API_TOKEN"),
+            Duration::from_secs(300),
+        )
+    }
+
+    /// Runs the CLI and requires success; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "depot {args:?} failed: {}{}\ndepot log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `GET path` on the API with plain HTTP/1.0; returns (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s =
+            TcpStream::connect_timeout(&self.api, Duration::from_secs(5)).expect("connect API");
+        s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("send");
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).expect("read");
+        let status = buf
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_string();
+        (status, body)
     }
 
     fn spawn(&mut self) {
@@ -50,10 +107,12 @@ impl Depot {
             .append(true)
             .open(self.dir.path().join("depot.log"))
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_depot"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_depot"));
+        cmd.arg("serve");
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        let child = cmd
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .arg("--iscsi-listen")
@@ -66,8 +125,10 @@ impl Depot {
             .spawn()
             .expect("spawn depot");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect_timeout(&self.portal, Duration::from_millis(200)).is_err() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect_timeout(&self.portal, Duration::from_millis(200)).is_err()
+            || TcpStream::connect_timeout(&self.api, Duration::from_millis(200)).is_err()
+        {
             if let Some(status) = self
                 .child
                 .as_mut()
@@ -228,4 +289,11 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 /// A VM with one raw disk of `size`, plus optional extra TOML.
 pub fn vm_config(vm: &str, size: &str) -> String {
     format!("[[vm]]\nname = \"{vm}\"\n[[vm.disk]]\nname = \"disk0\"\nsize = \"{size}\"\n")
+}
+
+/// A VM with one engine-backed disk (on the embedded default vPool).
+pub fn engine_vm_config(vm: &str, size: &str) -> String {
+    format!(
+        "[[vm]]\nname = \"{vm}\"\n[[vm.disk]]\nname = \"disk0\"\nsize = \"{size}\"\nkind = \"engine\"\n"
+    )
 }

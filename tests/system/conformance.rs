@@ -1,7 +1,8 @@
 //! libiscsi's conformance suite (`iscsi-test-cu`, Debian libiscsi-bin) against
 //! a Depot LUN: SCSI and iSCSI families with --dataloss, a second URL so
 //! MultipathIO runs, and the ReadOnly suite against a write-protected LUN.
-//! Zero failures are required; skips are reported per suite.
+//! Zero failures are required; skips are reported per suite. The whole run
+//! is made against raw-file vDisks and again against engine vDisks.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -126,19 +127,29 @@ fn run_family(family: &str, urls: &[String]) -> (Vec<(String, String, Outcome)>,
 
 #[test]
 fn iscsi_test_cu_scsi_iscsi_and_read_only() {
-    let depot = Depot::start(
+    conformance("raw", "");
+}
+
+/// The same families against vDisks of the tiered engine.
+#[test]
+fn iscsi_test_cu_scsi_iscsi_and_read_only_on_engine_vdisks() {
+    conformance("engine", "kind = \"engine\"\n");
+}
+
+fn conformance(label: &str, kind: &str) {
+    let depot = Depot::start(&format!(
         r#"
 [[vm]]
 name = "conformance"
 [[vm.disk]]
 name = "disk0"
 size = "256M"
-[[vm.disk]]
+{kind}[[vm.disk]]
 name = "ro"
 size = "64M"
 read_only = true
-"#,
-    );
+{kind}"#
+    ));
     let lun0 = depot.url("conformance", 0);
     let ro = depot.url("conformance", 1);
     let mut report = String::new();
@@ -159,14 +170,22 @@ read_only = true
             .filter(|r| r.2 == Outcome::Failed && !known_test_defect(&r.0, &r.1))
             .collect();
         failures += failed.len();
-        report.push_str(&format!("### {family}\n{}\n", summarize(&results)));
+        report.push_str(&format!(
+            "### {family} ({label} vDisk)\n{}\n",
+            summarize(&results)
+        ));
         // Keep the raw output for the record (and for diagnosing failures).
         let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("iscsi-test-cu");
         std::fs::create_dir_all(&artifacts).ok();
-        std::fs::write(artifacts.join(format!("{family}.txt")), &text).ok();
+        std::fs::write(artifacts.join(format!("{family}-{label}.txt")), &text).ok();
     }
     println!("{report}");
     if let Ok(path) = std::env::var("DEPOT_CONFORMANCE_REPORT") {
+        let path = if label == "raw" {
+            path
+        } else {
+            format!("{path}.{label}")
+        };
         std::fs::write(path, &report).ok();
     }
     assert_eq!(

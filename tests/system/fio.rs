@@ -1,10 +1,11 @@
 //! fio's libiscsi engine (fio rebuilt from Debian's source with
-//! --enable-libiscsi) with crc32c verification at queue depth 32.
+//! --enable-libiscsi) with crc32c verification at queue depth 32, against a
+//! raw and an engine-backed vDisk.
 
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{Depot, peer, run_timeout, vm_config};
+use crate::common::{Depot, engine_vm_config, peer, run_timeout, vm_config};
 
 fn fio(url: &str, job: &[&str]) -> String {
     let escaped = url.replace(':', "\\:");
@@ -29,7 +30,16 @@ fn fio(url: &str, job: &[&str]) -> String {
 
 #[test]
 fn fio_libiscsi_verify_qd32() {
-    let depot = Depot::start(&vm_config("fio", "128M"));
+    verify_qd32(&vm_config("fio", "128M"));
+}
+
+#[test]
+fn fio_libiscsi_verify_qd32_on_engine_vdisk() {
+    verify_qd32(&engine_vm_config("fio", "128M"));
+}
+
+fn verify_qd32(config: &str) {
+    let depot = Depot::start(config);
     let url = depot.url("fio", 0);
     fio(
         &url,

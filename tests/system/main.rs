@@ -7,6 +7,7 @@
 
 mod common;
 mod conformance;
+mod daemon;
 mod dashboards;
 mod durability;
 mod fio;

@@ -1,11 +1,12 @@
 //! QEMU's iSCSI block driver (libiscsi inside qemu-img / qemu-io) against a
 //! Depot LUN: a 256 MiB image round trip, and I/O at offsets that straddle
-//! PDU (MaxRecvDataSegmentLength) and burst (MaxBurstLength) boundaries.
+//! PDU (MaxRecvDataSegmentLength) and burst (MaxBurstLength) boundaries,
+//! each against a raw and an engine-backed vDisk.
 
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{Depot, pattern, peer, run_timeout, vm_config};
+use crate::common::{Depot, engine_vm_config, pattern, peer, run_timeout, vm_config};
 
 fn qemu_io(url: &str, cmds: &[String]) -> String {
     let mut c = Command::new(peer("qemu-io"));
@@ -23,7 +24,16 @@ fn qemu_io(url: &str, cmds: &[String]) -> String {
 
 #[test]
 fn qemu_img_convert_round_trip_is_byte_identical() {
-    let depot = Depot::start(&vm_config("qemu", "256M"));
+    round_trip(&vm_config("qemu", "256M"));
+}
+
+#[test]
+fn qemu_img_convert_round_trip_on_engine_vdisk() {
+    round_trip(&engine_vm_config("qemu", "256M"));
+}
+
+fn round_trip(config: &str) {
+    let depot = Depot::start(config);
     let url = depot.url("qemu", 0);
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("random.raw");
@@ -67,7 +77,16 @@ fn qemu_img_convert_round_trip_is_byte_identical() {
 
 #[test]
 fn qemu_io_across_pdu_and_burst_boundaries() {
-    let depot = Depot::start(&vm_config("qemuio", "64M"));
+    pdu_and_burst_boundaries(&vm_config("qemuio", "64M"));
+}
+
+#[test]
+fn qemu_io_across_pdu_and_burst_boundaries_on_engine_vdisk() {
+    pdu_and_burst_boundaries(&engine_vm_config("qemuio", "64M"));
+}
+
+fn pdu_and_burst_boundaries(config: &str) {
+    let depot = Depot::start(config);
     let url = depot.url("qemuio", 0);
     // (offset, length, pattern byte): around 8 KiB (login default MRDSL),
     // 256 KiB (negotiated MRDSL), 1 MiB, 16 MiB (bursts), sub-4K-aligned.

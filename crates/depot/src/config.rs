@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use crate::ServeArgs;
+use crate::model::VDiskKind;
 use crate::size;
 
 /// The file format.
@@ -26,6 +27,15 @@ pub struct FileConfig {
     pub iscsi_listen: String,
     /// Management API, `ADDR:PORT`.
     pub api_listen: String,
+    /// Bearer token the API requires (mandatory on a non-loopback address).
+    #[serde(default)]
+    pub api_token: Option<String>,
+    /// PEM certificate chain: serve the API over TLS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
     /// VMs declared in the file.
     #[serde(default)]
     pub vm: Vec<VmFile>,
@@ -81,6 +91,16 @@ pub struct DiskFile {
     /// Expose write-protected.
     #[serde(default)]
     pub read_only: bool,
+    /// `raw` (default for declared disks) or `engine`.
+    #[serde(default = "default_kind")]
+    pub kind: VDiskKind,
+    /// vPool of an engine disk (default `default`).
+    #[serde(default)]
+    pub vpool: Option<String>,
+}
+
+fn default_kind() -> VDiskKind {
+    VDiskKind::Raw
 }
 
 fn default_block_size() -> u32 {
@@ -96,6 +116,10 @@ pub struct Config {
     pub iscsi_listen: SocketAddr,
     /// Management API address.
     pub api_listen: SocketAddr,
+    /// Bearer token for the API.
+    pub api_token: Option<String>,
+    /// TLS certificate and key for the API.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// Statically declared VMs.
     pub vms: Vec<Vm>,
 }
@@ -135,6 +159,10 @@ pub struct Disk {
     pub block_size: u32,
     /// Write-protected.
     pub read_only: bool,
+    /// Storage kind.
+    pub kind: VDiskKind,
+    /// vPool (engine).
+    pub vpool: Option<String>,
 }
 
 const DEFAULTS: &str = r#"
@@ -144,7 +172,14 @@ api_listen = "127.0.0.1:8080"
 "#;
 
 /// Settings that `DEPOT_<NAME>` environment variables may override.
-const ENV_KEYS: &[&str] = &["data_dir", "iscsi_listen", "api_listen"];
+const ENV_KEYS: &[&str] = &[
+    "data_dir",
+    "iscsi_listen",
+    "api_listen",
+    "api_token",
+    "tls_cert",
+    "tls_key",
+];
 
 /// Loads and validates the configuration for `depot serve`.
 pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
@@ -260,12 +295,17 @@ fn validate(raw: FileConfig) -> anyhow::Result<Config> {
             let path = d
                 .path
                 .unwrap_or_else(|| raw_image_path(&raw.data_dir, &vm.name, &d.name));
+            if d.kind == VDiskKind::Raw && d.vpool.is_some() {
+                bail!("vDisk {}: a raw disk has no vpool", d.name);
+            }
             disks.push(Disk {
                 name: d.name,
                 size,
                 path,
                 block_size: d.block_size,
                 read_only: d.read_only,
+                kind: d.kind,
+                vpool: d.vpool,
             });
         }
         vms.push(Vm {
@@ -275,10 +315,23 @@ fn validate(raw: FileConfig) -> anyhow::Result<Config> {
             disks,
         });
     }
+    let tls = match (raw.tls_cert, raw.tls_key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => bail!("TLS needs both tls_cert and tls_key"),
+    };
+    let api_token = raw.api_token.filter(|t| !t.is_empty());
+    if !api_listen.ip().is_loopback() && api_token.is_none() {
+        bail!(
+            "api_listen {api_listen} is not a loopback address: set api_token (or DEPOT_API_TOKEN) so the API is not open to anyone"
+        );
+    }
     Ok(Config {
         data_dir: raw.data_dir,
         iscsi_listen,
         api_listen,
+        api_token,
+        tls,
         vms,
     })
 }
@@ -346,6 +399,9 @@ read_only = true
             "[[vm]]\nname = \"Bad Name\"",
             "[[vm]]\nname = \"a\"\n[[vm.disk]]\nname = \"d\"\nsize = \"1000\"",
             "iscsi_listen = \"nowhere\"",
+            "api_listen = \"0.0.0.0:8080\"",
+            "tls_cert = \"/x.pem\"",
+            "[[vm]]\nname = \"a\"\n[[vm.disk]]\nname = \"d\"\nsize = \"1M\"\nkind = \"tape\"",
         ] {
             std::fs::write(&f, bad).unwrap();
             assert!(load(&args(Some(f.clone()))).is_err(), "{bad}");

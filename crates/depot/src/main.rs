@@ -1,12 +1,28 @@
 //! `depot`: the storage router daemon (`depot serve`) and its command line.
 //!
 //! This is the composition root: the only place that names concrete storage
-//! (raw files today) and wires it to SCSI logical units and iSCSI targets.
+//! (engine volumes and raw files) and wires it to SCSI logical units and
+//! iSCSI targets. Layout:
+//! - [`config`]: `depot serve` configuration (file, `DEPOT_*`, flags);
+//! - [`model`], [`catalog`], [`error`]: the persisted objects, the API's
+//!   JSON shapes, typed errors;
+//! - [`manager`]: live state and every management operation;
+//! - [`api`], [`tls`]: the REST API and its TLS listener;
+//! - [`metrics`]: Prometheus families and the metering device;
+//! - [`cli`]: the API client behind `depot vpool|vm|vdisk|snapshot`.
 
+mod api;
+mod catalog;
+mod cli;
 mod config;
+mod error;
 mod identity;
+mod manager;
+mod metrics;
+mod model;
 mod serve;
 mod size;
+mod tls;
 
 use std::path::PathBuf;
 
@@ -16,6 +32,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    #[command(flatten)]
+    client: cli::ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -24,6 +42,18 @@ struct Cli {
 enum Command {
     /// Run the storage router.
     Serve(ServeArgs),
+    /// Manage vPools.
+    #[command(subcommand)]
+    Vpool(cli::VPoolCmd),
+    /// Manage VMs.
+    #[command(subcommand)]
+    Vm(cli::VmCmd),
+    /// Manage vDisks.
+    #[command(subcommand)]
+    Vdisk(cli::VDiskCmd),
+    /// Manage snapshots.
+    #[command(subcommand)]
+    Snapshot(cli::SnapshotCmd),
 }
 
 /// Flags of `depot serve`; each overrides the config file and `DEPOT_*`
@@ -46,6 +76,25 @@ pub struct ServeArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let command = match cli.command {
+        Command::Serve(args) => args,
+        other => {
+            let cmd = match other {
+                Command::Vpool(c) => cli::ClientCmd::VPool(c),
+                Command::Vm(c) => cli::ClientCmd::Vm(c),
+                Command::Vdisk(c) => cli::ClientCmd::VDisk(c),
+                Command::Snapshot(c) => cli::ClientCmd::Snapshot(c),
+                Command::Serve(_) => return std::process::ExitCode::FAILURE,
+            };
+            return match cli::run(&cli.client, cmd) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("depot: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DEPOT_LOG")
@@ -53,9 +102,7 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = match cli.command {
-        Command::Serve(args) => config::load(&args).and_then(serve::run),
-    };
+    let result = config::load(&command).and_then(serve::run);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

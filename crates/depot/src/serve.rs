@@ -1,18 +1,18 @@
-//! `depot serve`: builds the targets and LUNs, runs the iSCSI portal, and
-//! shuts down cleanly on SIGTERM/SIGINT (in-flight commands complete or are
-//! aborted within the grace period, then every device is flushed).
+//! `depot serve`: opens the catalog and storage (the embedded default vPool
+//! on an empty node), applies the configuration's declared VMs, runs the
+//! iSCSI portal and the management API, and shuts down cleanly on
+//! SIGTERM/SIGINT (in-flight commands complete or are aborted within the
+//! grace period, then every device is flushed and every vPool shut down).
 
 use std::sync::Arc;
 
 use anyhow::Context;
-use depot_block::{BlockDevice, FileDevice};
-use depot_iscsi_proto::chap::Secret;
-use depot_iscsi_target::{Access, ChapCredentials, IQN_PREFIX, PortalConfig, TargetRegistry};
-use depot_scsi::{LogicalUnit, LuConfig, Registry, ScsiTarget};
+use depot_iscsi_target::{PortalConfig, TargetRegistry};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Vm};
-use crate::identity;
+use crate::config::Config;
+use crate::manager::Manager;
+use crate::metrics::Metrics;
 
 /// Runs the daemon until a termination signal.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
@@ -22,24 +22,61 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("depot")
         .build()?;
-    rt.block_on(serve(cfg))
+    let targets = TargetRegistry::new();
+    let metrics = Metrics::new();
+    // Storage is opened outside the runtime's threads: the engine blocks on
+    // the runtime while it opens.
+    let mgr = Manager::open(&cfg.data_dir, rt.handle().clone(), targets, metrics)
+        .context("opening the catalog")?;
+    for vm in &cfg.vms {
+        mgr.ensure_declared(&cfg, vm)
+            .with_context(|| format!("declared VM {}", vm.name))?;
+    }
+    let result = rt.block_on(serve(cfg, mgr.clone()));
+    mgr.shutdown();
+    tracing::info!("stopped");
+    result
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let scsi_registry = Registry::new();
-    let targets = TargetRegistry::new();
-    let mut devices: Vec<Arc<dyn BlockDevice>> = Vec::new();
-    for vm in &cfg.vms {
-        devices.extend(add_vm(&cfg, vm, &scsi_registry, &targets)?);
-    }
+async fn serve(cfg: Config, mgr: Arc<Manager>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.iscsi_listen)
         .await
         .with_context(|| format!("binding iSCSI portal {}", cfg.iscsi_listen))?;
-    tracing::info!(portal = %cfg.iscsi_listen, vms = cfg.vms.len(), data_dir = %cfg.data_dir.display(), "depot serving");
+    let api_listener = tokio::net::TcpListener::bind(cfg.api_listen)
+        .await
+        .with_context(|| format!("binding API {}", cfg.api_listen))?;
     let shutdown = CancellationToken::new();
+    let router = crate::api::router(mgr.clone(), cfg.api_token.clone());
+    let api = match &cfg.tls {
+        Some((cert, key)) => {
+            let tls = crate::tls::server_config(cert, key)?;
+            let l = crate::tls::TlsListener::new(api_listener, tls, shutdown.clone())?;
+            let s = shutdown.clone();
+            tokio::spawn(async move {
+                axum::serve(l, router)
+                    .with_graceful_shutdown(s.cancelled_owned())
+                    .await
+            })
+        }
+        None => {
+            let s = shutdown.clone();
+            tokio::spawn(async move {
+                axum::serve(api_listener, router)
+                    .with_graceful_shutdown(s.cancelled_owned())
+                    .await
+            })
+        }
+    };
+    tracing::info!(
+        portal = %cfg.iscsi_listen,
+        api = %cfg.api_listen,
+        tls = cfg.tls.is_some(),
+        data_dir = %cfg.data_dir.display(),
+        "depot serving"
+    );
     let server = tokio::spawn(depot_iscsi_target::serve(
         listener,
-        targets.clone(),
+        mgr.targets().clone(),
         PortalConfig::default(),
         shutdown.clone(),
     ));
@@ -47,12 +84,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     shutdown.cancel();
     server.await??;
-    for d in devices {
-        if let Err(e) = d.flush() {
-            tracing::error!(error = %e, "flush on shutdown failed");
-        }
+    if let Err(e) = api.await? {
+        tracing::warn!(error = %e, "API server ended with an error");
     }
-    tracing::info!("stopped");
     Ok(())
 }
 
@@ -65,56 +99,4 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
-}
-
-fn add_vm(
-    cfg: &Config,
-    vm: &Vm,
-    scsi_registry: &Arc<Registry>,
-    targets: &Arc<TargetRegistry>,
-) -> anyhow::Result<Vec<Arc<dyn BlockDevice>>> {
-    let scsi = Arc::new(ScsiTarget::new(scsi_registry.clone()));
-    let mut devices = Vec::new();
-    for (lun, disk) in vm.disks.iter().enumerate() {
-        if let Some(dir) = disk.path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let dev: Arc<dyn BlockDevice> = Arc::new(
-            FileDevice::open(&disk.path, disk.block_size, disk.size)
-                .with_context(|| format!("opening {}", disk.path.display()))?,
-        );
-        let id = identity::load_or_create(&cfg.data_dir, &vm.name, &disk.name)?;
-        let mut lu_cfg = LuConfig::new(&id.serial(), id.naa());
-        lu_cfg.read_only = disk.read_only;
-        lu_cfg.pr_state_path = Some(
-            cfg.data_dir
-                .join("reservations")
-                .join(&vm.name)
-                .join(format!("{}.json", disk.name)),
-        );
-        if let Some(dir) = lu_cfg.pr_state_path.as_ref().and_then(|p| p.parent()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let lu = LogicalUnit::new(lu_cfg, dev.clone(), scsi_registry)
-            .with_context(|| format!("vDisk {}/{}", vm.name, disk.name))?;
-        scsi.insert_lun(lun as u64, lu);
-        devices.push(dev);
-    }
-    let access = Access {
-        allowed_initiators: vm.allowed_initiators.clone(),
-        chap: vm.chap.as_ref().map(|c| ChapCredentials {
-            initiator: Secret {
-                user: c.initiator.0.clone(),
-                secret: c.initiator.1.clone(),
-            },
-            target: c.target.as_ref().map(|(u, s)| Secret {
-                user: u.clone(),
-                secret: s.clone(),
-            }),
-        }),
-    };
-    let name = format!("{IQN_PREFIX}{}", vm.name);
-    targets.add_target(&name, Some(vm.name.clone()), scsi, access)?;
-    tracing::info!(vm = %vm.name, target_name = %name, luns = vm.disks.len(), "target ready");
-    Ok(devices)
 }

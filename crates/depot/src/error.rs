@@ -1,0 +1,130 @@
+//! Typed errors of the management layer, and the one place they map to HTTP
+//! status codes ([`DepotError::status`]) and to the API's error body.
+//!
+//! Engine errors are classified here too (`From<EngineError>`), so handlers
+//! never inspect engine types.
+
+use depot_engine::EngineError;
+
+/// Everything a management operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum DepotError {
+    /// The named object does not exist.
+    #[error("{kind} {name:?} not found")]
+    NotFound {
+        /// vPool, VM, vDisk, snapshot.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// An object with that name already exists.
+    #[error("{kind} {name:?} already exists")]
+    Conflict {
+        /// vPool, VM, vDisk, snapshot.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// Refused because something still needs the object (the message says
+    /// what).
+    #[error("{0}")]
+    InUse(String),
+    /// The request is malformed or not applicable.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Missing or wrong bearer token.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// Storage is temporarily unavailable; retrying may succeed.
+    #[error("temporarily unavailable, retry later: {0}")]
+    Unavailable(String),
+    /// Anything else (local I/O, corrupt state).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Result alias.
+pub type DepotResult<T> = Result<T, DepotError>;
+
+impl DepotError {
+    /// The HTTP status of this error (the only such mapping).
+    pub fn status(&self) -> u16 {
+        match self {
+            DepotError::NotFound { .. } => 404,
+            DepotError::Conflict { .. } => 409,
+            DepotError::InUse(_) => 409,
+            DepotError::BadRequest(_) => 400,
+            DepotError::Unauthorized => 401,
+            DepotError::Unavailable(_) => 503,
+            DepotError::Internal(_) => 500,
+        }
+    }
+
+    /// Machine-readable class for the error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DepotError::NotFound { .. } => "not_found",
+            DepotError::Conflict { .. } => "conflict",
+            DepotError::InUse(_) => "in_use",
+            DepotError::BadRequest(_) => "bad_request",
+            DepotError::Unauthorized => "unauthorized",
+            DepotError::Unavailable(_) => "unavailable",
+            DepotError::Internal(_) => "internal",
+        }
+    }
+
+    /// Shorthand for a local I/O failure with context.
+    pub fn io(context: impl std::fmt::Display, e: impl std::fmt::Display) -> Self {
+        DepotError::Internal(format!("{context}: {e}"))
+    }
+}
+
+impl From<EngineError> for DepotError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::VolumeNotFound(name) => DepotError::NotFound {
+                kind: "vDisk",
+                name,
+            },
+            EngineError::VolumeExists(name) => DepotError::Conflict {
+                kind: "vDisk",
+                name,
+            },
+            EngineError::SnapshotNotFound(name) => DepotError::NotFound {
+                kind: "snapshot",
+                name,
+            },
+            EngineError::SnapshotExists(name) => DepotError::Conflict {
+                kind: "snapshot",
+                name,
+            },
+            EngineError::HasClones(what) => DepotError::InUse(format!(
+                "{what} has clones that depend on it; delete the clones first"
+            )),
+            EngineError::InvalidArgument(m) => DepotError::BadRequest(m),
+            EngineError::ReadOnly => {
+                DepotError::BadRequest("the vDisk is read-only (a template?)".into())
+            }
+            e if e.is_retryable() => DepotError::Unavailable(e.to_string()),
+            e => DepotError::Internal(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_map_to_statuses() {
+        let e: DepotError = EngineError::HasClones("snapshot \"s\"".into()).into();
+        assert_eq!(e.status(), 409);
+        assert!(e.to_string().contains("clones"));
+        let e: DepotError = EngineError::SnapshotNotFound("x".into()).into();
+        assert_eq!(e.status(), 404);
+        let e: DepotError = EngineError::BackendUnavailable("down".into()).into();
+        assert_eq!(e.status(), 503);
+        let e: DepotError = EngineError::InvalidArgument("bad".into()).into();
+        assert_eq!(e.status(), 400);
+    }
+}

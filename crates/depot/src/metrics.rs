@@ -1,0 +1,370 @@
+//! Prometheus metrics: the daemon's single registry, the metric families
+//! (all named `depot_*` with their unit in the name; docs/metrics.md lists
+//! them), and [`MeteredDevice`], the `BlockDevice` wrapper that counts every
+//! vDisk's I/O.
+//!
+//! Invariants: per-vDisk series are labelled `vm` and `vdisk` and removed
+//! when the vDisk is deleted; pool and session numbers are sampled from the
+//! engine and the target registry when `/metrics` is scraped, so the render
+//! is always current and costs nothing on the I/O path.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use depot_block::{BlockDevice, BlockResult, Provisioning};
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric family of the daemon.
+pub struct Metrics {
+    registry: Registry,
+    read_ops: IntCounterVec,
+    write_ops: IntCounterVec,
+    flush_ops: IntCounterVec,
+    unmap_ops: IntCounterVec,
+    read_bytes: IntCounterVec,
+    write_bytes: IntCounterVec,
+    io_errors: IntCounterVec,
+    read_latency: HistogramVec,
+    write_latency: HistogramVec,
+    queue_depth: IntGaugeVec,
+    vdisk_size: IntGaugeVec,
+    /// Per vPool: fraction of the write buffers filled with unshipped data.
+    pub vpool_write_buffer_fill: GaugeVec,
+    /// Per vPool: bytes written but not yet on the backend.
+    pub vpool_waiting: IntGaugeVec,
+    /// Per vPool: failed backend calls (uploads and downloads).
+    pub vpool_upload_errors: IntCounterVec,
+    /// Per vPool: read-cache hit ratio.
+    pub vpool_hit_ratio: GaugeVec,
+    /// Per vPool: read-cache dedup ratio.
+    pub vpool_dedup_ratio: GaugeVec,
+    /// Per vPool: logical bytes provisioned to its vDisks.
+    pub vpool_logical: IntGaugeVec,
+    /// Per vPool: bytes on flash.
+    pub vpool_flash: IntGaugeVec,
+    /// Per vPool: bytes on the backend (estimate).
+    pub vpool_backend: IntGaugeVec,
+    /// Per vPool: bytes uploaded.
+    pub vpool_uploaded: IntCounterVec,
+    /// Sessions per target.
+    pub sessions: IntGaugeVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    // Names are static and unique, so registration cannot fail.
+    if let Err(e) = r.register(Box::new(c.clone())) {
+        tracing::error!(error = %e, "metric registration failed");
+    }
+    c
+}
+
+impl Metrics {
+    /// Creates the registry and every family.
+    pub fn new() -> Arc<Metrics> {
+        let r = Registry::new();
+        let disk = ["vm", "vdisk"];
+        let pool = ["vpool"];
+        let icv = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let igv = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let gv = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &r,
+                GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let buckets = prometheus::exponential_buckets(50e-6, 2.0, 18).expect("valid buckets");
+        let hist = |name: &str, help: &str| {
+            reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(buckets.clone()),
+                    &disk,
+                )
+                .expect("valid metric"),
+            )
+        };
+        Arc::new(Metrics {
+            read_ops: icv(
+                "depot_vdisk_read_ops_total",
+                "Read commands completed.",
+                &disk,
+            ),
+            write_ops: icv(
+                "depot_vdisk_write_ops_total",
+                "Write commands completed.",
+                &disk,
+            ),
+            flush_ops: icv("depot_vdisk_flush_ops_total", "Cache flushes.", &disk),
+            unmap_ops: icv("depot_vdisk_unmap_ops_total", "Unmap requests.", &disk),
+            read_bytes: icv("depot_vdisk_read_bytes_total", "Bytes read.", &disk),
+            write_bytes: icv("depot_vdisk_write_bytes_total", "Bytes written.", &disk),
+            io_errors: icv(
+                "depot_vdisk_io_errors_total",
+                "I/O requests that failed.",
+                &disk,
+            ),
+            read_latency: hist("depot_vdisk_read_latency_seconds", "Read latency."),
+            write_latency: hist("depot_vdisk_write_latency_seconds", "Write latency."),
+            queue_depth: igv(
+                "depot_vdisk_queue_depth",
+                "I/O requests in flight on the device.",
+                &disk,
+            ),
+            vdisk_size: igv("depot_vdisk_size_bytes", "Provisioned size.", &disk),
+            vpool_write_buffer_fill: gv(
+                "depot_vpool_write_buffer_fill_ratio",
+                "Unshipped data over the write buffers of the open vDisks (0..1).",
+                &pool,
+            ),
+            vpool_waiting: igv(
+                "depot_vpool_ship_pending_bytes",
+                "Bytes written but not yet on the backend.",
+                &pool,
+            ),
+            vpool_upload_errors: icv(
+                "depot_vpool_backend_errors_total",
+                "Failed backend calls (each retried).",
+                &pool,
+            ),
+            vpool_hit_ratio: gv(
+                "depot_vpool_read_cache_hit_ratio",
+                "Read-cache hits over lookups (0..1).",
+                &pool,
+            ),
+            vpool_dedup_ratio: gv(
+                "depot_vpool_read_cache_dedup_ratio",
+                "Logical over stored bytes in the read cache (>= 1).",
+                &pool,
+            ),
+            vpool_logical: igv(
+                "depot_vpool_logical_bytes",
+                "Logical size provisioned to the vPool's vDisks.",
+                &pool,
+            ),
+            vpool_flash: igv(
+                "depot_vpool_flash_bytes",
+                "Bytes of containers and logs on flash.",
+                &pool,
+            ),
+            vpool_backend: igv(
+                "depot_vpool_backend_bytes",
+                "Bytes stored on the backend (estimate).",
+                &pool,
+            ),
+            vpool_uploaded: icv(
+                "depot_vpool_uploaded_bytes_total",
+                "Bytes uploaded to the backend.",
+                &pool,
+            ),
+            sessions: igv(
+                "depot_target_sessions",
+                "Logged-in iSCSI sessions per VM target.",
+                &["vm"],
+            ),
+            registry: r,
+        })
+    }
+
+    /// Wraps a vDisk's device so its I/O is counted.
+    pub fn meter(&self, vm: &str, vdisk: &str, inner: Arc<dyn BlockDevice>) -> MeteredDevice {
+        let l = [vm, vdisk];
+        self.vdisk_size.with_label_values(&l).set(
+            i64::try_from(inner.num_blocks() * u64::from(inner.block_size())).unwrap_or(i64::MAX),
+        );
+        MeteredDevice {
+            read_ops: self.read_ops.with_label_values(&l),
+            write_ops: self.write_ops.with_label_values(&l),
+            flush_ops: self.flush_ops.with_label_values(&l),
+            unmap_ops: self.unmap_ops.with_label_values(&l),
+            read_bytes: self.read_bytes.with_label_values(&l),
+            write_bytes: self.write_bytes.with_label_values(&l),
+            errors: self.io_errors.with_label_values(&l),
+            read_latency: self.read_latency.with_label_values(&l),
+            write_latency: self.write_latency.with_label_values(&l),
+            depth: self.queue_depth.with_label_values(&l),
+            size: self.vdisk_size.with_label_values(&l),
+            inner,
+        }
+    }
+
+    /// Forgets a deleted vDisk's series.
+    pub fn forget_vdisk(&self, vm: &str, vdisk: &str) {
+        let l = [vm, vdisk];
+        let _ = self.read_ops.remove_label_values(&l);
+        let _ = self.write_ops.remove_label_values(&l);
+        let _ = self.flush_ops.remove_label_values(&l);
+        let _ = self.unmap_ops.remove_label_values(&l);
+        let _ = self.read_bytes.remove_label_values(&l);
+        let _ = self.write_bytes.remove_label_values(&l);
+        let _ = self.io_errors.remove_label_values(&l);
+        let _ = self.read_latency.remove_label_values(&l);
+        let _ = self.write_latency.remove_label_values(&l);
+        let _ = self.queue_depth.remove_label_values(&l);
+        let _ = self.vdisk_size.remove_label_values(&l);
+    }
+
+    /// Forgets a deleted vPool's series.
+    pub fn forget_vpool(&self, vpool: &str) {
+        let l = [vpool];
+        let _ = self.vpool_write_buffer_fill.remove_label_values(&l);
+        let _ = self.vpool_waiting.remove_label_values(&l);
+        let _ = self.vpool_upload_errors.remove_label_values(&l);
+        let _ = self.vpool_hit_ratio.remove_label_values(&l);
+        let _ = self.vpool_dedup_ratio.remove_label_values(&l);
+        let _ = self.vpool_logical.remove_label_values(&l);
+        let _ = self.vpool_flash.remove_label_values(&l);
+        let _ = self.vpool_backend.remove_label_values(&l);
+        let _ = self.vpool_uploaded.remove_label_values(&l);
+    }
+
+    /// Raises a counter to an absolute value sampled from elsewhere.
+    pub fn set_counter(c: &IntCounter, value: u64) {
+        let cur = c.get();
+        if value > cur {
+            c.inc_by(value - cur);
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// A vDisk's device with its I/O counted (the composition root wraps every
+/// device in one before handing it to SCSI).
+pub struct MeteredDevice {
+    inner: Arc<dyn BlockDevice>,
+    read_ops: IntCounter,
+    write_ops: IntCounter,
+    flush_ops: IntCounter,
+    unmap_ops: IntCounter,
+    read_bytes: IntCounter,
+    write_bytes: IntCounter,
+    errors: IntCounter,
+    read_latency: prometheus::Histogram,
+    write_latency: prometheus::Histogram,
+    depth: IntGauge,
+    size: IntGauge,
+}
+
+impl MeteredDevice {
+    /// Updates the size gauge (after a grow).
+    pub fn resized(&self) {
+        self.size.set(
+            i64::try_from(self.inner.num_blocks() * u64::from(self.inner.block_size()))
+                .unwrap_or(i64::MAX),
+        );
+    }
+
+    fn track<T>(&self, f: impl FnOnce() -> BlockResult<T>) -> BlockResult<T> {
+        self.depth.inc();
+        let r = f();
+        self.depth.dec();
+        if r.is_err() {
+            self.errors.inc();
+        }
+        r
+    }
+}
+
+impl BlockDevice for MeteredDevice {
+    fn block_size(&self) -> u32 {
+        self.inner.block_size()
+    }
+
+    fn num_blocks(&self) -> u64 {
+        self.inner.num_blocks()
+    }
+
+    fn physical_block_exponent(&self) -> u8 {
+        self.inner.physical_block_exponent()
+    }
+
+    fn read(&self, lba: u64, buf: &mut [u8]) -> BlockResult<()> {
+        let t = Instant::now();
+        let len = buf.len() as u64;
+        let r = self.track(|| self.inner.read(lba, buf));
+        self.read_latency.observe(t.elapsed().as_secs_f64());
+        if r.is_ok() {
+            self.read_ops.inc();
+            self.read_bytes.inc_by(len);
+        }
+        r
+    }
+
+    fn write(&self, lba: u64, data: &[u8], fua: bool) -> BlockResult<()> {
+        let t = Instant::now();
+        let r = self.track(|| self.inner.write(lba, data, fua));
+        self.write_latency.observe(t.elapsed().as_secs_f64());
+        if r.is_ok() {
+            self.write_ops.inc();
+            self.write_bytes.inc_by(data.len() as u64);
+        }
+        r
+    }
+
+    fn flush(&self) -> BlockResult<()> {
+        self.flush_ops.inc();
+        self.track(|| self.inner.flush())
+    }
+
+    fn thin_provisioned(&self) -> bool {
+        self.inner.thin_provisioned()
+    }
+
+    fn unmap(&self, lba: u64, blocks: u64) -> BlockResult<()> {
+        self.unmap_ops.inc();
+        self.track(|| self.inner.unmap(lba, blocks))
+    }
+
+    fn provisioning(&self, lba: u64, max_blocks: u64) -> BlockResult<(Provisioning, u64)> {
+        self.inner.provisioning(lba, max_blocks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use depot_block::MemDevice;
+
+    #[test]
+    fn counts_io_and_renders() {
+        let m = Metrics::new();
+        let dev = m.meter("vm1", "d1", Arc::new(MemDevice::new(512, 64)));
+        dev.write(0, &[1u8; 1024], false).unwrap();
+        let mut buf = [0u8; 512];
+        dev.read(1, &mut buf).unwrap();
+        assert!(dev.read(64, &mut buf).is_err());
+        let text = m.render();
+        assert!(text.contains("depot_vdisk_write_bytes_total{vdisk=\"d1\",vm=\"vm1\"} 1024"));
+        assert!(text.contains("depot_vdisk_read_ops_total{vdisk=\"d1\",vm=\"vm1\"} 1"));
+        assert!(text.contains("depot_vdisk_io_errors_total{vdisk=\"d1\",vm=\"vm1\"} 1"));
+        assert!(text.contains("depot_vdisk_queue_depth{vdisk=\"d1\",vm=\"vm1\"} 0"));
+        m.forget_vdisk("vm1", "d1");
+        assert!(!m.render().contains("vm1"));
+    }
+}
