@@ -35,6 +35,7 @@ api="http://127.0.0.1:$api_port"
 
 qemu-img create -q -f qcow2 -b "$img" -F qcow2 "$work/system.qcow2"
 qemu-img create -q -f qcow2 "$work/flash.qcow2" 2G
+: >"$work/console.log"
 t0=$(date +%s.%N)
 elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)"; }
 qemu-system-x86_64 -accel tcg -smp 2 -m 2048 \

@@ -56,10 +56,14 @@ version=$(dpkg-deb --field "$deb" Version)
 # ---------------------------------------------------------------- rootfs
 step "mmdebstrap: Debian 12 minbase + kernel + depot $version"
 cp "$deb" "$work/depot.deb"
+# Essential hooks run before the kernel is installed: fstab must exist when
+# the initramfs is built (so it carries fsck.ext4), and the .deb given to
+# --include must exist at the same path inside the chroot (dpkg runs there).
 mmdebstrap --mode=root --variant=minbase --format=directory \
   --components=main \
   --include=linux-image-amd64,systemd-sysv,udev,kmod,dbus,systemd-resolved,systemd-timesyncd,iproute2,e2fsprogs,util-linux,procps,ca-certificates,less,nano,open-vm-tools,qemu-guest-agent \
   --include="$work/depot.deb" \
+  --essential-hook='printf "LABEL=depot-root\t/\text4\terrors=remount-ro,noatime\t0\t1\n" >"$1/etc/fstab"' \
   --essential-hook='mkdir -p "$1'"$work"'" && cp "'"$work"'/depot.deb" "$1'"$work"'/"' \
   --dpkgopt='path-exclude=/usr/share/man/*' \
   --dpkgopt='path-exclude=/usr/share/locale/*' \
@@ -72,7 +76,6 @@ mmdebstrap --mode=root --variant=minbase --format=directory \
   --customize-hook='sync-in "'"$here"'/rootfs" /' \
   --customize-hook='echo depot >"$1/etc/hostname"' \
   --customize-hook='printf "127.0.0.1\tlocalhost\n127.0.1.1\tdepot\n::1\tlocalhost ip6-localhost ip6-loopback\n" >"$1/etc/hosts"' \
-  --customize-hook='printf "LABEL=depot-root\t/\text4\terrors=remount-ro,noatime\t0\t1\n" >"$1/etc/fstab"' \
   --customize-hook='systemctl --root="$1" enable systemd-networkd.service systemd-resolved.service systemd-timesyncd.service depot.service depot-firstboot.service depot-banner.service' \
   --customize-hook='systemctl --root="$1" enable serial-getty@ttyS0.service' \
   --customize-hook='ln -sf /run/systemd/resolve/stub-resolv.conf "$1/etc/resolv.conf"' \

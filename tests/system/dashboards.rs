@@ -4,6 +4,8 @@
 //! by `depot serve` on `/metrics`, and the rule and config files must pass
 //! `promtool` (Debian package `prometheus`, installed by
 //! scripts/install-deps.sh; that part is skipped with a note if it is absent).
+//! A real Prometheus then scrapes the daemon and evaluates every dashboard
+//! query (each must return data) and every alert expression.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -102,7 +104,11 @@ fn check_dashboard(path: &Path, text: &str) {
             continue;
         }
         let targets = p["targets"].as_array().expect("targets");
-        assert!(!targets.is_empty(), "{}: panel {title} has no query", path.display());
+        assert!(
+            !targets.is_empty(),
+            "{}: panel {title} has no query",
+            path.display()
+        );
         for t in targets {
             let expr = t["expr"].as_str().unwrap_or("");
             assert!(
@@ -160,7 +166,10 @@ fn dashboards_and_rules_use_only_exported_metrics() {
         "depot_vdisk_write_bytes_total{vdisk=\"disk0\",vm=\"dash\"}",
         "vm=\"dashvm\"",
     ] {
-        assert!(metrics.contains(needle), "{needle} not in /metrics:\n{metrics}");
+        assert!(
+            metrics.contains(needle),
+            "{needle} not in /metrics:\n{metrics}"
+        );
     }
 
     let mut used = BTreeSet::new();
@@ -194,7 +203,168 @@ fn dashboards_and_rules_use_only_exported_metrics() {
     }
 
     promtool(&metrics);
+    run_queries(d.api, &sources);
     assert!(d.stop(), "depot did not stop cleanly: {}", d.log());
+}
+
+/// Every `"expr"` string in a dashboard, with Grafana's variables replaced
+/// by values that select the test's series.
+fn dashboard_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("expr", serde_json::Value::String(e)) => out.push(
+                        e.replace("$__rate_interval", "30s")
+                            .replace("$instance", ".*")
+                            .replace("$job", "depot")
+                            .replace("$vpool", ".*")
+                            .replace("$vdisk", ".*")
+                            .replace("$vm", "dashvm"),
+                    ),
+                    _ => dashboard_exprs(x, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| dashboard_exprs(x, out)),
+        _ => {}
+    }
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs a real Prometheus (Debian package `prometheus`) scraping the daemon
+/// every second and evaluates every dashboard query — each must parse and
+/// return at least one series — and every alert expression (must parse).
+fn run_queries(api: SocketAddr, sources: &[PathBuf]) {
+    let Some(prom) = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+    else {
+        eprintln!("note: prometheus not installed; dashboard queries not evaluated");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: depot\n    static_configs:\n      - targets: ['{api}']\n"
+        ),
+    )
+    .unwrap();
+    let port = crate::common::free_port();
+    let web: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = Command::new(prom)
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn prometheus");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&web, Duration::from_millis(200)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "prometheus did not start"
+            );
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("prometheus exited: {st}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Kill(child)
+    };
+    let query = |q: &str| -> serde_json::Value {
+        let (st, body) = http(
+            web,
+            "GET",
+            &format!("/api/v1/query?query={}", url_encode(q)),
+            None,
+        );
+        assert_eq!(st, 200, "query {q}: {body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    // Wait for a few scrapes so rate() over 30s has two samples.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = query("count_over_time(depot_vdisk_size_bytes[1m])");
+        let n = r["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if n >= 4.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prometheus scraped nothing: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut evaluated = 0;
+    for path in sources {
+        let text = std::fs::read_to_string(path).unwrap();
+        if path.extension().is_some_and(|x| x == "json") {
+            let mut exprs = Vec::new();
+            dashboard_exprs(&serde_json::from_str(&text).unwrap(), &mut exprs);
+            for e in exprs {
+                let r = query(&e);
+                assert_eq!(r["status"], "success", "{}: {e}: {r}", path.display());
+                let n = r["data"]["result"].as_array().map_or(0, Vec::len);
+                assert!(n > 0, "{}: no data for {e}", path.display());
+                evaluated += 1;
+            }
+        }
+    }
+    // Alert expressions: valid PromQL (they normally select nothing).
+    let rules =
+        std::fs::read_to_string(repo().join("packaging/prometheus/depot-alerts.yml")).unwrap();
+    let mut lines = rules.lines().peekable();
+    while let Some(l) = lines.next() {
+        let Some(rest) = l.trim_start().strip_prefix("expr:") else {
+            continue;
+        };
+        let indent = l.len() - l.trim_start().len();
+        let mut e = rest.trim().to_string();
+        if e == "|" {
+            e.clear();
+            while let Some(n) = lines.peek() {
+                if n.len() - n.trim_start().len() <= indent || n.trim().is_empty() {
+                    break;
+                }
+                e.push_str(n.trim());
+                e.push(' ');
+                lines.next();
+            }
+        }
+        let r = query(&e);
+        assert_eq!(r["status"], "success", "alert expr {e}: {r}");
+        evaluated += 1;
+    }
+    eprintln!("prometheus evaluated {evaluated} dashboard and alert queries");
 }
 
 /// `promtool check rules/config` on the shipped files, `promtool test rules`
@@ -205,7 +375,9 @@ fn promtool(metrics: &str) {
         .map(PathBuf::from)
         .find(|p| p.is_file())
     else {
-        eprintln!("note: promtool not installed (apt-get install prometheus); rule files not checked");
+        eprintln!(
+            "note: promtool not installed (apt-get install prometheus); rule files not checked"
+        );
         return;
     };
     let dir = repo().join("packaging/prometheus");
@@ -214,7 +386,11 @@ fn promtool(metrics: &str) {
         vec!["check".into(), "config".into(), "prometheus.yml".into()],
     ];
     if dir.join("depot-alerts.test.yml").is_file() {
-        checks.push(vec!["test".into(), "rules".into(), "depot-alerts.test.yml".into()]);
+        checks.push(vec![
+            "test".into(),
+            "rules".into(),
+            "depot-alerts.test.yml".into(),
+        ]);
     }
     for args in checks {
         let out = run_timeout(
