@@ -730,7 +730,9 @@ impl Volume {
                         for (i, l) in run.iter().enumerate() {
                             let chunk = &mut span[i * CLUSTER_SIZE..(i + 1) * CLUSTER_SIZE];
                             if crc32c::crc32c(chunk) != l.crc {
-                                r.owner.read_location(l, 0, chunk)?;
+                                let lba =
+                                    (c + i as u64) * CLUSTER_SIZE_U64 / u64::from(self.block_size);
+                                r.owner.read_location(l, lba, chunk)?;
                             }
                         }
                         self.counters
@@ -1085,12 +1087,12 @@ impl Volume {
         self.commit_cv.notify_all();
         drop(cs);
         if let Err(e) = &r {
-            // After a failed fdatasync the kernel may have dropped dirty
-            // pages: nothing after this point can be trusted until the
-            // volume is reopened and its logs replayed.
-            if matches!(e, EngineError::Io { .. } | EngineError::Index(_)) {
-                *self.failed.lock() = Some(e.to_string());
-            }
+            // After a failed fdatasync (EIO, or ENOSPC from delayed
+            // allocation) the kernel may have dropped dirty pages, and a
+            // failed index commit leaves the memtable ahead of RocksDB:
+            // nothing after this point can be trusted until the pool is
+            // reopened and the logs replayed.
+            *self.failed.lock() = Some(e.to_string());
         }
         r
     }
