@@ -248,7 +248,7 @@ pub fn run_timeout(cmd: &mut Command, limit: Duration) -> Output {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            let s = child.wait().expect("wait");
+            let _ = child.wait();
             let out = out_t.join().unwrap_or_default();
             panic!(
                 "{cmd:?} exceeded {limit:?}; output so far:\n{}",

@@ -281,3 +281,25 @@ fn api_health_openapi_and_template_clones() {
     let lun = depot.cli_ok(&["--json", "vdisk", "show", "scratch"]);
     assert!(lun.contains("\"lun\": 1"), "{lun}");
 }
+
+#[test]
+fn api_token_is_required_when_configured() {
+    let depot = Depot::start("api_token = \"s3cret-token\"\n");
+    let (status, _) = depot.http_get("/api/v1/health");
+    assert_eq!(status, 200, "health needs no token");
+    let (status, body) = depot.http_get("/api/v1/vms");
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = depot.http_get("/metrics");
+    assert_eq!(status, 401);
+    let out = depot.cli(&["vm", "list"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bearer token"));
+    let out = depot.cli(&["--token", "wrong", "vm", "list"]);
+    assert!(!out.status.success());
+    depot.cli_ok(&["--token", "s3cret-token", "vm", "create", "locked"]);
+    assert!(
+        depot
+            .cli_ok(&["--token", "s3cret-token", "vm", "list"])
+            .contains("locked")
+    );
+}

@@ -39,6 +39,8 @@ pub struct ClientArgs {
 }
 
 /// `depot vpool ...`
+// Parsed once per process; boxing the big variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum VPoolCmd {
     /// Create a vPool (default backend: a local directory under the data dir).
@@ -513,21 +515,24 @@ async fn execute(args: &ClientArgs, cmd: ClientCmd) -> anyhow::Result<String> {
     };
     macro_rules! one {
         ($t:ty, $m:expr, $p:expr, $b:expr, $rows:ident) => {{
-            let v: Option<$t> = c.call($m, &$p, $b).await?;
+            let path = String::from($p);
+            let v: Option<$t> = c.call($m, &path, $b).await?;
             let v = v.context("empty answer from the daemon")?;
             show(to_json(&v)?, $rows(std::slice::from_ref(&v)))
         }};
     }
     macro_rules! many {
         ($t:ty, $p:expr, $rows:ident) => {{
-            let v: Option<Vec<$t>> = c.call(Method::GET, &$p, None).await?;
+            let path = String::from($p);
+            let v: Option<Vec<$t>> = c.call(Method::GET, &path, None).await?;
             let v = v.unwrap_or_default();
             show(to_json(&v)?, $rows(&v))
         }};
     }
     macro_rules! done {
         ($m:expr, $p:expr, $b:expr, $msg:expr) => {{
-            let _: Option<serde_json::Value> = c.call($m, &$p, $b).await?;
+            let path = String::from($p);
+            let _: Option<serde_json::Value> = c.call($m, &path, $b).await?;
             if json { Ok(String::new()) } else { Ok($msg) }
         }};
     }
@@ -578,12 +583,12 @@ async fn execute(args: &ClientArgs, cmd: ClientCmd) -> anyhow::Result<String> {
                 one!(
                     VPoolView,
                     Method::POST,
-                    "/api/v1/vpools".to_string(),
+                    "/api/v1/vpools",
                     Some(to_json(&req)?),
                     vpool_rows
                 )
             }
-            VPoolCmd::List => many!(VPoolView, "/api/v1/vpools".to_string(), vpool_rows),
+            VPoolCmd::List => many!(VPoolView, "/api/v1/vpools", vpool_rows),
             VPoolCmd::Show { name } => one!(
                 VPoolView,
                 Method::GET,
@@ -624,12 +629,12 @@ async fn execute(args: &ClientArgs, cmd: ClientCmd) -> anyhow::Result<String> {
                 one!(
                     VmView,
                     Method::POST,
-                    "/api/v1/vms".to_string(),
+                    "/api/v1/vms",
                     Some(to_json(&req)?),
                     vm_rows
                 )
             }
-            VmCmd::List => many!(VmView, "/api/v1/vms".to_string(), vm_rows),
+            VmCmd::List => many!(VmView, "/api/v1/vms", vm_rows),
             VmCmd::Show { name } => one!(
                 VmView,
                 Method::GET,
@@ -677,7 +682,7 @@ async fn execute(args: &ClientArgs, cmd: ClientCmd) -> anyhow::Result<String> {
                 one!(
                     VDiskView,
                     Method::POST,
-                    "/api/v1/vdisks".to_string(),
+                    "/api/v1/vdisks",
                     Some(to_json(&req)?),
                     vdisk_rows
                 )
@@ -704,7 +709,7 @@ async fn execute(args: &ClientArgs, cmd: ClientCmd) -> anyhow::Result<String> {
                 one!(
                     VDiskView,
                     Method::POST,
-                    "/api/v1/vdisks".to_string(),
+                    "/api/v1/vdisks",
                     Some(to_json(&req)?),
                     vdisk_rows
                 )

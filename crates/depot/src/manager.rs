@@ -745,7 +745,7 @@ impl Manager {
         if source.is_none() {
             match size {
                 None => return Err(bad("a new vDisk needs a size (e.g. 20G)")),
-                Some(s) if s == 0 || s % u64::from(block_size) != 0 => {
+                Some(s) if s == 0 || !s.is_multiple_of(u64::from(block_size)) => {
                     return Err(bad(format!(
                         "size must be a non-zero multiple of {block_size} bytes"
                     )));
@@ -939,7 +939,7 @@ impl Manager {
                 "vDisks only grow: {size} bytes is less than the current {cur}"
             )));
         }
-        if size % u64::from(rec.block_size) != 0 {
+        if !size.is_multiple_of(u64::from(rec.block_size)) {
             return Err(bad(format!(
                 "size must be a multiple of {} bytes",
                 rec.block_size
