@@ -303,3 +303,91 @@ fn api_token_is_required_when_configured() {
             .contains("locked")
     );
 }
+
+#[test]
+fn api_over_tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+    let ssl = |args: &[&str]| {
+        let out = run_timeout(
+            Command::new(peer("openssl")).args(args),
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    let (ca_key, ca_pem, key, csr, cert, ext) = (
+        p("ca.key"),
+        p("ca.pem"),
+        p("key.pem"),
+        p("leaf.csr"),
+        p("cert.pem"),
+        p("ext.cnf"),
+    );
+    ca.extend([
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca_pem,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=depot-test-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+    ]);
+    ssl(&ca);
+    let mut leaf = vec!["req"];
+    leaf.extend(ec);
+    leaf.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=localhost"]);
+    ssl(&leaf);
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    ssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca_pem,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &cert,
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+    ]);
+    let depot = Depot::start(&format!("tls_cert = \"{cert}\"\ntls_key = \"{key}\"\n"));
+    let api = format!("https://{}", depot.api);
+    let run = |extra: &[&str]| {
+        run_timeout(
+            Command::new(env!("CARGO_BIN_EXE_depot"))
+                .args(["--api", &api])
+                .args(extra)
+                .args(["vpool", "list"]),
+            Duration::from_secs(60),
+        )
+    };
+    let out = run(&["--ca", &ca_pem]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("default"),
+        "{out:?}\n{}",
+        depot.log()
+    );
+    // Without trusting the CA the client refuses the daemon.
+    assert!(!run(&[]).status.success());
+}
