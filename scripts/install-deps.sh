@@ -8,7 +8,8 @@
 #
 # Apt sources are derived from the mirror already configured in
 # /etc/apt/sources.list.d/debian.sources; no host is named here.
-# Idempotent: safe to run again.
+# Idempotent: safe to run again. With --build-only, installs only what
+# building Depot needs.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 SUDO=""
@@ -33,8 +34,16 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
 fi
 $SUDO apt-get update -q >/dev/null
+# What building Depot needs (the rocksdb crate links Debian's librocksdb and
+# runs bindgen, which needs libclang).
 $SUDO apt-get install -y -q --no-install-recommends \
-  librocksdb-dev clang libclang-dev pkg-config \
+  librocksdb-dev clang libclang-dev pkg-config gcc >/dev/null
+if [ "${1:-}" = "--build-only" ]; then
+  echo "build deps ok"
+  exit 0
+fi
+# The peers the system tests talk to.
+$SUDO apt-get install -y -q --no-install-recommends \
   libiscsi-bin libiscsi-dev tgt \
   dpkg-dev gcc make zlib1g-dev bc python3 >/dev/null
 # promtool (from Debian's prometheus) checks packaging/prometheus/ in the
