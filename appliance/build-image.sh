@@ -56,9 +56,10 @@ version=$(dpkg-deb --field "$deb" Version)
 # ---------------------------------------------------------------- rootfs
 step "mmdebstrap: Debian 12 minbase + kernel + depot $version"
 cp "$deb" "$work/depot.deb"
-# Essential hooks run before the kernel is installed: fstab must exist when
-# the initramfs is built (so it carries fsck.ext4), and the .deb given to
+# Essential hooks run before the remaining packages are installed: fstab is
+# in place before the kernel's initramfs is built, and the .deb given to
 # --include must exist at the same path inside the chroot (dpkg runs there).
+# The root filesystem is checked by systemd-fsck-root on every boot.
 mmdebstrap --mode=root --variant=minbase --format=directory \
   --components=main \
   --include=linux-image-amd64,systemd-sysv,udev,kmod,dbus,systemd-resolved,systemd-timesyncd,iproute2,e2fsprogs,util-linux,procps,ca-certificates,less,nano,open-vm-tools,qemu-guest-agent \
