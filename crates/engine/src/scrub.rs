@@ -222,6 +222,7 @@ pub(crate) fn scrub_volume(vol: &Volume, report: &mut ScrubReport) -> EngineResu
             }
         }
         shared.index.write_sync(b)?;
+        vol.clear_index_cache();
     }
     {
         let _s = vol.ship_guard();

@@ -178,6 +178,36 @@ struct CommitState {
 
 type MemTable = BTreeMap<(u64, u32), (u64, Mapping)>;
 
+/// Entries kept in a volume's index-lookup cache before it is emptied.
+const ICACHE_MAX: usize = 1 << 16;
+
+/// Cache of committed index lookups: cluster → [(query gen, result)].
+/// Consulted after the memtable and before RocksDB, so hot reads skip the
+/// RocksDB seek. Invariants: a commit removes the clusters it wrote and
+/// bumps `epoch`; rollback, snapshot compaction and scrub relocation clear
+/// it; a reader inserts only if `epoch` did not move since it started its
+/// RocksDB lookup, so a lookup racing a commit never caches a stale value.
+#[derive(Default)]
+struct IndexCache {
+    map: HashMap<u64, Vec<(u32, Option<Mapping>)>>,
+    epoch: u64,
+}
+
+impl IndexCache {
+    fn get(&self, cluster: u64, generation: u32) -> Option<Option<Mapping>> {
+        self.map
+            .get(&cluster)?
+            .iter()
+            .find(|(g, _)| *g == generation)
+            .map(|(_, m)| *m)
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.epoch += 1;
+    }
+}
+
 /// A vDisk. Implements [`BlockDevice`]; clone and snapshot management is on
 /// the inherent methods.
 pub struct Volume {
@@ -197,6 +227,7 @@ pub struct Volume {
     commit: Mutex<CommitState>,
     commit_cv: Condvar,
     index_lock: Mutex<()>,
+    icache: Mutex<IndexCache>,
     stripes: Vec<Mutex<()>>,
     files: Mutex<HashMap<u64, Arc<File>>>,
     ship_lock: Mutex<()>,
@@ -323,6 +354,7 @@ impl Volume {
             commit: Mutex::new(CommitState::default()),
             commit_cv: Condvar::new(),
             index_lock: Mutex::new(()),
+            icache: Mutex::new(IndexCache::default()),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             files: Mutex::new(HashMap::new()),
             ship_lock: Mutex::new(()),
@@ -567,11 +599,32 @@ impl Volume {
                 return Ok(Some(*mapping));
             }
         }
-        Ok(self
+        let epoch = {
+            let c = self.icache.lock();
+            if let Some(hit) = c.get(cluster, generation) {
+                return Ok(hit);
+            }
+            c.epoch
+        };
+        let found = self
             .shared
             .index
             .lookup(self.id, cluster, generation)?
-            .map(|(_, m)| m))
+            .map(|(_, m)| m);
+        let mut c = self.icache.lock();
+        if c.epoch == epoch {
+            if c.map.len() >= ICACHE_MAX {
+                c.clear();
+                return Ok(found);
+            }
+            c.map.entry(cluster).or_default().push((generation, found));
+        }
+        Ok(found)
+    }
+
+    /// Empties the index-lookup cache (after bulk index rewrites).
+    pub(crate) fn clear_index_cache(&self) {
+        self.icache.lock().clear();
     }
 
     fn resolve(&self, cluster: u64) -> EngineResult<Option<Resolved<'_>>> {
@@ -1065,6 +1118,13 @@ impl Volume {
                 .index
                 .commit(self.id, &work.entries, work.applied)?;
         }
+        if !work.entries.is_empty() {
+            let mut c = self.icache.lock();
+            for (cl, _, _) in &work.entries {
+                c.map.remove(cl);
+            }
+            c.epoch += 1;
+        }
         let mut mem = self.memtable.write();
         for (c, g, _) in &work.entries {
             if let Some((s, _)) = mem.get(&(*c, *g))
@@ -1485,6 +1545,8 @@ impl Volume {
         if n > 0 {
             let _g = self.index_lock.lock();
             self.shared.index.write(b)?;
+            drop(_g);
+            self.clear_index_cache();
         }
         Ok(())
     }
@@ -1546,6 +1608,7 @@ impl Volume {
             *m = old_meta;
             return Err(e);
         }
+        self.clear_index_cache();
         self.meta_dirty.store(true, Ordering::SeqCst);
         w.generation = new_gen;
         self.head_gen.store(new_gen, Ordering::Release);
