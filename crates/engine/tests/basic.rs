@@ -521,3 +521,34 @@ fn concurrent_writers_share_group_commits() {
     }
     pool.shutdown().unwrap();
 }
+
+#[test]
+fn corrupt_local_container_falls_back_or_reports_integrity() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let pool = open(&config(dir.path()), &rt);
+    let v = pool.create_volume("rot", 1 << 20, 4096).unwrap();
+    v.write(0, &pattern(1, 0, 4096), true).unwrap();
+    v.sync_to_backend().unwrap(); // container 0 shipped, kept locally
+    v.write(1, &pattern(2, 1, 4096), true).unwrap(); // container 1: flash only
+    let cdir = flash(dir.path())
+        .join("vols")
+        .join(format!("{:016x}", v.id()))
+        .join("containers");
+    for seq in [0u64, 1] {
+        let p = cdir.join(format!("{seq:016x}.sco"));
+        let mut d = std::fs::read(&p).unwrap();
+        d[4096 + 100] ^= 0xff; // slot 0
+        std::fs::write(&p, d).unwrap();
+    }
+    let mut buf = vec![0u8; 4096];
+    // Shipped: the bad local copy is detected and the backend copy served.
+    v.read(0, &mut buf).unwrap();
+    assert_eq!(buf, pattern(1, 0, 4096));
+    // Not shipped: a MEDIUM ERROR-class integrity error, never wrong data.
+    match v.read(1, &mut buf) {
+        Err(BlockError::Integrity { lba, .. }) => assert_eq!(lba, 1),
+        other => panic!("expected an integrity error, got {other:?}"),
+    }
+    pool.shutdown().unwrap();
+}
