@@ -114,6 +114,7 @@ struct OpenContainer {
 }
 
 struct OpenTlog {
+    opened: Instant,
     seq: u64,
     generation: u32,
     file: Arc<File>,
@@ -859,6 +860,7 @@ impl Volume {
         w.next_tlog += 1;
         w.dir_dirty = true;
         w.tlog = Some(OpenTlog {
+            opened: Instant::now(),
             seq,
             generation: w.generation,
             file: Arc::new(file),
@@ -1225,10 +1227,15 @@ impl Volume {
         let (dirty, old_container) = {
             let w = self.writer.lock();
             let dirty = !w.pending.is_empty() || !w.unsynced.is_empty();
+            // A tlog with only unmap records has no container but must
+            // ship on the same schedule.
             let old = w
                 .container
                 .as_ref()
-                .is_some_and(|c| c.next_slot > 0 && c.opened.elapsed() >= cfg.ship_interval);
+                .is_some_and(|c| c.next_slot > 0 && c.opened.elapsed() >= cfg.ship_interval)
+                || w.tlog.as_ref().is_some_and(|t| {
+                    (t.on_file > 0 || !t.buf.is_empty()) && t.opened.elapsed() >= cfg.ship_interval
+                });
             (dirty, old)
         };
         if dirty && self.last_sync.lock().elapsed() >= cfg.sync_interval {

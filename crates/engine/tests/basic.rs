@@ -552,3 +552,38 @@ fn corrupt_local_container_falls_back_or_reports_integrity() {
     }
     pool.shutdown().unwrap();
 }
+
+#[test]
+fn ship_interval_bounds_the_recovery_point() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.ship_interval = Duration::from_millis(200);
+    {
+        let pool = open(&cfg, &rt);
+        let v = pool.create_volume("rp", 1 << 20, 4096).unwrap();
+        v.write(3, &pattern(3, 3, 4096), false).unwrap();
+        v.write(4, &pattern(4, 4, 4096), false).unwrap();
+        v.sync_to_backend().unwrap();
+        v.write(5, &pattern(5, 5, 4096), false).unwrap();
+        let t0 = std::time::Instant::now();
+        while v.stats().unshipped_bytes > 0 || v.stats().segments_waiting > 0 {
+            assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", v.stats());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        v.unmap(4, 1).unwrap(); // a tlog with only an unmap record
+        std::thread::sleep(Duration::from_millis(900));
+        pool.abandon();
+    }
+    std::fs::remove_dir_all(flash(dir.path())).unwrap();
+    let pool = open(&cfg, &rt);
+    let v = pool.open_volume("rp").unwrap();
+    let mut buf = vec![0u8; 4096];
+    v.read(3, &mut buf).unwrap();
+    assert_eq!(buf, pattern(3, 3, 4096));
+    v.read(4, &mut buf).unwrap();
+    assert!(buf.iter().all(|b| *b == 0), "the shipped unmap is kept");
+    v.read(5, &mut buf).unwrap();
+    assert_eq!(buf, pattern(5, 5, 4096));
+    pool.shutdown().unwrap();
+}
