@@ -510,7 +510,10 @@ fn concurrent_writers_share_group_commits() {
         t.join().unwrap();
     }
     let st = v.stats();
-    eprintln!("group commit: 400 FUA writes from 4 threads took {} syncs", st.syncs);
+    eprintln!(
+        "group commit: 400 FUA writes from 4 threads took {} syncs",
+        st.syncs
+    );
     assert!(st.syncs <= 400, "{st:?}");
     let mut buf = vec![0u8; 4096];
     for t in 0..4u64 {
