@@ -7,7 +7,8 @@
 #   benches/compare-tgt.sh [--runtime SECONDS] [--repeat N] [--size SIZE] [--smoke] [--out DIR]
 #
 # --smoke: 2-second jobs, one repeat, 64 MiB LUNs (CI runs this so the script
-# cannot rot; its numbers mean nothing).
+# cannot rot; its numbers mean nothing). DEPOT_BIN=path uses that binary
+# instead of building a release one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -33,9 +34,13 @@ if ! "$FIO" --enghelp 2>/dev/null | grep -qw libiscsi || ! command -v tgtd >/dev
   bash scripts/install-deps.sh
 fi
 
-echo "building depot (release)" >&2
-cargo build --release -p depot --quiet
-DEPOT=${CARGO_TARGET_DIR:-$ROOT/target}/release/depot
+if [ -n "${DEPOT_BIN:-}" ]; then
+  DEPOT=$DEPOT_BIN
+else
+  echo "building depot (release)" >&2
+  cargo build --release -p depot --quiet
+  DEPOT=${CARGO_TARGET_DIR:-$ROOT/target}/release/depot
+fi
 
 TGT_PORT=3262
 TGT_CTRL=7

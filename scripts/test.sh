@@ -8,4 +8,14 @@ cd "$(dirname "$0")/.."
 if [ -z "${DEPOT_TEST_MOTO:-}" ] && [ -x "${XDG_CACHE_HOME:-$HOME/.cache}/depot-tools/moto/bin/moto_server" ]; then
   export DEPOT_TEST_MOTO="${XDG_CACHE_HOME:-$HOME/.cache}/depot-tools/moto/bin/moto_server"
 fi
-exec cargo test --workspace --locked "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary (the last cargo summary is an empty
+# doc-test run, which says nothing about the suite).
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "summary: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+exit "$rc"
