@@ -895,6 +895,9 @@ impl Volume {
             .map_err(|e| EngineError::io("writing a container header", e))?;
         w.next_container += 1;
         w.dir_dirty = true;
+        // Segment sizes count the header; so does the write-buffer gauge.
+        self.unshipped
+            .fetch_add(CLUSTER_SIZE_U64, Ordering::Relaxed);
         let file = Arc::new(file);
         self.files.lock().insert(seq, file.clone());
         if let Some(t) = w.tlog.as_mut() {
