@@ -85,6 +85,24 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Admin-heavy mix: few I/Os, many snapshots, clones, rollbacks, deletes,
+/// restarts and scrubs.
+fn admin_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (any::<u8>(), 0..BLOCKS - 8, any::<u32>())
+            .prop_map(|(vol, lba, seed)| Op::Write { vol, lba, n: 8, seed, fua: false }),
+        1 => (any::<u8>(), 0..BLOCKS - 8).prop_map(|(vol, lba)| Op::Unmap { vol, lba, n: 8 }),
+        3 => any::<u8>().prop_map(|vol| Op::Snapshot { vol }),
+        2 => (any::<u8>(), any::<u8>()).prop_map(|(vol, snap)| Op::DeleteSnapshot { vol, snap }),
+        2 => (any::<u8>(), any::<u8>()).prop_map(|(vol, snap)| Op::Rollback { vol, snap }),
+        3 => (any::<u8>(), any::<u8>()).prop_map(|(vol, snap)| Op::Clone { vol, snap }),
+        1 => Just(Op::Restart),
+        1 => Just(Op::CrashAfterFlush),
+        2 => Just(Op::RestartFromBackend),
+        2 => Just(Op::Scrub),
+    ]
+}
+
 #[derive(Clone)]
 struct Image {
     data: Vec<u8>,
@@ -345,6 +363,20 @@ proptest! {
 
     #[test]
     fn engine_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
+        run(ops)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases() / 2,
+        max_shrink_iters: 200,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn admin_heavy_sequences_match_model(ops in proptest::collection::vec(admin_op(), 1..40)) {
         run(ops)?;
     }
 }

@@ -59,7 +59,10 @@ fn start_moto(bin: &str) -> (Moto, u16) {
 #[test]
 fn s3_backend_against_moto() {
     let Ok(bin) = std::env::var("DEPOT_TEST_MOTO") else {
-        eprintln!(
+        // Written straight to stderr: libtest captures eprintln! output of
+        // passing tests, and this message must not be swallowed.
+        let _ = writeln!(
+            std::io::stderr(),
             "\n\n********************************************************************\n\
              *** SKIPPED s3_backend_against_moto: DEPOT_TEST_MOTO is not set.   ***\n\
              *** Install moto (python3 -m venv V && V/bin/pip install           ***\n\
