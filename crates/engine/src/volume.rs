@@ -350,7 +350,9 @@ impl Volume {
                 shipped_local_bytes: 0,
             }),
             meta: Mutex::new(meta),
-            meta_dirty: AtomicBool::new(false),
+            // The previous incarnation may have died between a metadata
+            // change and its upload: always re-upload once after opening.
+            meta_dirty: AtomicBool::new(true),
             memtable: RwLock::new(BTreeMap::new()),
             commit: Mutex::new(CommitState::default()),
             commit_cv: Condvar::new(),
