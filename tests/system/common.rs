@@ -297,3 +297,19 @@ pub fn engine_vm_config(vm: &str, size: &str) -> String {
         "[[vm]]\nname = \"{vm}\"\n[[vm.disk]]\nname = \"disk0\"\nsize = \"{size}\"\nkind = \"engine\"\n"
     )
 }
+
+/// Runs `qemu-io` on a raw `url` with each of `cmds` as a `-c` command;
+/// panics with the output if it fails. Returns stdout and stderr.
+pub fn qemu_io<S: AsRef<str>>(url: &str, cmds: &[S]) -> String {
+    let mut c = Command::new(peer("qemu-io"));
+    c.arg("-f").arg("raw");
+    for cmd in cmds {
+        c.arg("-c").arg(cmd.as_ref());
+    }
+    c.arg(url);
+    let out = run_timeout(&mut c, Duration::from_secs(120));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "qemu-io failed: {text}");
+    text
+}

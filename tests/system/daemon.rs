@@ -9,7 +9,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{Depot, pattern, peer, run_timeout};
+use crate::common::{self, Depot, pattern, peer, run_timeout};
 
 const IMAGE: usize = 64 << 20;
 
@@ -27,18 +27,8 @@ fn qemu_img(args: &[&str]) {
 }
 
 fn qemu_io(url: &str, cmd: &str) {
-    let out = run_timeout(
-        Command::new(peer("qemu-io"))
-            .args(["-f", "raw", "-c", cmd])
-            .arg(url),
-        Duration::from_secs(120),
-    );
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && !text.contains("failed"),
-        "qemu-io {cmd}: {text}"
-    );
+    let text = common::qemu_io(url, &[cmd]);
+    assert!(!text.contains("failed"), "qemu-io {cmd}: {text}");
 }
 
 /// Reads the first `len` bytes of a LUN back through qemu-img.

@@ -4,21 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{Depot, peer, run_timeout, vm_config};
-
-fn qemu_io(url: &str, cmds: &[&str]) -> String {
-    let mut c = Command::new(peer("qemu-io"));
-    c.arg("-f").arg("raw");
-    for cmd in cmds {
-        c.arg("-c").arg(cmd);
-    }
-    c.arg(url);
-    let out = run_timeout(&mut c, Duration::from_secs(120));
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "qemu-io: {text}");
-    text
-}
+use crate::common::{Depot, peer, qemu_io, run_timeout, vm_config};
 
 #[test]
 fn fua_and_synced_writes_survive_kill_9() {

@@ -6,21 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{Depot, engine_vm_config, pattern, peer, run_timeout, vm_config};
-
-fn qemu_io(url: &str, cmds: &[String]) -> String {
-    let mut c = Command::new(peer("qemu-io"));
-    c.arg("-f").arg("raw");
-    for cmd in cmds {
-        c.arg("-c").arg(cmd);
-    }
-    c.arg(url);
-    let out = run_timeout(&mut c, Duration::from_secs(120));
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "qemu-io failed: {text}");
-    text
-}
+use crate::common::{Depot, engine_vm_config, pattern, peer, qemu_io, run_timeout, vm_config};
 
 #[test]
 fn qemu_img_convert_round_trip_is_byte_identical() {
