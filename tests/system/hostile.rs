@@ -1,6 +1,8 @@
 //! Hostile and malformed input over raw sockets, login failures, ACLs,
 //! SendTargets visibility and CHAP. Every case checks that the daemon answers
-//! as the protocol says and that other sessions keep working.
+//! as the protocol says and that other sessions keep working. The same raw
+//! initiator also checks the unit attentions a logged-in session sees when
+//! the admin adds or grows a vDisk.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -147,6 +149,39 @@ impl Raw {
         b[28..32].copy_from_slice(&self.exp_stat_sn.to_be_bytes());
         self.send(&b, payload);
         self.recv().expect("NOP-In")
+    }
+
+    /// Sends a SCSI command without data to `lun` and returns its SCSI
+    /// Response (Data-In PDUs are skipped): (status, sense key, ASC, ASCQ).
+    fn scsi(&mut self, lun: u8, cdb: &[u8], edtl: u32) -> (u8, u8, u8, u8) {
+        let mut b = [0u8; 48];
+        b[0] = 0x01;
+        b[1] = 0x80 | if edtl > 0 { 0x40 } else { 0 } | 1;
+        b[9] = lun;
+        b[16..20].copy_from_slice(&(0x100 + self.cmd_sn).to_be_bytes());
+        b[20..24].copy_from_slice(&edtl.to_be_bytes());
+        b[24..28].copy_from_slice(&self.cmd_sn.to_be_bytes());
+        b[28..32].copy_from_slice(&self.exp_stat_sn.to_be_bytes());
+        b[32..32 + cdb.len()].copy_from_slice(cdb);
+        self.cmd_sn += 1;
+        self.send(&b, &[]);
+        loop {
+            let rx = self.recv().expect("SCSI response");
+            match rx.opcode() {
+                0x25 if rx.bhs[1] & 0x01 != 0 => return (rx.bhs[3], 0, 0, 0),
+                0x25 => continue,
+                0x21 => {
+                    let sense = rx.data.get(2..).unwrap_or_default();
+                    let (key, asc, ascq) = if sense.len() >= 14 {
+                        (sense[2] & 0x0f, sense[12], sense[13])
+                    } else {
+                        (0, 0, 0)
+                    };
+                    return (rx.bhs[3], key, asc, ascq);
+                }
+                _ => continue,
+            }
+        }
     }
 
     fn send_targets(&mut self) -> Rx {
@@ -472,4 +507,39 @@ fn chap_and_mutual_chap() {
         Duration::from_secs(30),
     );
     assert!(!out.status.success(), "wrong CHAP secret must fail");
+}
+
+#[test]
+fn logged_in_session_sees_new_luns_and_growth_as_unit_attentions() {
+    let depot = Depot::start("");
+    depot.cli_ok(&["vm", "create", "uavm"]);
+    depot.cli_ok(&[
+        "vdisk", "create", "ua0", "--vm", "uavm", "--size", "16M", "--kind", "raw",
+    ]);
+    let (mut s, rx) = Raw::login(
+        depot.portal,
+        "iqn.2026-11.test:ua",
+        Some("iqn.2026-11.io.depot:uavm"),
+    );
+    assert_eq!(rx.status(), (0, 0));
+    let tur = [0u8; 6];
+    assert_eq!(s.scsi(0, &tur, 0).0, 0, "TEST UNIT READY before any change");
+
+    // A second vDisk lands on LUN 1: REPORTED LUNS DATA HAS CHANGED (3F/0E).
+    depot.cli_ok(&[
+        "vdisk", "create", "ua1", "--vm", "uavm", "--size", "16M", "--kind", "raw",
+    ]);
+    assert_eq!(s.scsi(0, &tur, 0), (0x02, 0x06, 0x3f, 0x0e));
+    assert_eq!(
+        s.scsi(0, &tur, 0).0,
+        0,
+        "the unit attention is reported once"
+    );
+    let report_luns = [0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0];
+    assert_eq!(s.scsi(0, &report_luns, 64).0, 0);
+
+    // Growing LUN 0: CAPACITY DATA HAS CHANGED (2A/09) on that LUN.
+    depot.cli_ok(&["vdisk", "resize", "ua0", "32M"]);
+    assert_eq!(s.scsi(0, &tur, 0), (0x02, 0x06, 0x2a, 0x09));
+    assert_eq!(s.scsi(0, &tur, 0).0, 0);
 }
