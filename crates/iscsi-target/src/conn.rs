@@ -49,6 +49,8 @@ use crate::{PORTAL_GROUP_TAG, PortalConfig, SessionInfo, TargetEntry, TargetRegi
 const WRITE_BUDGET: u64 = 256 << 20;
 /// Most text accumulated across continued Text Requests.
 const MAX_TEXT: usize = 64 * 1024;
+/// Most long text responses kept waiting for the initiator to fetch the rest.
+const MAX_TEXT_CONTINUATIONS: usize = 16;
 
 /// Sense key ABORTED COMMAND.
 const ABORTED_COMMAND: u8 = 0x0b;
@@ -493,6 +495,11 @@ impl Session {
         }
         if !immediate && sn != self.exp_cmd_sn && self.pending.contains_key(&sn) {
             tracing::debug!(sn, "duplicate CmdSN: dropped");
+            return Ok(());
+        }
+        if immediate && is_scsi && self.tasks.len() >= 2 * self.config.queue_depth as usize {
+            // Immediate commands bypass the CmdSN window; bound them here.
+            self.send_reject(reject::IMMEDIATE_REJECT, &pdu.bhs);
             return Ok(());
         }
         let entry = if is_scsi {
@@ -1144,6 +1151,10 @@ impl Session {
             let ttt = self.alloc_ttt();
             let head = data.slice(..max);
             let rest = data.slice(max..);
+            if self.text_cont.len() >= MAX_TEXT_CONTINUATIONS {
+                // Abandoned continuations: forget them rather than grow.
+                self.text_cont.clear();
+            }
             self.text_cont.insert(ttt, (itt, rest));
             self.writer
                 .send(encode::text_response(itt, ttt, lun, false, true, head));
