@@ -11,7 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::{BlockDevice, BlockError, BlockResult, Provisioning, blocks_in, check_range};
 
@@ -22,6 +22,8 @@ pub struct FileDevice {
     block_size: u32,
     num_blocks: AtomicU64,
     thin: bool,
+    /// Cleared once the file system refuses `RWF_NOWAIT` buffered writes.
+    write_nowait: AtomicBool,
 }
 
 impl FileDevice {
@@ -49,6 +51,7 @@ impl FileDevice {
             block_size,
             num_blocks: AtomicU64::new(len / u64::from(block_size)),
             thin: is_regular,
+            write_nowait: AtomicBool::new(true),
             file,
         };
         Ok(FileDevice {
@@ -118,6 +121,42 @@ impl FileDevice {
         }
     }
 
+    /// One `preadv2`/`pwritev2` with `RWF_NOWAIT`: fails with `EAGAIN`
+    /// instead of waiting for the disk (page-cache miss, writeback throttle).
+    fn rw_nowait(&self, rw: Rw<'_>, offset: u64) -> std::io::Result<usize> {
+        let Ok(off) = libc::off_t::try_from(offset) else {
+            return Err(std::io::Error::from_raw_os_error(libc::EOVERFLOW));
+        };
+        let fd = self.file.as_raw_fd();
+        // SAFETY: the iovec points into a live buffer borrowed for the whole
+        // call (mutably for reads), with its exact length; the descriptor is
+        // owned by `self.file`.
+        #[allow(unsafe_code)]
+        let rc = unsafe {
+            match rw {
+                Rw::Read(buf) => {
+                    let iov = libc::iovec {
+                        iov_base: buf.as_mut_ptr().cast(),
+                        iov_len: buf.len(),
+                    };
+                    libc::preadv2(fd, &iov, 1, off, libc::RWF_NOWAIT)
+                }
+                Rw::Write(data) => {
+                    let iov = libc::iovec {
+                        iov_base: data.as_ptr().cast_mut().cast(),
+                        iov_len: data.len(),
+                    };
+                    libc::pwritev2(fd, &iov, 1, off, libc::RWF_NOWAIT)
+                }
+            }
+        };
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc as usize)
+        }
+    }
+
     fn byte_range(&self, lba: u64, blocks: u64) -> BlockResult<u64> {
         check_range(self.num_blocks(), lba, blocks)?;
         Ok(lba * u64::from(self.block_size))
@@ -161,6 +200,51 @@ impl BlockDevice for FileDevice {
         Ok(())
     }
 
+    fn try_read_nowait(&self, lba: u64, buf: &mut [u8]) -> BlockResult<bool> {
+        let off = self.byte_range(lba, blocks_in(buf.len(), self.block_size)?)?;
+        let mut done = 0;
+        while done < buf.len() {
+            match self.rw_nowait(Rw::Read(&mut buf[done..]), off + done as u64) {
+                Ok(0) => {
+                    return Err(BlockError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+                Ok(n) => done += n,
+                Err(e) if would_block(&e) => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
+    }
+
+    fn try_write_nowait(&self, lba: u64, data: &[u8]) -> BlockResult<bool> {
+        if !self.write_nowait.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let off = self.byte_range(lba, blocks_in(data.len(), self.block_size)?)?;
+        let first = loop {
+            match self.rw_nowait(Rw::Write(data), off) {
+                Ok(n) => break n,
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    // This file system cannot do non-blocking buffered writes.
+                    self.write_nowait.store(false, Ordering::Relaxed);
+                    return Ok(false);
+                }
+                Err(e) if would_block(&e) => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(map_write_err(e)),
+            }
+        };
+        if first == 0 {
+            return Ok(false);
+        }
+        // Part of it went in: finish the rest the ordinary way (rare).
+        self.file
+            .write_all_at(&data[first..], off + first as u64)
+            .map_err(map_write_err)?;
+        Ok(true)
+    }
+
     fn thin_provisioned(&self) -> bool {
         self.thin
     }
@@ -202,6 +286,16 @@ impl BlockDevice for FileDevice {
     }
 }
 
+/// One side of a positioned `RWF_NOWAIT` transfer.
+enum Rw<'a> {
+    Read(&'a mut [u8]),
+    Write(&'a [u8]),
+}
+
+fn would_block(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
+}
+
 fn map_write_err(e: std::io::Error) -> BlockError {
     if e.raw_os_error() == Some(libc::ENOSPC) {
         BlockError::NoSpace(e.to_string())
@@ -239,6 +333,18 @@ mod tests {
                 (Provisioning::Deallocated, 8)
             );
         }
+        // The page cache holds what was just written: the non-blocking
+        // paths either complete with the same bytes or decline.
+        d.write(16, &[0x5au8; 4096], false).unwrap();
+        let mut hot = vec![0u8; 4096];
+        if d.try_read_nowait(16, &mut hot).unwrap() {
+            assert!(hot.iter().all(|b| *b == 0x5a));
+        }
+        if d.try_write_nowait(24, &[0x77u8; 1024]).unwrap() {
+            d.read(24, &mut back[..1024]).unwrap();
+            assert!(back[..1024].iter().all(|b| *b == 0x77));
+        }
+        assert!(d.try_read_nowait(2047, &mut [0u8; 1024]).is_err());
         d.grow(2 << 20).unwrap();
         assert_eq!(d.num_blocks(), 4096);
         drop(d);

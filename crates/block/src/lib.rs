@@ -99,6 +99,24 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// Makes every write that completed before this call durable.
     fn flush(&self) -> BlockResult<()>;
 
+    /// Like [`read`](Self::read), but only if it can finish without waiting
+    /// for a disk or the network: the data is in memory or the page cache.
+    /// `Ok(false)` means it would have waited; `buf` may then hold anything
+    /// and the caller repeats the read with `read` on a thread that may
+    /// block. Lets a transport complete hot reads on the thread that received
+    /// them. The default never completes.
+    fn try_read_nowait(&self, _lba: u64, _buf: &mut [u8]) -> BlockResult<bool> {
+        Ok(false)
+    }
+
+    /// Like a non-FUA [`write`](Self::write), but only if it can finish
+    /// without waiting for a disk, the network or a throttle. `Ok(false)`
+    /// means nothing was written and the caller repeats the write with
+    /// `write` on a thread that may block. The default never completes.
+    fn try_write_nowait(&self, _lba: u64, _data: &[u8]) -> BlockResult<bool> {
+        Ok(false)
+    }
+
     /// Whether the device is thin-provisioned: `unmap` releases space and
     /// `provisioning` answers truthfully.
     fn thin_provisioned(&self) -> bool {

@@ -72,6 +72,14 @@ impl BlockDevice for MemDevice {
         Ok(())
     }
 
+    fn try_read_nowait(&self, lba: u64, buf: &mut [u8]) -> BlockResult<bool> {
+        self.read(lba, buf).map(|()| true)
+    }
+
+    fn try_write_nowait(&self, lba: u64, data: &[u8]) -> BlockResult<bool> {
+        self.write(lba, data, false).map(|()| true)
+    }
+
     fn flush(&self) -> BlockResult<()> {
         Ok(())
     }
