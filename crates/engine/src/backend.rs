@@ -12,8 +12,16 @@
 //! `vol/<id>/ckpt/<seq>`; ids and seqs are 16 lower-case hex digits.
 //! Data objects are write-once; only manifests and catalog entries are
 //! overwritten.
+//!
+//! Local-directory shortcut: [`Backend::put_link`] stores a sealed flash
+//! file as an object by hard-linking it into the backend directory (plus a
+//! directory fsync) instead of copying it through `object_store`. This is
+//! only sound because the engine never writes a container file again once it
+//! is sealed (see `volume.rs`); the object and the flash copy are then one
+//! immutable inode, and unlinking either name leaves the other intact.
 
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -160,10 +168,55 @@ pub struct BackendCounters {
     pub errors: AtomicU64,
 }
 
+/// Whether `key` is made only of characters object_store's local file
+/// system stores verbatim (so the object's file name is predictable).
+fn plain_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.split('/').all(|seg| {
+            !seg.is_empty()
+                && !seg.starts_with('.')
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        })
+}
+
+/// Hard-links `src` to `dest` and makes the new directory entry durable.
+/// An existing `dest` that already is the same inode (a re-ship after a
+/// crash) counts as linked. False on any failure.
+fn link_durably(src: &Path, dest: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(dir) = dest.parent() else {
+        return false;
+    };
+    if std::fs::create_dir_all(dir).is_err() {
+        return false;
+    }
+    match std::fs::hard_link(src, dest) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let same = match (std::fs::metadata(src), std::fs::metadata(dest)) {
+                (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+                _ => false,
+            };
+            if !same {
+                return false;
+            }
+        }
+        Err(_) => return false,
+    }
+    // The object's directory, and its parent in case it was just created.
+    let fsync = |d: &Path| std::fs::File::open(d).and_then(|f| f.sync_all()).is_ok();
+    fsync(dir) && dir.parent().is_none_or(fsync)
+}
+
 /// Blocking, retrying facade over the vPool's object store.
 pub struct Backend {
     store: Arc<dyn ObjectStore>,
     prefix: String,
+    /// `<backend dir>/<prefix>` for a local-directory backend whose keys
+    /// map one-to-one onto file names there (hard-link shipping).
+    local_root: Option<PathBuf>,
     rt: Handle,
     retry: RetryPolicy,
     /// Fault injection knobs.
@@ -256,9 +309,17 @@ impl Backend {
                 Arc::new(b.build().map_err(|e| EngineError::Backend(e.to_string()))?)
             }
         };
+        // object_store's local file system maps a key's path segments to
+        // directories and file names, escaping unusual characters; only
+        // link when the prefix needs no escaping (keys never do).
+        let local_root = match cfg {
+            BackendConfig::Local { path } if plain_key(pool) => Some(path.join(pool)),
+            _ => None,
+        };
         Ok(Backend {
             store,
             prefix: pool.to_string(),
+            local_root,
             rt,
             retry,
             faults: Arc::new(FaultInjector::default()),
@@ -327,6 +388,30 @@ impl Backend {
         self.counters.puts.fetch_add(1, Ordering::Relaxed);
         self.counters.put_bytes.fetch_add(len, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Stores the file at `src` as object `key` by hard-linking it into a
+    /// local-directory backend, then fsyncs the directory entry. The caller
+    /// guarantees `src` is durable and never modified again. Returns
+    /// `Ok(false)` (nothing stored; copy with [`Backend::put`] instead) for
+    /// other backends and when the link cannot be made (another file
+    /// system, no permission, an existing different file). Fault injection
+    /// and `forever` apply as for `put`.
+    pub fn put_link(&self, key: &str, src: &Path, forever: bool) -> EngineResult<bool> {
+        let Some(root) = &self.local_root else {
+            return Ok(false);
+        };
+        if !plain_key(key) {
+            return Ok(false);
+        }
+        let dest = root.join(key);
+        let linked = self.with_retry("put", key, forever, || Ok(link_durably(src, &dest)))?;
+        if linked {
+            let len = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
+            self.counters.puts.fetch_add(1, Ordering::Relaxed);
+            self.counters.put_bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        Ok(linked)
     }
 
     /// Fetches a whole object.

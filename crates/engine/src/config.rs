@@ -88,6 +88,12 @@ pub struct VPoolConfig {
     pub scrub_live_ratio: f64,
     /// Backend retry policy.
     pub retry: RetryPolicy,
+    /// With a local-directory backend, ship sealed containers as hard links
+    /// into the backend directory (falling back to a copy when linking
+    /// fails, e.g. across file systems). The flash copy and the object are
+    /// then one file: cheap to ship, but not a second copy of the bytes.
+    /// Default true.
+    pub ship_by_link: bool,
 }
 
 impl VPoolConfig {
@@ -105,6 +111,7 @@ impl VPoolConfig {
             sync_interval: Duration::from_secs(1),
             scrub_live_ratio: 0.5,
             retry: RetryPolicy::default(),
+            ship_by_link: true,
         }
     }
 

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use rocksdb::{DB, Options, WriteBatch, WriteOptions};
+use rocksdb::{DB, Options, ReadOptions, WriteBatch, WriteOptions};
 
 use crate::error::{EngineError, EngineResult};
 use crate::format::{Mapping, keys};
@@ -66,6 +66,40 @@ impl Index {
             }
             _ => Ok(None),
         }
+    }
+
+    /// For each cluster in `[from, from + n)`, the newest entry with
+    /// generation ≤ `generation` (one range scan instead of `n` seeks).
+    pub fn lookup_range(
+        &self,
+        vol: u64,
+        from: u64,
+        n: usize,
+        generation: u32,
+    ) -> EngineResult<Vec<Option<(u32, Mapping)>>> {
+        let mut out = vec![None; n];
+        let to = from.saturating_add(n as u64);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(keys::index(vol, to, 0).to_vec());
+        let mut it = self.db.raw_iterator_opt(ro);
+        it.seek(keys::index(vol, from, 0));
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            match keys::parse_index(k) {
+                Some((kv, c, g)) if kv == vol && c >= from && c < to => {
+                    if g <= generation {
+                        // Keys ascend by generation: the last one wins.
+                        out[(c - from) as usize] = Some((g, Mapping::decode_value(v)?));
+                    }
+                }
+                _ => break,
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
     }
 
     /// Writes entries and the replay marker atomically (not synced: the

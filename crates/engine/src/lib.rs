@@ -10,6 +10,7 @@
 //! - [`index`]: the RocksDB index and metadata keys.
 //! - [`backend`]: blocking, retrying object-store facade + fault injection.
 //! - [`cache`]: the content-addressed flash read cache.
+//! - `icache`: a volume's chunked in-memory cache of index lookups.
 //! - [`volume`]: one vDisk — write/read paths, group commit, snapshots,
 //!   rollback, shipping, replay.
 //! - [`pool`]: the vPool — catalog, clones, workers, stats.
@@ -25,6 +26,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod format;
+mod icache;
 pub mod index;
 pub mod meta;
 pub mod pool;

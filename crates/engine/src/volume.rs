@@ -45,6 +45,7 @@ use crate::format::{
     TLOG_HEADER_SIZE, TLOG_RECORD_SIZE, TLOG_VERSION, TlogHeader, TlogRecord, content_hash,
     slot_offset,
 };
+use crate::icache::{CHUNK_CLUSTERS, Chunk, IndexCache, Slot};
 use crate::index::{Entry, Index};
 use crate::meta::{SnapshotMeta, TlogRef, VolumeMeta};
 use crate::pool::Shared;
@@ -179,36 +180,6 @@ struct CommitState {
 
 type MemTable = BTreeMap<(u64, u32), (u64, Mapping)>;
 
-/// Entries kept in a volume's index-lookup cache before it is emptied.
-const ICACHE_MAX: usize = 1 << 16;
-
-/// Cache of committed index lookups: cluster → [(query gen, result)].
-/// Consulted after the memtable and before RocksDB, so hot reads skip the
-/// RocksDB seek. Invariants: a commit removes the clusters it wrote and
-/// bumps `epoch`; rollback, snapshot compaction and scrub relocation clear
-/// it; a reader inserts only if `epoch` did not move since it started its
-/// RocksDB lookup, so a lookup racing a commit never caches a stale value.
-#[derive(Default)]
-struct IndexCache {
-    map: HashMap<u64, Vec<(u32, Option<Mapping>)>>,
-    epoch: u64,
-}
-
-impl IndexCache {
-    fn get(&self, cluster: u64, generation: u32) -> Option<Option<Mapping>> {
-        self.map
-            .get(&cluster)?
-            .iter()
-            .find(|(g, _)| *g == generation)
-            .map(|(_, m)| *m)
-    }
-
-    fn clear(&mut self) {
-        self.map.clear();
-        self.epoch += 1;
-    }
-}
-
 /// A vDisk. Implements [`BlockDevice`]; clone and snapshot management is on
 /// the inherent methods.
 pub struct Volume {
@@ -295,6 +266,52 @@ fn list_seqs(dir: &Path, ext: &str) -> EngineResult<Vec<u64>> {
 struct Resolved<'a> {
     owner: &'a Volume,
     loc: Location,
+}
+
+/// (crc32c, xxh3-128) of each whole cluster of `data`.
+fn cluster_sums(data: &[u8]) -> Vec<(u32, u128)> {
+    data.chunks_exact(CLUSTER_SIZE)
+        .map(|c| (crc32c::crc32c(c), content_hash(c)))
+        .collect()
+}
+
+/// Whether a location is stored as version 1 writes it (a whole, plain
+/// cluster); only those are read directly from container files.
+fn plain(loc: &Location) -> bool {
+    loc.len as usize == CLUSTER_SIZE && loc.flags == 0
+}
+
+/// Fills `out` from `file` at `offset` only if every page is in the page
+/// cache (`preadv2` with `RWF_NOWAIT`). False on a page-cache miss, a short
+/// file or any error: the caller falls back to the blocking path.
+fn pread_nowait(file: &File, out: &mut [u8], offset: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut done = 0usize;
+    while done < out.len() {
+        let Some(off) = offset
+            .checked_add(done as u64)
+            .and_then(|o| libc::off_t::try_from(o).ok())
+        else {
+            return false;
+        };
+        let rest = &mut out[done..];
+        let iov = libc::iovec {
+            iov_base: rest.as_mut_ptr().cast(),
+            iov_len: rest.len(),
+        };
+        // SAFETY: `iov` points into `rest`, a live buffer mutably borrowed
+        // for the whole call, with its exact length; the descriptor belongs
+        // to `file`, which is borrowed (so open) for the call.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+        match rc {
+            n if n > 0 => done += n as usize,
+            0 => return false,
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 impl Volume {
@@ -602,27 +619,113 @@ impl Volume {
                 return Ok(Some(*mapping));
             }
         }
-        let epoch = {
-            let c = self.icache.lock();
-            if let Some(hit) = c.get(cluster, generation) {
-                return Ok(hit);
-            }
-            c.epoch
-        };
-        let found = self
-            .shared
-            .index
-            .lookup(self.id, cluster, generation)?
-            .map(|(_, m)| m);
-        let mut c = self.icache.lock();
-        if c.epoch == epoch {
-            if c.map.len() >= ICACHE_MAX {
-                c.clear();
-                return Ok(found);
-            }
-            c.map.entry(cluster).or_default().push((generation, found));
+        if let Some(hit) = self.icache.lock().get(cluster, generation) {
+            return Ok(hit.map(|(_, m)| m));
         }
-        Ok(found)
+        let chunk = cluster / CHUNK_CLUSTERS;
+        let slots = self.fill_chunk(chunk, generation, false)?;
+        let idx = (cluster % CHUNK_CLUSTERS) as usize;
+        Ok(slots
+            .and_then(|s| s.get(idx).copied().flatten())
+            .map(|(_, m)| m))
+    }
+
+    /// Loads one chunk of committed lookups from RocksDB into the index
+    /// cache and returns it. Holds `index_lock` across the scan so a
+    /// concurrent commit either is in the scan or updates the inserted
+    /// chunk afterwards (see `crate::icache`). With `nowait` it returns
+    /// `Ok(None)` instead: a RocksDB read may touch the disk, and the
+    /// pinned rust-rocksdb (0.21) does not export `ReadTier`, so a
+    /// block-cache-only read cannot be asked for.
+    fn fill_chunk(
+        &self,
+        chunk: u64,
+        generation: u32,
+        nowait: bool,
+    ) -> EngineResult<Option<Vec<Slot>>> {
+        if nowait {
+            return Ok(None);
+        }
+        let _g = self.index_lock.lock();
+        let epoch = self.icache.lock().epoch();
+        let slots = self.shared.index.lookup_range(
+            self.id,
+            chunk * CHUNK_CLUSTERS,
+            CHUNK_CLUSTERS as usize,
+            generation,
+        )?;
+        self.icache
+            .lock()
+            .insert(chunk, Chunk::new(generation, slots.clone()), epoch);
+        Ok(Some(slots))
+    }
+
+    /// Own mappings (memtable, then index cache, then RocksDB) of the `n`
+    /// clusters from `first` at `generation`; `None` in the result means no
+    /// entry (look at the parent). `Ok(None)` only with `nowait`: answering
+    /// would have waited.
+    fn lookup_run(
+        &self,
+        first: u64,
+        n: usize,
+        generation: u32,
+        nowait: bool,
+    ) -> EngineResult<Option<Vec<Option<Mapping>>>> {
+        // Outer `None`: not answered yet.
+        let mut out: Vec<Option<Option<Mapping>>> = vec![None; n];
+        let end = first + n as u64;
+        {
+            let m = if nowait {
+                match self.memtable.try_read() {
+                    Some(m) => m,
+                    None => return Ok(None),
+                }
+            } else {
+                self.memtable.read()
+            };
+            if !m.is_empty() {
+                for (&(c, g), (_, mapping)) in m.range((first, 0)..(end, 0)) {
+                    if g <= generation {
+                        // Ascending generations: the newest ≤ `generation` wins.
+                        out[(c - first) as usize] = Some(Some(*mapping));
+                    }
+                }
+            }
+        }
+        let mut c = first;
+        while c < end {
+            let chunk = c / CHUNK_CLUSTERS;
+            let chunk_end = ((chunk + 1) * CHUNK_CLUSTERS).min(end);
+            let part = &mut out[(c - first) as usize..(chunk_end - first) as usize];
+            if part.iter().any(Option::is_none) {
+                let cached = {
+                    let ic = self.icache.lock();
+                    if ic.has_chunk(chunk, generation) {
+                        for (i, o) in part.iter_mut().enumerate() {
+                            if o.is_none() {
+                                *o = Some(ic.get(c + i as u64, generation).flatten().map(|s| s.1));
+                            }
+                        }
+                        true
+                    } else {
+                        false
+                    }
+                };
+                if !cached {
+                    let Some(slots) = self.fill_chunk(chunk, generation, nowait)? else {
+                        return Ok(None);
+                    };
+                    let base = (c - chunk * CHUNK_CLUSTERS) as usize;
+                    for (i, o) in part.iter_mut().enumerate() {
+                        if o.is_none() {
+                            *o = Some(slots.get(base + i).copied().flatten().map(|s| s.1));
+                        }
+                    }
+                }
+            }
+            c = chunk_end;
+        }
+        Ok(Some(out.into_iter().map(Option::flatten).collect()))
     }
 
     /// Empties the index-lookup cache (after bulk index rewrites).
@@ -648,6 +751,44 @@ impl Volume {
         }
     }
 
+    /// [`Volume::resolve`] for the `n` clusters from `first`, walking the
+    /// parent chain only for clusters this volume has no entry for.
+    /// `Ok(None)` only with `nowait`.
+    fn resolve_run(
+        &self,
+        first: u64,
+        n: usize,
+        nowait: bool,
+    ) -> EngineResult<Option<Vec<Option<Resolved<'_>>>>> {
+        let mut out: Vec<Option<Resolved<'_>>> = vec![None; n];
+        let mut pending: Vec<usize> = (0..n).collect();
+        let mut vol: &Volume = self;
+        let mut generation = self.head_gen.load(Ordering::Acquire);
+        while let (Some(&lo), Some(&hi)) = (pending.first(), pending.last()) {
+            let Some(maps) = vol.lookup_run(first + lo as u64, hi + 1 - lo, generation, nowait)?
+            else {
+                return Ok(None);
+            };
+            let mut next = Vec::new();
+            for &i in &pending {
+                match maps.get(i - lo).copied().flatten() {
+                    Some(Mapping::Data(loc)) => out[i] = Some(Resolved { owner: vol, loc }),
+                    Some(Mapping::Unmapped) => {}
+                    None => next.push(i),
+                }
+            }
+            match &vol.parent {
+                Some((p, pg)) if !next.is_empty() => {
+                    vol = p;
+                    generation = *pg;
+                    pending = next;
+                }
+                _ => break,
+            }
+        }
+        Ok(Some(out))
+    }
+
     fn container_file(&self, seq: u64) -> Option<Arc<File>> {
         if let Some(f) = self.files.lock().get(&seq) {
             return Some(f.clone());
@@ -665,7 +806,7 @@ impl Volume {
     /// checksum on every path.
     fn read_location(&self, loc: &Location, lba: u64, out: &mut [u8]) -> EngineResult<()> {
         let out = &mut out[..CLUSTER_SIZE];
-        if loc.len as usize != CLUSTER_SIZE || loc.flags != 0 {
+        if !plain(loc) {
             return Err(EngineError::Integrity {
                 what: format!("cluster in container {:016x}", loc.container),
                 detail: format!(
@@ -722,7 +863,7 @@ impl Volume {
     /// Reads the current contents of `cluster` into `out` (zeros if
     /// unmapped). Retries once if the location moved under it (scrub).
     fn read_cluster(&self, cluster: u64, out: &mut [u8]) -> EngineResult<()> {
-        let lba = cluster * CLUSTER_SIZE_U64 / u64::from(self.block_size);
+        let lba = self.cluster_lba(cluster);
         for attempt in 0..2 {
             match self.resolve(cluster)? {
                 None => {
@@ -742,71 +883,177 @@ impl Volume {
         })
     }
 
-    fn read_bytes(&self, off: u64, buf: &mut [u8]) -> EngineResult<()> {
-        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+    fn cluster_lba(&self, cluster: u64) -> u64 {
+        cluster * CLUSTER_SIZE_U64 / u64::from(self.block_size)
+    }
+
+    /// Reads one resolved cluster. Blocking: every tier, re-resolving once
+    /// if the location vanished (scrub). `nowait`: only from a local
+    /// container whose pages are cached; `Ok(false)` otherwise.
+    fn read_resolved(
+        &self,
+        cluster: u64,
+        r: Resolved<'_>,
+        out: &mut [u8],
+        nowait: bool,
+    ) -> EngineResult<bool> {
+        let out = &mut out[..CLUSTER_SIZE];
+        if nowait {
+            return Ok(plain(&r.loc)
+                && r.owner
+                    .read_local_nowait(r.loc.container, slot_offset(r.loc.slot), out)
+                && crc32c::crc32c(out) == r.loc.crc);
+        }
+        match r
+            .owner
+            .read_location(&r.loc, self.cluster_lba(cluster), out)
+        {
+            Err(EngineError::ObjectNotFound(_)) => self.read_cluster(cluster, out)?,
+            other => other?,
+        }
+        Ok(true)
+    }
+
+    /// `preadv2(RWF_NOWAIT)` of a whole span from a local container that is
+    /// already open: false if the file is not open here, any page is not
+    /// in the page cache, or anything else goes wrong (the blocking path
+    /// then handles it).
+    fn read_local_nowait(&self, container: u64, offset: u64, out: &mut [u8]) -> bool {
+        let Some(f) = self.files.lock().get(&container).cloned() else {
+            return false;
+        };
+        pread_nowait(&f, out, offset)
+    }
+
+    /// Reads `k` clusters that sit in consecutive slots of one container of
+    /// `owner` with one positioned read straight into `span`, then checks
+    /// each checksum; a cluster that fails (or a failed read) goes through
+    /// [`Volume::read_resolved`] (blocking) or declines (`nowait`).
+    fn read_run(
+        &self,
+        first: u64,
+        run: &[Option<Resolved<'_>>],
+        span: &mut [u8],
+        nowait: bool,
+    ) -> EngineResult<bool> {
+        let Some(Some(r0)) = run.first().copied() else {
+            return Ok(false);
+        };
+        let off = slot_offset(r0.loc.slot);
+        let ok = if nowait {
+            r0.owner.read_local_nowait(r0.loc.container, off, span)
+        } else {
+            r0.owner
+                .container_file(r0.loc.container)
+                .is_some_and(|f| f.read_exact_at(span, off).is_ok())
+        };
+        if !ok && nowait {
+            return Ok(false);
+        }
+        let mut local = 0u64;
+        for (i, (r, chunk)) in run
+            .iter()
+            .zip(span.chunks_exact_mut(CLUSTER_SIZE))
+            .enumerate()
+        {
+            let Some(r) = *r else {
+                return Ok(false);
+            };
+            if ok && crc32c::crc32c(chunk) == r.loc.crc {
+                local += 1;
+            } else if nowait || !self.read_resolved(first + i as u64, r, chunk, false)? {
+                return Ok(false);
+            }
+        }
+        r0.owner
+            .counters
+            .local_reads
+            .fetch_add(local, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Reads `buf.len()` bytes at byte offset `off`. Clusters are resolved
+    /// up to a chunk (256) at a time; runs of whole clusters in consecutive
+    /// slots of one container are read with one positioned read into `buf`.
+    /// With `nowait`, returns `Ok(false)` as soon as anything would wait
+    /// (`buf` then holds garbage).
+    fn read_span(&self, off: u64, buf: &mut [u8], nowait: bool) -> EngineResult<bool> {
         let len = buf.len() as u64;
         if len == 0 {
-            return Ok(());
+            return Ok(true);
         }
+        let end = off + len;
         let first = off / CLUSTER_SIZE_U64;
-        let last = (off + len - 1) / CLUSTER_SIZE_U64;
-        let mut tmp = [0u8; CLUSTER_SIZE];
+        let last = (end - 1) / CLUSTER_SIZE_U64;
         let mut c = first;
         while c <= last {
-            let cs = c * CLUSTER_SIZE_U64;
-            let lo = cs.max(off);
-            let hi = (cs + CLUSTER_SIZE_U64).min(off + len);
-            let (dlo, dhi) = ((lo - off) as usize, (hi - off) as usize);
-            if lo == cs && hi == cs + CLUSTER_SIZE_U64 {
-                // Whole cluster: try to coalesce a run from one local container.
-                if let Some(r) = self.resolve(c)?
-                    && let Some(f) = r.owner.container_file(r.loc.container)
-                {
-                    let mut run = vec![r.loc];
-                    let mut next = c + 1;
-                    while next <= last
-                        && (next + 1) * CLUSTER_SIZE_U64 <= off + len
-                        && run.len() < 256
-                    {
-                        match self.resolve(next)? {
-                            Some(n)
-                                if std::ptr::eq(n.owner, r.owner)
-                                    && n.loc.container == r.loc.container
-                                    && n.loc.slot == r.loc.slot + run.len() as u32 =>
-                            {
-                                run.push(n.loc);
-                                next += 1;
-                            }
-                            _ => break,
-                        }
+            let n = (last - c + 1).min(CHUNK_CLUSTERS) as usize;
+            let Some(res) = self.resolve_run(c, n, nowait)? else {
+                return Ok(false);
+            };
+            let mut i = 0;
+            while i < n {
+                let cl = c + i as u64;
+                let cs = cl * CLUSTER_SIZE_U64;
+                let lo = cs.max(off);
+                let hi = (cs + CLUSTER_SIZE_U64).min(end);
+                let (dlo, dhi) = ((lo - off) as usize, (hi - off) as usize);
+                let whole = lo == cs && hi == cs + CLUSTER_SIZE_U64;
+                match res[i] {
+                    None => {
+                        buf[dlo..dhi].fill(0);
+                        i += 1;
                     }
-                    let start = (cs - off) as usize;
-                    let span = &mut buf[start..start + run.len() * CLUSTER_SIZE];
-                    if f.read_exact_at(span, slot_offset(r.loc.slot)).is_ok() {
-                        for (i, l) in run.iter().enumerate() {
-                            let chunk = &mut span[i * CLUSTER_SIZE..(i + 1) * CLUSTER_SIZE];
-                            if crc32c::crc32c(chunk) != l.crc {
-                                let lba =
-                                    (c + i as u64) * CLUSTER_SIZE_U64 / u64::from(self.block_size);
-                                r.owner.read_location(l, lba, chunk)?;
+                    Some(r) if !whole => {
+                        let mut tmp = [0u8; CLUSTER_SIZE];
+                        if !self.read_resolved(cl, r, &mut tmp, nowait)? {
+                            return Ok(false);
+                        }
+                        let from = (lo - cs) as usize;
+                        buf[dlo..dhi].copy_from_slice(&tmp[from..from + (dhi - dlo)]);
+                        i += 1;
+                    }
+                    Some(r) => {
+                        let mut k = 1usize;
+                        while i + k < n && (cl + k as u64 + 1) * CLUSTER_SIZE_U64 <= end {
+                            match res[i + k] {
+                                Some(n2)
+                                    if std::ptr::eq(n2.owner, r.owner)
+                                        && plain(&n2.loc)
+                                        && n2.loc.container == r.loc.container
+                                        && u64::from(n2.loc.slot)
+                                            == u64::from(r.loc.slot) + k as u64 =>
+                                {
+                                    k += 1;
+                                }
+                                _ => break,
                             }
                         }
-                        self.counters
-                            .local_reads
-                            .fetch_add(run.len() as u64, Ordering::Relaxed);
-                        c += run.len() as u64;
-                        continue;
+                        let span = &mut buf[dlo..dlo + k * CLUSTER_SIZE];
+                        let done = if plain(&r.loc) {
+                            self.read_run(cl, &res[i..i + k], span, nowait)?
+                        } else {
+                            self.read_resolved(cl, r, span, nowait)?
+                        };
+                        if !done {
+                            return Ok(false);
+                        }
+                        i += k;
                     }
                 }
-                self.read_cluster(c, &mut buf[dlo..dhi])?;
-            } else {
-                self.read_cluster(c, &mut tmp)?;
-                let from = (lo - cs) as usize;
-                buf[dlo..dhi].copy_from_slice(&tmp[from..from + (dhi - dlo)]);
             }
-            c += 1;
+            c += n as u64;
         }
-        Ok(())
+        Ok(true)
+    }
+
+    fn read_bytes(&self, off: u64, buf: &mut [u8]) -> EngineResult<()> {
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        if self.read_span(off, buf, false)? {
+            Ok(())
+        } else {
+            Err(EngineError::Failed("blocking read declined".into()))
+        }
     }
 
     // ------------------------------------------------------------------ write
@@ -939,10 +1186,24 @@ impl Volume {
         Ok(())
     }
 
-    /// Appends whole clusters (contiguous bytes) starting at `cluster`.
-    fn append(&self, w: &mut Writer, mut cluster: u64, data: &[u8]) -> EngineResult<()> {
+    /// Appends whole clusters (contiguous bytes) starting at `cluster`;
+    /// `sums` holds each cluster's (crc32c, xxh3-128), computed by
+    /// [`cluster_sums`] before the writer lock was taken.
+    fn append(
+        &self,
+        w: &mut Writer,
+        mut cluster: u64,
+        data: &[u8],
+        sums: &[(u32, u128)],
+    ) -> EngineResult<()> {
+        if sums.len() * CLUSTER_SIZE != data.len() {
+            return Err(EngineError::Failed(
+                "cluster checksums do not match the data".into(),
+            ));
+        }
         let slots = self.shared.cfg.container_slots();
         let mut rest = data;
+        let mut sums = sums;
         while !rest.is_empty() {
             self.ensure_container(w)?;
             let generation = w.generation;
@@ -952,6 +1213,7 @@ impl Volume {
             let room = (slots - oc.next_slot) as usize;
             let k = room.min(rest.len() / CLUSTER_SIZE);
             let (now, later) = rest.split_at(k * CLUSTER_SIZE);
+            let (now_sums, later_sums) = sums.split_at(k);
             let first_slot = oc.next_slot;
             let cseq = oc.seq;
             let r = oc.file.write_all_at(now, slot_offset(first_slot));
@@ -965,14 +1227,14 @@ impl Volume {
             };
             let mut mem = self.memtable.write();
             let mut rec = [0u8; TLOG_RECORD_SIZE];
-            for (i, chunk) in now.chunks_exact(CLUSTER_SIZE).enumerate() {
+            for (i, &(crc, hash)) in now_sums.iter().enumerate() {
                 let loc = Location {
                     container: cseq,
                     slot: first_slot + i as u32,
                     len: CLUSTER_SIZE as u32,
                     flags: 0,
-                    crc: crc32c::crc32c(chunk),
-                    hash: content_hash(chunk),
+                    crc,
+                    hash,
                 };
                 let m = Mapping::Data(loc);
                 TlogRecord {
@@ -996,6 +1258,7 @@ impl Volume {
                 self.seal(w)?;
             }
             rest = later;
+            sums = later_sums;
         }
         Ok(())
     }
@@ -1054,22 +1317,35 @@ impl Volume {
             let n = ((off + len) - last * CLUSTER_SIZE_U64) as usize;
             tail[..n].copy_from_slice(&data[data.len() - n..]);
         }
+        // Checksums and content hashes are computed before the writer lock,
+        // so concurrent writers hash in parallel.
+        let mut c = first;
+        let mut pos = 0usize;
+        if head_partial {
+            c += 1;
+            pos = (CLUSTER_SIZE_U64 - off % CLUSTER_SIZE_U64) as usize;
+        }
+        let full_end = if tail_partial { last } else { last + 1 };
+        let full = if c < full_end {
+            let n = ((full_end - c) * CLUSTER_SIZE_U64) as usize;
+            &data[pos..pos + n]
+        } else {
+            &[][..]
+        };
+        let edge = |partial: bool, b: &[u8]| if partial { cluster_sums(b) } else { Vec::new() };
+        let head_sums = edge(head_partial, &head);
+        let full_sums = cluster_sums(full);
+        let tail_sums = edge(tail_partial, &tail);
         let seq = {
             let mut w = self.writer.lock();
-            let mut c = first;
-            let mut pos = 0usize;
             if head_partial {
-                self.append(&mut w, first, &head)?;
-                c += 1;
-                pos = (CLUSTER_SIZE_U64 - off % CLUSTER_SIZE_U64) as usize;
+                self.append(&mut w, first, &head, &head_sums)?;
             }
-            let full_end = if tail_partial { last } else { last + 1 };
-            if c < full_end {
-                let n = ((full_end - c) * CLUSTER_SIZE_U64) as usize;
-                self.append(&mut w, c, &data[pos..pos + n])?;
+            if !full.is_empty() {
+                self.append(&mut w, c, full, &full_sums)?;
             }
             if tail_partial {
-                self.append(&mut w, last, &tail)?;
+                self.append(&mut w, last, &tail, &tail_sums)?;
             }
             w.write_seq
         };
@@ -1120,17 +1396,13 @@ impl Volume {
             sync_dir(&self.dir.join("tlogs"))?;
         }
         {
+            // The index cache is updated under the same lock as the commit
+            // (see `crate::icache`).
             let _g = self.index_lock.lock();
             self.shared
                 .index
                 .commit(self.id, &work.entries, work.applied)?;
-        }
-        if !work.entries.is_empty() {
-            let mut c = self.icache.lock();
-            for (cl, _, _) in &work.entries {
-                c.map.remove(cl);
-            }
-            c.epoch += 1;
+            self.icache.lock().apply(&work.entries);
         }
         let mut mem = self.memtable.write();
         for (c, g, _) in &work.entries {
@@ -1308,6 +1580,14 @@ impl Volume {
         }
         let be = &self.shared.backend;
         for &c in &seg.containers {
+            // A sealed container is never written again (module docs), so a
+            // local-directory backend can take it as a hard link.
+            let key = backend::container_key(self.id, c);
+            if self.shared.cfg.ship_by_link
+                && be.put_link(&key, &self.container_path(c), forever)?
+            {
+                continue;
+            }
             let data = std::fs::read(self.container_path(c))
                 .map_err(|e| EngineError::io("reading a container to ship", e))?;
             be.put(
@@ -2036,6 +2316,31 @@ impl BlockDevice for Volume {
         self.check_ok()?;
         let (off, _) = self.byte_range(lba, buf.len())?;
         self.read_bytes(off, buf).map_err(BlockError::from)
+    }
+
+    /// Completes only if the index answers from memory (memtable, index
+    /// cache, or RocksDB's memtables and block cache) and every cluster is
+    /// unmapped or in a local container file already open here whose pages
+    /// are in the page cache. Declines (`Ok(false)`) on a backend or
+    /// read-cache tier, a page-cache miss, a checksum mismatch, a contended
+    /// lock or a closed/failed volume; the blocking `read` then handles it
+    /// (and reports any error).
+    fn try_read_nowait(&self, lba: u64, buf: &mut [u8]) -> BlockResult<bool> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        match self.failed.try_lock() {
+            Some(f) if f.is_none() => {}
+            _ => return Ok(false),
+        }
+        let (off, _) = self.byte_range(lba, buf.len())?;
+        match self.read_span(off, buf, true) {
+            Ok(true) => {
+                self.counters.reads.fetch_add(1, Ordering::Relaxed);
+                Ok(true)
+            }
+            Ok(false) | Err(_) => Ok(false),
+        }
     }
 
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> BlockResult<()> {

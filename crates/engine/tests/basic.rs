@@ -530,7 +530,11 @@ fn concurrent_writers_share_group_commits() {
 fn corrupt_local_container_falls_back_or_reports_integrity() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let pool = open(&config(dir.path()), &rt);
+    // Copies, not hard links: the backend must hold a second copy of the
+    // bytes for the fallback to exist.
+    let mut cfg = config(dir.path());
+    cfg.ship_by_link = false;
+    let pool = open(&cfg, &rt);
     let v = pool.create_volume("rot", 1 << 20, 4096).unwrap();
     v.write(0, &pattern(1, 0, 4096), true).unwrap();
     v.sync_to_backend().unwrap(); // container 0 shipped, kept locally
@@ -589,5 +593,48 @@ fn ship_interval_bounds_the_recovery_point() {
     assert!(buf.iter().all(|b| *b == 0), "the shipped unmap is kept");
     v.read(5, &mut buf).unwrap();
     assert_eq!(buf, pattern(5, 5, 4096));
+    pool.shutdown().unwrap();
+}
+
+#[test]
+fn local_backend_ships_sealed_containers_as_hard_links() {
+    use std::os::unix::fs::MetadataExt;
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let pool = open(&config(dir.path()), &rt);
+    let v = pool.create_volume("ln", 4 << 20, 4096).unwrap();
+    let a = pattern(1, 0, 1 << 20);
+    v.write(0, &a, false).unwrap();
+    v.sync_to_backend().unwrap();
+    let vdir = format!("{:016x}", v.id());
+    let flash_c = flash(dir.path())
+        .join("vols")
+        .join(&vdir)
+        .join("containers");
+    let obj_c = dir.path().join("backend/pool/vol").join(&vdir).join("sco");
+    // Shipped containers still on flash are the backend objects.
+    let mut linked = 0;
+    for e in std::fs::read_dir(&flash_c).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        let obj = obj_c.join(name.trim_end_matches(".sco"));
+        let (m1, m2) = (e.metadata().unwrap(), std::fs::metadata(&obj).unwrap());
+        assert_eq!((m1.dev(), m1.ino()), (m2.dev(), m2.ino()), "{name}");
+        linked += 1;
+    }
+    assert!(linked > 0);
+    // Evicting the flash copies leaves the objects, and a restart from the
+    // backend alone reads everything back through object_store.
+    let id = v.id();
+    drop(v);
+    pool.shutdown().unwrap();
+    drop(pool);
+    std::fs::remove_dir_all(flash(dir.path())).unwrap();
+    let pool = open(&config(dir.path()), &rt);
+    let v = pool.open_volume("ln").unwrap();
+    assert_eq!(v.id(), id);
+    let mut got = vec![0u8; a.len()];
+    v.read(0, &mut got).unwrap();
+    assert_eq!(got, a);
     pool.shutdown().unwrap();
 }

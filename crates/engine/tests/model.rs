@@ -67,10 +67,16 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     let lba_n = (0..BLOCKS).prop_flat_map(|lba| (Just(lba), 1..=(BLOCKS - lba).min(24)));
+    // Long runs: multi-cluster writes land in consecutive container slots
+    // and long reads coalesce them (and cross containers, holes, clones).
+    let long = (0..BLOCKS).prop_flat_map(|lba| (Just(lba), 1..=BLOCKS - lba));
     prop_oneof![
         12 => (any::<u8>(), lba_n.clone(), any::<u32>(), any::<bool>())
             .prop_map(|(vol, (lba, n), seed, fua)| Op::Write { vol, lba, n, seed, fua }),
+        3 => (any::<u8>(), long.clone(), any::<u32>())
+            .prop_map(|(vol, (lba, n), seed)| Op::Write { vol, lba, n, seed, fua: false }),
         6 => (any::<u8>(), lba_n.clone()).prop_map(|(vol, (lba, n))| Op::Read { vol, lba, n }),
+        3 => (any::<u8>(), long).prop_map(|(vol, (lba, n))| Op::Read { vol, lba, n }),
         3 => (any::<u8>(), lba_n).prop_map(|(vol, (lba, n))| Op::Unmap { vol, lba, n }),
         2 => (any::<u8>(), 0..BLOCKS).prop_map(|(vol, lba)| Op::Status { vol, lba }),
         1 => any::<u8>().prop_map(|vol| Op::Flush { vol }),
@@ -201,11 +207,16 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Read { vol, lba, n } => {
                 let i = vol as usize % m.vols.len();
                 let mut buf = vec![0u8; n as usize * BS];
-                h.vol(&m.vols[i].name).read(lba, &mut buf).unwrap();
-                prop_assert_eq!(
-                    &buf[..],
-                    &m.vols[i].img.data[lba as usize * BS..(lba + n) as usize * BS]
-                );
+                let v = h.vol(&m.vols[i].name);
+                v.read(lba, &mut buf).unwrap();
+                let want = &m.vols[i].img.data[lba as usize * BS..(lba + n) as usize * BS];
+                prop_assert_eq!(&buf[..], want);
+                // The same read without waiting: it may decline, but if it
+                // completes it must return the same bytes.
+                buf.fill(0xA5);
+                if v.try_read_nowait(lba, &mut buf).unwrap() {
+                    prop_assert_eq!(&buf[..], want, "try_read_nowait at {} +{}", lba, n);
+                }
             }
             Op::Unmap { vol, lba, n } => {
                 let i = vol as usize % m.vols.len();

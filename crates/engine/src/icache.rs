@@ -1,0 +1,199 @@
+//! A volume's in-memory cache of committed index lookups, in chunks.
+//!
+//! A chunk holds the answer of "newest mapping with generation ≤ `q`" for
+//! [`CHUNK_CLUSTERS`] consecutive clusters (1 MiB of data) at one query
+//! generation `q`, filled by one RocksDB range scan. Hot reads (random or
+//! sequential) then resolve a cluster with a hash probe and an array index
+//! instead of one `seek_for_prev` each, and a 1 MiB read resolves its 256
+//! clusters with one probe.
+//!
+//! It sits between the volume's memtable (consulted first: mappings not yet
+//! committed) and RocksDB. It is bounded ([`MAX_CHUNKS`] per volume,
+//! oldest-inserted evicted first).
+//!
+//! Invariants (the caller, `volume.rs`, keeps them):
+//! - A chunk is filled while holding the volume's `index_lock`, and commits
+//!   write RocksDB and then [`IndexCache::apply`] their entries under the
+//!   same lock, so a fill never misses a commit it raced with: either the
+//!   scan saw the commit, or the commit updates the inserted chunk after.
+//! - Bulk index rewrites that are not commits (rollback, snapshot
+//!   compaction, scrub relocation) call [`IndexCache::clear`] afterwards,
+//!   which bumps the epoch; a fill inserts only if the epoch did not move
+//!   since before its scan.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::format::Mapping;
+
+/// Clusters per chunk (1 MiB of data).
+pub(crate) const CHUNK_CLUSTERS: u64 = 256;
+
+/// Chunks kept per volume: 4096 chunks cover 4 GiB of hot data in about
+/// 64 MiB of memory.
+pub(crate) const MAX_CHUNKS: usize = 4096;
+
+/// One cluster's committed answer: `None` when no entry with generation ≤
+/// the query generation exists (look at the parent), else the entry's
+/// generation and mapping.
+pub(crate) type Slot = Option<(u32, Mapping)>;
+
+/// Answers for one chunk at one query generation.
+pub(crate) struct Chunk {
+    query_gen: u32,
+    slots: Box<[Slot]>,
+}
+
+impl Chunk {
+    /// A chunk from a range scan: `slots.len()` must be [`CHUNK_CLUSTERS`].
+    pub(crate) fn new(query_gen: u32, slots: Vec<Slot>) -> Chunk {
+        Chunk {
+            query_gen,
+            slots: slots.into_boxed_slice(),
+        }
+    }
+}
+
+/// The cache. See the module docs.
+#[derive(Default)]
+pub(crate) struct IndexCache {
+    chunks: HashMap<u64, Vec<Chunk>>,
+    order: VecDeque<(u64, u32)>,
+    len: usize,
+    epoch: u64,
+}
+
+impl IndexCache {
+    /// Current epoch (read before a fill's scan).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The cached answer for `cluster` at `generation`: `None` if its chunk
+    /// is not cached.
+    pub(crate) fn get(&self, cluster: u64, generation: u32) -> Option<Slot> {
+        let idx = (cluster % CHUNK_CLUSTERS) as usize;
+        self.chunks
+            .get(&(cluster / CHUNK_CLUSTERS))?
+            .iter()
+            .find(|c| c.query_gen == generation)
+            .and_then(|c| c.slots.get(idx).copied())
+    }
+
+    /// Whether the chunk of `cluster` is cached at `generation`.
+    pub(crate) fn has_chunk(&self, chunk: u64, generation: u32) -> bool {
+        self.chunks
+            .get(&chunk)
+            .is_some_and(|v| v.iter().any(|c| c.query_gen == generation))
+    }
+
+    /// Inserts a filled chunk unless the epoch moved since `epoch`.
+    pub(crate) fn insert(&mut self, chunk_no: u64, chunk: Chunk, epoch: u64) {
+        if self.epoch != epoch || chunk.slots.len() != CHUNK_CLUSTERS as usize {
+            return;
+        }
+        let q = chunk.query_gen;
+        let v = self.chunks.entry(chunk_no).or_default();
+        if let Some(old) = v.iter_mut().find(|c| c.query_gen == q) {
+            *old = chunk;
+            return;
+        }
+        v.push(chunk);
+        self.order.push_back((chunk_no, q));
+        self.len += 1;
+        while self.len > MAX_CHUNKS {
+            let Some((n, g)) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(v) = self.chunks.get_mut(&n) {
+                let before = v.len();
+                v.retain(|c| c.query_gen != g);
+                self.len -= before - v.len();
+                if v.is_empty() {
+                    self.chunks.remove(&n);
+                }
+            }
+        }
+    }
+
+    /// Applies committed entries to the cached chunks they fall in: an
+    /// entry at generation `g` is the answer for query generations ≥ `g`
+    /// unless a newer generation's entry is already there.
+    pub(crate) fn apply(&mut self, entries: &[(u64, u32, Mapping)]) {
+        if self.chunks.is_empty() {
+            return;
+        }
+        for &(cluster, g, m) in entries {
+            let Some(v) = self.chunks.get_mut(&(cluster / CHUNK_CLUSTERS)) else {
+                continue;
+            };
+            let idx = (cluster % CHUNK_CLUSTERS) as usize;
+            for c in v.iter_mut().filter(|c| c.query_gen >= g) {
+                if let Some(slot) = c.slots.get_mut(idx)
+                    && slot.is_none_or(|(sg, _)| sg <= g)
+                {
+                    *slot = Some((g, m));
+                }
+            }
+        }
+    }
+
+    /// Empties the cache and bumps the epoch.
+    pub(crate) fn clear(&mut self) {
+        self.chunks.clear();
+        self.order.clear();
+        self.len = 0;
+        self.epoch += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Location;
+
+    fn loc(container: u64) -> Mapping {
+        Mapping::Data(Location {
+            container,
+            slot: 0,
+            len: 4096,
+            flags: 0,
+            crc: 0,
+            hash: 0,
+        })
+    }
+
+    #[test]
+    fn apply_respects_generations() {
+        let mut c = IndexCache::default();
+        let mut slots = vec![None; CHUNK_CLUSTERS as usize];
+        slots[1] = Some((3, loc(1)));
+        let e = c.epoch();
+        c.insert(0, Chunk::new(5, slots.clone()), e);
+        c.insert(0, Chunk::new(2, vec![None; CHUNK_CLUSTERS as usize]), e);
+        // A head-generation (5) commit is invisible at query generation 2.
+        c.apply(&[(1, 5, loc(2)), (2, 4, Mapping::Unmapped)]);
+        assert_eq!(c.get(1, 5), Some(Some((5, loc(2)))));
+        assert_eq!(c.get(2, 5), Some(Some((4, Mapping::Unmapped))));
+        assert_eq!(c.get(1, 2), Some(None));
+        // An older generation's entry does not replace a newer one.
+        c.apply(&[(1, 4, loc(9))]);
+        assert_eq!(c.get(1, 5), Some(Some((5, loc(2)))));
+        assert_eq!(c.get(300, 5), None);
+    }
+
+    #[test]
+    fn stale_fills_are_dropped_and_size_is_bounded() {
+        let mut c = IndexCache::default();
+        let e = c.epoch();
+        c.clear();
+        c.insert(0, Chunk::new(1, vec![None; CHUNK_CLUSTERS as usize]), e);
+        assert!(!c.has_chunk(0, 1));
+        let e = c.epoch();
+        for n in 0..(MAX_CHUNKS as u64 + 10) {
+            c.insert(n, Chunk::new(1, vec![None; CHUNK_CLUSTERS as usize]), e);
+        }
+        assert_eq!(c.len, MAX_CHUNKS);
+        assert!(!c.has_chunk(0, 1));
+        assert!(c.has_chunk(MAX_CHUNKS as u64 + 9, 1));
+    }
+}

@@ -1,0 +1,113 @@
+//! `Volume::try_read_nowait`: completes with the right bytes when the index
+//! and the data are in memory / the page cache, and declines (`Ok(false)`,
+//! never an error or wrong bytes) when a read would wait: data only on the
+//! backend, a cold index chunk, a closed volume. Also checks coalesced
+//! multi-cluster reads across containers, holes and a clone's parent.
+#![allow(missing_docs)]
+
+mod common;
+
+use common::*;
+use depot_block::BlockDevice;
+
+#[test]
+fn hot_reads_complete_with_the_right_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let mut cfg = config(dir.path());
+    cfg.keep_shipped_bytes = 64 << 20;
+    let pool = open(&cfg, &rt);
+    let vol = pool.create_volume("v", 8 << 20, 512).unwrap();
+    // 1 MiB of data spanning several 63-slot containers, a hole, then more.
+    let a = pattern(1, 0, 1 << 20);
+    vol.write(0, &a, false).unwrap();
+    let b = pattern(2, 4096, 64 << 10);
+    vol.write(4096, &b, true).unwrap();
+    vol.sync_to_backend().unwrap();
+
+    // Warm the index cache with one blocking read of the whole range.
+    let mut whole = vec![0u8; (4096 + 128) * 512];
+    vol.read(0, &mut whole).unwrap();
+    assert_eq!(&whole[..1 << 20], &a[..]);
+    assert!(whole[1 << 20..2 << 20].iter().all(|&x| x == 0));
+    assert_eq!(&whole[2 << 20..], &b[..]);
+
+    let mut got = vec![0xA5u8; whole.len()];
+    assert!(vol.try_read_nowait(0, &mut got).unwrap());
+    assert_eq!(got, whole);
+    // Unaligned 512-byte pieces (partial clusters at both ends).
+    for (lba, n) in [(1u64, 1usize), (7, 3), (4095, 5), (2047, 2), (4100, 9)] {
+        let mut got = vec![0xA5u8; n * 512];
+        assert!(vol.try_read_nowait(lba, &mut got).unwrap(), "lba {lba}");
+        let off = lba as usize * 512;
+        assert_eq!(got, &whole[off..off + n * 512], "lba {lba}");
+    }
+
+    // A clone reads its parent's clusters (and its own) without waiting.
+    vol.create_snapshot("s").unwrap();
+    let c = pool.clone_volume("v", Some("s"), "c").unwrap();
+    let own = pattern(3, 8, 8192);
+    c.write(8, &own, false).unwrap();
+    let mut want = vec![0u8; 64 * 512];
+    c.read(0, &mut want).unwrap();
+    assert_eq!(&want[..4096], &a[..4096]);
+    assert_eq!(&want[4096..12288], &own[..]);
+    let mut got = vec![0xA5u8; want.len()];
+    assert!(c.try_read_nowait(0, &mut got).unwrap());
+    assert_eq!(got, want);
+    pool.shutdown().unwrap();
+}
+
+#[test]
+fn declines_when_the_data_is_only_on_the_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let mut cfg = config(dir.path());
+    cfg.keep_shipped_bytes = 0;
+    let pool = open(&cfg, &rt);
+    let vol = pool.create_volume("v", 4 << 20, 4096).unwrap();
+    let a = pattern(5, 0, 512 << 10);
+    vol.write(0, &a, false).unwrap();
+    vol.sync_to_backend().unwrap();
+    let st = vol.stats();
+    assert_eq!(st.local_shipped_bytes, 0, "containers must be evicted");
+
+    let mut got = vec![0u8; a.len()];
+    // Cold index: declines without touching RocksDB or the backend.
+    let downloads = pool.stats().downloads;
+    assert!(!vol.try_read_nowait(0, &mut got).unwrap());
+    assert_eq!(pool.stats().downloads, downloads);
+    // The blocking read fetches it (and fills the read cache); the data
+    // still is not in a local container, so the non-blocking read declines.
+    vol.read(0, &mut got).unwrap();
+    assert_eq!(got, a);
+    let downloads = pool.stats().downloads;
+    assert!(!vol.try_read_nowait(0, &mut got).unwrap());
+    assert!(!vol.try_read_nowait(3, &mut got[..4096]).unwrap());
+    assert_eq!(pool.stats().downloads, downloads, "no GET without waiting");
+
+    // New writes are local again and complete.
+    let b = pattern(6, 64, 8192);
+    vol.write(64, &b, false).unwrap();
+    let mut got = vec![0u8; 8192];
+    vol.read(64, &mut got).unwrap();
+    got.fill(0);
+    assert!(vol.try_read_nowait(64, &mut got).unwrap());
+    assert_eq!(got, b);
+
+    // A closed volume declines (the blocking read reports the error).
+    pool.shutdown().unwrap();
+    assert!(!vol.try_read_nowait(64, &mut got).unwrap());
+    assert!(vol.read(64, &mut got).is_err());
+}
+
+#[test]
+fn out_of_range_is_an_error_not_a_decline() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let pool = open(&config(dir.path()), &rt);
+    let vol = pool.create_volume("v", 1 << 20, 4096).unwrap();
+    let mut buf = vec![0u8; 8192];
+    assert!(vol.try_read_nowait(255, &mut buf).is_err());
+    pool.shutdown().unwrap();
+}
