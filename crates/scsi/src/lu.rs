@@ -381,6 +381,82 @@ impl LogicalUnit {
         }
     }
 
+    /// Executes a READ or WRITE only if it completes without waiting for
+    /// storage: no unit attention pending, no reservation conflict, a valid
+    /// CDB, and a device that moves the data without blocking
+    /// ([`BlockDevice::try_read_nowait`] / [`BlockDevice::try_write_nowait`]).
+    /// `None` means nothing happened and the caller runs
+    /// [`execute`](Self::execute) where blocking is allowed; every unusual
+    /// case (errors included) takes that path, so sense data comes from one
+    /// place.
+    pub fn try_execute_nowait(&self, cmd: &Command<'_>) -> Option<Completion> {
+        let opcode = *cmd.cdb.first()?;
+        if !matches!(
+            opcode,
+            op::READ_6 | op::READ_10 | op::READ_16 | op::WRITE_6 | op::WRITE_10 | op::WRITE_16
+        ) || !self.ua.is_quiet(cmd.nexus)
+        {
+            return None;
+        }
+        let parsed = cdb::parse(cmd.cdb).ok()?;
+        if self.reservation_conflict(cmd.nexus, &parsed) {
+            return None;
+        }
+        let mut reply = match parsed {
+            Cdb::Read(io, _) => self.read_nowait(cmd, io)?,
+            Cdb::Write(io, _) => self.write_nowait(cmd, io)?,
+            _ => return None,
+        };
+        let out_len = self.data_out_len(&parsed);
+        if out_len > 0 {
+            reply.transfer_length = out_len;
+        }
+        Some(Completion {
+            status: reply.status,
+            sense: None,
+            data: Bytes::from(reply.data),
+            transfer_length: reply.transfer_length,
+        })
+    }
+
+    fn read_nowait(&self, cmd: &Command<'_>, io: BlockIo) -> Option<Reply> {
+        self.check_range(io.lba, u64::from(io.blocks)).ok()?;
+        self.check_transfer(io.blocks).ok()?;
+        let bs = self.limits.block_size as usize;
+        let needed = io.blocks as usize * bs;
+        let want = needed.min(cmd.expected_in as usize);
+        let mut buf = vec![0u8; want.div_ceil(bs) * bs];
+        if !buf.is_empty() && !self.device.try_read_nowait(io.lba, &mut buf).ok()? {
+            return None;
+        }
+        buf.truncate(want);
+        Some(Reply {
+            status: Status::GOOD,
+            sense: None,
+            data: buf,
+            transfer_length: needed as u32,
+        })
+    }
+
+    fn write_nowait(&self, cmd: &Command<'_>, io: BlockIo) -> Option<Reply> {
+        if io.fua || !self.mode.wce() {
+            return None;
+        }
+        self.check_range(io.lba, u64::from(io.blocks)).ok()?;
+        self.check_transfer(io.blocks).ok()?;
+        self.check_writable().ok()?;
+        let data = self.write_data(cmd, io.blocks).ok()?;
+        if data.is_empty() {
+            return None;
+        }
+        let n = (data.len() / self.limits.block_size as usize) as u64;
+        let _guard = self.locks.try_shared(io.lba, n)?;
+        if !self.device.try_write_nowait(io.lba, data).ok()? {
+            return None;
+        }
+        Some(Reply::good())
+    }
+
     fn run(&self, cmd: &Command<'_>) -> Reply {
         let nexus: &Nexus = cmd.nexus;
         let opcode = cmd.cdb.first().copied();

@@ -1020,3 +1020,105 @@ proptest! {
         }
     }
 }
+
+fn nowait(
+    lu: &LogicalUnit,
+    n: &Arc<Nexus>,
+    cdb: &[u8],
+    out: &[u8],
+    expected_in: u32,
+) -> Option<Completion> {
+    lu.try_execute_nowait(&Command {
+        nexus: n,
+        cdb,
+        data_out: out,
+        expected_in,
+    })
+}
+
+/// A device that can never complete without blocking (the trait default).
+struct Slow(MemDevice);
+
+impl BlockDevice for Slow {
+    fn block_size(&self) -> u32 {
+        self.0.block_size()
+    }
+    fn num_blocks(&self) -> u64 {
+        self.0.num_blocks()
+    }
+    fn read(&self, lba: u64, buf: &mut [u8]) -> depot_block::BlockResult<()> {
+        self.0.read(lba, buf)
+    }
+    fn write(&self, lba: u64, data: &[u8], fua: bool) -> depot_block::BlockResult<()> {
+        self.0.write(lba, data, fua)
+    }
+    fn flush(&self) -> depot_block::BlockResult<()> {
+        self.0.flush()
+    }
+}
+
+#[test]
+fn nowait_path_matches_execute_and_declines_what_it_cannot_finish() {
+    let r = rig();
+    // First contact goes through execute (it registers the nexus for unit
+    // attentions); until then the fast path declines.
+    assert!(nowait(&r.lu, &r.a, &cdb10(0x28, 0, 0, 1), &[], 512).is_none());
+    assert_good(&run(&r.lu, &r.a, &[0, 0, 0, 0, 0, 0], &[], 0));
+
+    // Cached write and read complete inline, with the same data and
+    // residuals as the blocking path.
+    let data: Vec<u8> = (0..2 * BS).map(|i| (i % 251) as u8).collect();
+    let w = nowait(&r.lu, &r.a, &cdb10(0x2a, 0, 10, 2), &data, 0).expect("inline write");
+    assert_good(&w);
+    assert_eq!(w.transfer_length, 2 * BS as u32);
+    let fast =
+        nowait(&r.lu, &r.a, &cdb16(0x88, 0, 10, 2), &[], 2 * BS as u32).expect("inline read");
+    let slow = read10(&r, 10, 2);
+    assert_good(&fast);
+    assert_eq!(fast.data, slow.data);
+    assert_eq!(&fast.data[..], &data[..]);
+    assert_eq!(fast.transfer_length, slow.transfer_length);
+    // A short allocation: data cut to what the initiator expects.
+    let short = nowait(&r.lu, &r.a, &cdb10(0x28, 0, 10, 2), &[], BS as u32).unwrap();
+    assert_eq!(short.data.len(), BS);
+    assert_eq!(short.transfer_length, 2 * BS as u32);
+
+    // FUA, out of range, other opcodes: declined, nothing written.
+    assert!(nowait(&r.lu, &r.a, &cdb10(0x2a, 0x08, 20, 1), &[7; BS], 0).is_none());
+    assert!(nowait(&r.lu, &r.a, &cdb10(0x28, 0, BLOCKS as u32, 1), &[], 512).is_none());
+    assert!(nowait(&r.lu, &r.a, &[0, 0, 0, 0, 0, 0], &[], 0).is_none());
+    let mut back = vec![0u8; BS];
+    r.dev.read(20, &mut back).unwrap();
+    assert!(back.iter().all(|b| *b == 0));
+
+    // A pending unit attention is left for the blocking path to report.
+    r.lu.reset(asc::BUS_DEVICE_RESET);
+    assert!(nowait(&r.lu, &r.a, &cdb10(0x28, 0, 0, 1), &[], 512).is_none());
+    assert_check(&read10(&r, 0, 1), 6, (0x29, 0x03));
+    assert!(nowait(&r.lu, &r.a, &cdb10(0x28, 0, 0, 1), &[], 512).is_some());
+
+    // A reservation conflict is also the blocking path's to report.
+    assert_good(&run(&r.lu, &r.b, &[0, 0, 0, 0, 0, 0], &[], 0));
+    assert_good(&pr_out(&r, &r.a, 6, 0, 0, 0xaa, 0));
+    assert_good(&pr_out(&r, &r.a, 1, 3, 0xaa, 0, 0));
+    assert!(nowait(&r.lu, &r.b, &cdb10(0x28, 0, 0, 1), &[], 512).is_none());
+    assert!(nowait(&r.lu, &r.a, &cdb10(0x28, 0, 0, 1), &[], 512).is_some());
+}
+
+#[test]
+fn nowait_declines_on_a_device_that_would_block() {
+    let dev = Arc::new(Slow(MemDevice::new(BS as u32, BLOCKS)));
+    let lu = LogicalUnit::new(
+        LuConfig::new("SN0002", LuConfig::naa_from_id(43)),
+        dev.clone(),
+        &Registry::new(),
+    )
+    .unwrap();
+    let a = nexus("iqn.test:a", 1);
+    assert_good(&run(&lu, &a, &[0, 0, 0, 0, 0, 0], &[], 0));
+    assert!(nowait(&lu, &a, &cdb10(0x2a, 0, 0, 1), &[9; BS], 0).is_none());
+    assert!(nowait(&lu, &a, &cdb10(0x28, 0, 0, 1), &[], 512).is_none());
+    let mut back = vec![0u8; BS];
+    dev.read(0, &mut back).unwrap();
+    assert!(back.iter().all(|b| *b == 0));
+}

@@ -79,6 +79,19 @@ impl RangeLocks {
         SharedGuard { _guards: guards }
     }
 
+    /// Locks the range shared if no stripe is held exclusive right now;
+    /// `None` instead of waiting.
+    pub fn try_shared(&self, lba: u64, blocks: u64) -> Option<SharedGuard<'_>> {
+        let mask = Self::mask(lba, blocks);
+        let mut guards = Vec::with_capacity(mask.count_ones() as usize);
+        for (i, stripe) in self.stripes.iter().enumerate() {
+            if mask & (1 << i) != 0 {
+                guards.push(stripe.try_read()?);
+            }
+        }
+        Some(SharedGuard { _guards: guards })
+    }
+
     /// Locks the range exclusive (read-modify-write commands).
     pub fn exclusive(&self, lba: u64, blocks: u64) -> ExclusiveGuard<'_> {
         let mask = Self::mask(lba, blocks);

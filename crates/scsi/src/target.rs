@@ -160,6 +160,18 @@ impl ScsiTarget {
         lu.execute(cmd)
     }
 
+    /// Executes `cmd` only if it completes without waiting for storage
+    /// (see [`LogicalUnit::try_execute_nowait`]): a hot READ, or a cached
+    /// WRITE, on the happy path. `None` means nothing happened, not even a
+    /// unit attention consumed; the caller runs [`execute`](Self::execute)
+    /// on a thread that may block.
+    pub fn try_execute_nowait(&self, lun: u64, cmd: &Command<'_>) -> Option<Completion> {
+        if !self.ua.is_quiet(cmd.nexus) {
+            return None;
+        }
+        self.lun(lun)?.try_execute_nowait(cmd)
+    }
+
     fn absent_lun(&self, cmd: &Command<'_>) -> Completion {
         let not_supported = Sense::illegal(asc::LU_NOT_SUPPORTED);
         match cdb::parse(cmd.cdb) {

@@ -88,6 +88,17 @@ impl UnitAttentions {
         Some(Sense::unit_attention(code))
     }
 
+    /// True when `nexus` is already known and has nothing pending: a
+    /// command from it may skip [`on_command`](Self::on_command) without
+    /// changing what it or anybody else would see.
+    pub fn is_quiet(&self, nexus: &Nexus) -> bool {
+        let q = self.queues.lock();
+        match q.get(nexus) {
+            Some(queue) => queue.is_empty(),
+            None => false,
+        }
+    }
+
     /// Queues `code` for every known nexus `select` accepts.
     pub fn post_where(&self, code: asc::Code, mut select: impl FnMut(&Nexus) -> bool) {
         let mut q = self.queues.lock();
