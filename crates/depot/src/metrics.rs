@@ -327,6 +327,29 @@ impl BlockDevice for MeteredDevice {
         r
     }
 
+    fn try_read_nowait(&self, lba: u64, buf: &mut [u8]) -> BlockResult<bool> {
+        let t = Instant::now();
+        let len = buf.len() as u64;
+        let r = self.track(|| self.inner.try_read_nowait(lba, buf));
+        if let Ok(true) = r {
+            self.read_latency.observe(t.elapsed().as_secs_f64());
+            self.read_ops.inc();
+            self.read_bytes.inc_by(len);
+        }
+        r
+    }
+
+    fn try_write_nowait(&self, lba: u64, data: &[u8]) -> BlockResult<bool> {
+        let t = Instant::now();
+        let r = self.track(|| self.inner.try_write_nowait(lba, data));
+        if let Ok(true) = r {
+            self.write_latency.observe(t.elapsed().as_secs_f64());
+            self.write_ops.inc();
+            self.write_bytes.inc_by(data.len() as u64);
+        }
+        r
+    }
+
     fn flush(&self) -> BlockResult<()> {
         self.flush_ops.inc();
         self.track(|| self.inner.flush())
@@ -359,9 +382,12 @@ mod tests {
         let mut buf = [0u8; 512];
         dev.read(1, &mut buf).unwrap();
         assert!(dev.read(64, &mut buf).is_err());
+        // Inline (non-blocking) I/O is counted like the blocking kind.
+        assert!(dev.try_read_nowait(1, &mut buf).unwrap());
+        assert!(dev.try_write_nowait(2, &[2u8; 512]).unwrap());
         let text = m.render();
-        assert!(text.contains("depot_vdisk_write_bytes_total{vdisk=\"d1\",vm=\"vm1\"} 1024"));
-        assert!(text.contains("depot_vdisk_read_ops_total{vdisk=\"d1\",vm=\"vm1\"} 1"));
+        assert!(text.contains("depot_vdisk_write_bytes_total{vdisk=\"d1\",vm=\"vm1\"} 1536"));
+        assert!(text.contains("depot_vdisk_read_ops_total{vdisk=\"d1\",vm=\"vm1\"} 2"));
         assert!(text.contains("depot_vdisk_io_errors_total{vdisk=\"d1\",vm=\"vm1\"} 1"));
         assert!(text.contains("depot_vdisk_queue_depth{vdisk=\"d1\",vm=\"vm1\"} 0"));
         m.forget_vdisk("vm1", "d1");
