@@ -102,12 +102,14 @@ pub async fn run(
         match login.step(&pdu) {
             Step::Continue(resp) => {
                 writer.send(resp);
+                writer.flush();
             }
             Step::Done(resp, est) => {
                 // Open the command window before the final response goes out.
                 let max = est.cmd_sn.wrapping_add(config.queue_depth.max(1) - 1);
                 window.max_cmd_sn.store(max, Ordering::Release);
                 writer.send(resp);
+                writer.flush();
                 break est;
             }
             Step::Fail(resp) => {
@@ -268,7 +270,7 @@ struct Task {
     write: bool,
     state: TaskState,
     ordered: bool,
-    data: BytesMut,
+    data: DataOut,
     /// Unsolicited data may arrive up to this offset.
     unsolicited_end: u32,
     unsolicited_data_sn: u32,
@@ -283,6 +285,48 @@ struct Task {
     oversize: bool,
     /// Bytes charged against the connection's write budget.
     charged: u64,
+}
+
+/// A write's data as it arrives. The common case, all of it in one PDU
+/// (immediate data, or one Data-Out), keeps that PDU's bytes without a
+/// copy; more pieces are gathered into one buffer that grows as data
+/// arrives (never reserved ahead of it beyond 1 MiB, so an announced 32 MiB
+/// transfer costs nothing until its data comes).
+#[derive(Default)]
+struct DataOut {
+    first: Bytes,
+    gathered: BytesMut,
+}
+
+impl DataOut {
+    fn len(&self) -> usize {
+        self.first.len() + self.gathered.len()
+    }
+
+    fn push(&mut self, piece: &Bytes, expected: u32) {
+        if piece.is_empty() {
+            return;
+        }
+        if self.len() == 0 {
+            self.first = piece.clone();
+            return;
+        }
+        if !self.first.is_empty() {
+            self.gathered
+                .reserve((expected as usize).clamp(self.first.len() + piece.len(), 1 << 20));
+            self.gathered.extend_from_slice(&self.first);
+            self.first = Bytes::new();
+        }
+        self.gathered.extend_from_slice(piece);
+    }
+
+    fn take(&mut self) -> Bytes {
+        if self.gathered.is_empty() {
+            std::mem::take(&mut self.first)
+        } else {
+            self.gathered.split().freeze()
+        }
+    }
 }
 
 enum Pending {
@@ -402,6 +446,7 @@ impl Session {
                     return Ok(());
                 }
             }
+            self.writer.flush();
             if self.closing {
                 return Ok(());
             }
@@ -606,10 +651,9 @@ impl Session {
         if pdu.data_digest_error {
             self.send_reject(reject::DATA_DIGEST, &pdu.bhs);
         }
-        let mut data = BytesMut::new();
+        let mut data = DataOut::default();
         if !oversize {
-            data.reserve(edtl.min(1 << 20) as usize);
-            data.extend_from_slice(&pdu.data);
+            data.push(&pdu.data, edtl);
         }
         let charged = u64::from(unsolicited_end);
         self.budget_used += charged;
@@ -796,7 +840,8 @@ impl Session {
         let Some(task) = self.tasks.get_mut(&itt) else {
             return Ok(());
         };
-        task.data.extend_from_slice(&pdu.data);
+        let edtl = task.edtl;
+        task.data.push(&pdu.data, edtl);
         self.advance(itt);
         Ok(())
     }
@@ -818,12 +863,28 @@ impl Session {
             self.finish_inline(itt, c);
             return;
         }
-        task.state = TaskState::Running;
-        self.running += 1;
-        let data = task.data.split().freeze();
-        let cdb = std::mem::take(&mut task.cdb);
         let lun = task.lun;
         let expected_in = if task.read { task.edtl } else { 0 };
+        let data = task.data.take();
+        // Hot reads and cached writes finish here, on the connection's
+        // thread; anything that would wait for storage goes to the
+        // blocking pool.
+        let inline = target.scsi.try_execute_nowait(
+            lun,
+            &Command {
+                nexus: &nexus,
+                cdb: &task.cdb,
+                data_out: &data,
+                expected_in,
+            },
+        );
+        if let Some(c) = inline {
+            self.finish_inline(itt, c);
+            return;
+        }
+        task.state = TaskState::Running;
+        self.running += 1;
+        let cdb = std::mem::take(&mut task.cdb);
         let tx = self.done_tx.clone();
         let scsi = target.scsi.clone();
         tokio::task::spawn_blocking(move || {
@@ -872,12 +933,13 @@ impl Session {
         };
         self.running = self.running.saturating_sub(1);
         self.budget_used = self.budget_used.saturating_sub(task.charged);
+        // The response carries the window, so open it first.
+        self.update_window();
         if task.state == TaskState::Aborted {
             self.task_quiesced(done.itt);
         } else {
             self.respond(done.itt, &task, done.completion);
         }
-        self.update_window();
         for itt in std::mem::take(&mut self.budget_waiters) {
             self.issue_r2ts(itt);
         }
