@@ -377,8 +377,63 @@ pub struct CheckpointEntry {
     pub mapping: Mapping,
 }
 
-const CKPT_HEADER: usize = 64;
-const CKPT_ENTRY: usize = 8 + 4 + INDEX_VALUE_SIZE;
+/// Size of a checkpoint header.
+pub const CHECKPOINT_HEADER_SIZE: usize = 64;
+/// Size of one checkpoint entry: cluster (8), generation (4), index value.
+pub const CHECKPOINT_ENTRY_SIZE: usize = 8 + 4 + INDEX_VALUE_SIZE;
+const CKPT_HEADER: usize = CHECKPOINT_HEADER_SIZE;
+const CKPT_ENTRY: usize = CHECKPOINT_ENTRY_SIZE;
+
+/// A checkpoint header (the first [`CHECKPOINT_HEADER_SIZE`] bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointHeader {
+    /// Volume id.
+    pub volume_id: u64,
+    /// First tlog seq not included.
+    pub cut_tlog: u64,
+    /// Number of entries.
+    pub entries: u64,
+}
+
+impl CheckpointHeader {
+    /// Decodes and checks magic and version (the object's crc32c covers the
+    /// header too; a streaming reader checks it at the end).
+    pub fn decode(b: &[u8]) -> EngineResult<Self> {
+        if b.len() < CKPT_HEADER || &b[0..8] != CHECKPOINT_MAGIC {
+            return Err(EngineError::corrupt("checkpoint", "bad magic or short"));
+        }
+        if u16_at(b, 8) != CHECKPOINT_VERSION {
+            return Err(EngineError::corrupt("checkpoint", "unsupported version"));
+        }
+        Ok(CheckpointHeader {
+            volume_id: u64_at(b, 16),
+            cut_tlog: u64_at(b, 24),
+            entries: u64_at(b, 32),
+        })
+    }
+
+    /// Length of the whole object this header describes (header, entries,
+    /// crc32c), or `None` if the entry count cannot be right.
+    pub fn object_len(&self) -> Option<u64> {
+        self.entries
+            .checked_mul(CKPT_ENTRY as u64)?
+            .checked_add(CKPT_HEADER as u64 + 4)
+    }
+}
+
+impl CheckpointEntry {
+    /// Decodes one [`CHECKPOINT_ENTRY_SIZE`]-byte entry.
+    pub fn decode(chunk: &[u8]) -> EngineResult<Self> {
+        if chunk.len() < CKPT_ENTRY {
+            return Err(EngineError::corrupt("checkpoint", "short entry"));
+        }
+        Ok(CheckpointEntry {
+            cluster: u64_at(chunk, 0),
+            generation: u32_at(chunk, 8),
+            mapping: Mapping::decode_value(&chunk[12..CKPT_ENTRY])?,
+        })
+    }
+}
 
 /// Encodes a checkpoint: header, entries, trailing crc32c of everything.
 pub fn encode_checkpoint(volume_id: u64, cut_tlog: u64, entries: &[CheckpointEntry]) -> Vec<u8> {
@@ -400,34 +455,85 @@ pub fn encode_checkpoint(volume_id: u64, cut_tlog: u64, entries: &[CheckpointEnt
     b
 }
 
+/// Streams a checkpoint object through `f`, entry by entry, fetching it with
+/// `get` (a ranged read) about `step` bytes at a time, so memory stays
+/// bounded whatever the checkpoint's size. A helper thread fetches the next
+/// chunks (at most two ahead) while `f` works on the current one. The crc32c
+/// of the whole object is checked last: the caller must not make what `f`
+/// saw visible before this returns `Ok`.
+pub fn stream_checkpoint(
+    get: impl Fn(std::ops::Range<u64>) -> EngineResult<bytes::Bytes> + Sync,
+    step: u64,
+    mut f: impl FnMut(CheckpointEntry) -> EngineResult<()>,
+) -> EngineResult<CheckpointHeader> {
+    let head = get(0..CKPT_HEADER as u64)?;
+    let h = CheckpointHeader::decode(&head)?;
+    let total = h
+        .object_len()
+        .ok_or_else(|| EngineError::corrupt("checkpoint", "entry count out of range"))?;
+    let mut crc = crc32c::crc32c(head.get(..CKPT_HEADER).unwrap_or_default());
+    let body_end = total - 4;
+    let step = (step - step % CKPT_ENTRY as u64).max(CKPT_ENTRY as u64);
+    let get = &get;
+    std::thread::scope(|scope| -> EngineResult<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<EngineResult<bytes::Bytes>>(2);
+        scope.spawn(move || {
+            let mut off = CKPT_HEADER as u64;
+            while off < body_end {
+                let end = (off + step).min(body_end);
+                let chunk = get(off..end).and_then(|c| {
+                    if c.len() as u64 == end - off {
+                        Ok(c)
+                    } else {
+                        Err(EngineError::corrupt("checkpoint", "short read"))
+                    }
+                });
+                let failed = chunk.is_err();
+                if tx.send(chunk).is_err() || failed {
+                    return;
+                }
+                off = end;
+            }
+        });
+        let mut got = CKPT_HEADER as u64;
+        while got < body_end {
+            let chunk = rx
+                .recv()
+                .map_err(|_| EngineError::corrupt("checkpoint", "fetch stopped"))??;
+            crc = crc32c::crc32c_append(crc, &chunk);
+            for e in chunk.chunks_exact(CKPT_ENTRY) {
+                f(CheckpointEntry::decode(e)?)?;
+            }
+            got += chunk.len() as u64;
+        }
+        Ok(())
+    })?;
+    let trailer = get(body_end..total)?;
+    if trailer.len() != 4 || crc != u32_at(&trailer, 0) {
+        return Err(EngineError::corrupt("checkpoint", "checksum mismatch"));
+    }
+    Ok(h)
+}
+
 /// Decodes a checkpoint into (volume id, cut tlog seq, entries).
 pub fn decode_checkpoint(b: &[u8]) -> EngineResult<(u64, u64, Vec<CheckpointEntry>)> {
-    if b.len() < CKPT_HEADER + 4 || &b[0..8] != CHECKPOINT_MAGIC {
+    let h = CheckpointHeader::decode(b)?;
+    if b.len() < CKPT_HEADER + 4 {
         return Err(EngineError::corrupt("checkpoint", "bad magic or short"));
     }
     let body = &b[..b.len() - 4];
     if crc32c::crc32c(body) != u32_at(b, b.len() - 4) {
         return Err(EngineError::corrupt("checkpoint", "checksum mismatch"));
     }
-    if u16_at(b, 8) != CHECKPOINT_VERSION {
-        return Err(EngineError::corrupt("checkpoint", "unsupported version"));
-    }
-    let vol = u64_at(b, 16);
-    let cut = u64_at(b, 24);
-    let n = u64_at(b, 32);
     let expected = (body.len() - CKPT_HEADER) / CKPT_ENTRY;
-    if !(body.len() - CKPT_HEADER).is_multiple_of(CKPT_ENTRY) || n != expected as u64 {
+    if !(body.len() - CKPT_HEADER).is_multiple_of(CKPT_ENTRY) || h.entries != expected as u64 {
         return Err(EngineError::corrupt("checkpoint", "entry count mismatch"));
     }
     let mut out = Vec::with_capacity(expected);
     for chunk in body[CKPT_HEADER..].chunks_exact(CKPT_ENTRY) {
-        out.push(CheckpointEntry {
-            cluster: u64_at(chunk, 0),
-            generation: u32_at(chunk, 8),
-            mapping: Mapping::decode_value(&chunk[12..])?,
-        });
+        out.push(CheckpointEntry::decode(chunk)?);
     }
-    Ok((vol, cut, out))
+    Ok((h.volume_id, h.cut_tlog, out))
 }
 
 #[cfg(test)]
@@ -449,6 +555,61 @@ mod tests {
                 })
             )
         ]
+    }
+
+    #[test]
+    fn checkpoint_streams_in_chunks_and_checks_its_crc() {
+        let entries: Vec<CheckpointEntry> = (0..100u64)
+            .map(|i| CheckpointEntry {
+                cluster: i * 3,
+                generation: (i % 4) as u32 + 1,
+                mapping: if i % 5 == 0 {
+                    Mapping::Unmapped
+                } else {
+                    Mapping::Data(Location {
+                        container: i,
+                        slot: i as u32,
+                        len: 4096,
+                        flags: 0,
+                        crc: i as u32 * 7,
+                        hash: u128::from(i) << 64,
+                    })
+                },
+            })
+            .collect();
+        let obj = encode_checkpoint(9, 12, &entries);
+        let get_from = |obj: Vec<u8>| {
+            move |r: std::ops::Range<u64>| {
+                obj.get(r.start as usize..r.end as usize)
+                    .map(bytes::Bytes::copy_from_slice)
+                    .ok_or_else(|| EngineError::corrupt("test object", "short"))
+            }
+        };
+        for step in [1, 50, 149, 1000, 1 << 20] {
+            let mut got = Vec::new();
+            let h = stream_checkpoint(get_from(obj.clone()), step, |e| {
+                got.push(e);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!((h.volume_id, h.cut_tlog, h.entries), (9, 12, 100));
+            assert_eq!(got, entries, "step {step}");
+        }
+        // A flipped bit anywhere is caught (by the crc at the latest).
+        for at in [0, 20, 40, 64, 64 + 50 * 37 + 3, obj.len() - 2] {
+            let mut bad = obj.clone();
+            bad[at] ^= 0x10;
+            assert!(
+                stream_checkpoint(get_from(bad), 500, |_| Ok(())).is_err(),
+                "byte {at}"
+            );
+        }
+        // Truncated, or an entry count that does not fit the object.
+        let short = obj[..obj.len() - 60].to_vec();
+        assert!(stream_checkpoint(get_from(short), 500, |_| Ok(())).is_err());
+        let mut huge = obj.clone();
+        huge[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(stream_checkpoint(get_from(huge), 500, |_| Ok(())).is_err());
     }
 
     proptest! {

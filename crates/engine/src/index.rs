@@ -10,9 +10,11 @@
 //! - A lookup at generation `g` returns the newest entry with generation ≤ `g`
 //!   (`seek_for_prev`), which is what makes snapshots O(1).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use rocksdb::{DB, Options, ReadOptions, WriteBatch, WriteOptions};
+use rocksdb::{
+    DB, IngestExternalFileOptions, Options, ReadOptions, SstFileWriter, WriteBatch, WriteOptions,
+};
 
 use crate::error::{EngineError, EngineResult};
 use crate::format::{Mapping, keys};
@@ -21,6 +23,8 @@ use crate::meta::VolumeMeta;
 /// The vPool's RocksDB instance.
 pub struct Index {
     db: DB,
+    /// Options for bulk-load table files (see [`BulkLoad`]).
+    bulk_opts: Options,
 }
 
 impl std::fmt::Debug for Index {
@@ -41,6 +45,29 @@ impl Index {
         o.set_keep_log_file_num(4);
         Ok(Index {
             db: DB::open(&o, path)?,
+            bulk_opts: {
+                // Bulk-loaded tables are not compressed: index values are
+                // mostly hash bytes, and a restart is waiting on the load.
+                let mut b = o.clone();
+                b.set_compression_type(rocksdb::DBCompressionType::None);
+                b
+            },
+        })
+    }
+
+    /// Starts a bulk load of `vol`'s index entries into a sorted table file
+    /// at `path` (see [`BulkLoad`]).
+    pub fn bulk_load(&self, vol: u64, path: PathBuf) -> EngineResult<BulkLoad<'_>> {
+        let _ = std::fs::remove_file(&path);
+        let writer = SstFileWriter::create(&self.bulk_opts);
+        writer.open(&path)?;
+        Ok(BulkLoad {
+            index: self,
+            vol,
+            writer,
+            path,
+            pending: None,
+            written: 0,
         })
     }
 
@@ -264,6 +291,82 @@ impl Index {
     }
 }
 
+/// A bulk load of one volume's index entries (restart from a checkpoint):
+/// entries go, in strictly increasing (cluster, generation) order, into one
+/// sorted table file, which [`BulkLoad::ingest`] hands to RocksDB in one
+/// step — no write-ahead log, no memtable, no compaction of the load itself.
+/// Entries committed after the ingest (tlog replay) are newer and win.
+/// Dropping a load without ingesting it deletes the file and changes nothing.
+pub struct BulkLoad<'a> {
+    index: &'a Index,
+    vol: u64,
+    writer: SstFileWriter<'a>,
+    path: PathBuf,
+    /// The last key added: held back so a later entry with the same key
+    /// (two generations folded into one boundary) replaces it.
+    pending: Option<([u8; keys::INDEX_KEY_LEN], Mapping)>,
+    written: u64,
+}
+
+impl std::fmt::Debug for BulkLoad<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BulkLoad")
+            .field("path", &self.path)
+            .field("written", &self.written)
+            .finish()
+    }
+}
+
+impl BulkLoad<'_> {
+    /// Adds an entry. Keys must not go backwards (the same key again
+    /// replaces the previous entry); a checkpoint whose entries are out of
+    /// order is corrupt.
+    pub fn add(&mut self, cluster: u64, generation: u32, m: Mapping) -> EngineResult<()> {
+        let key = keys::index(self.vol, cluster, generation);
+        if let Some((pk, pm)) = self.pending {
+            match key.cmp(&pk) {
+                std::cmp::Ordering::Less => {
+                    return Err(EngineError::corrupt(
+                        "checkpoint",
+                        "entries out of (cluster, generation) order",
+                    ));
+                }
+                std::cmp::Ordering::Equal => {}
+                std::cmp::Ordering::Greater => {
+                    self.writer.put(pk, pm.encode_value())?;
+                    self.written += 1;
+                }
+            }
+        }
+        self.pending = Some((key, m));
+        Ok(())
+    }
+
+    /// Finishes the table file and ingests it; returns the entries loaded.
+    pub fn ingest(mut self) -> EngineResult<u64> {
+        if let Some((pk, pm)) = self.pending.take() {
+            self.writer.put(pk, pm.encode_value())?;
+            self.written += 1;
+        }
+        if self.written == 0 {
+            return Ok(0);
+        }
+        self.writer.finish()?;
+        let mut io = IngestExternalFileOptions::default();
+        io.set_move_files(true);
+        self.index
+            .db
+            .ingest_external_file_opts(&io, vec![&self.path])?;
+        Ok(self.written)
+    }
+}
+
+impl Drop for BulkLoad<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 fn scan_iter<D: rocksdb::DBAccess>(
     it: &mut rocksdb::DBRawIteratorWithThreadMode<'_, D>,
     vol: u64,
@@ -295,4 +398,50 @@ fn encode_applied(a: (u64, u64)) -> [u8; 16] {
     v[0..8].copy_from_slice(&a.0.to_le_bytes());
     v[8..16].copy_from_slice(&a.1.to_le_bytes());
     v
+}
+
+#[cfg(test)]
+mod bulk_tests {
+    use super::*;
+    use crate::format::Location;
+
+    fn loc(container: u64) -> Mapping {
+        Mapping::Data(Location {
+            container,
+            slot: 1,
+            len: 4096,
+            flags: 0,
+            crc: 7,
+            hash: 9,
+        })
+    }
+
+    #[test]
+    fn bulk_load_ingests_replaces_equal_keys_and_rejects_disorder() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("index")).unwrap();
+        let mut l = idx.bulk_load(5, dir.path().join("a.sst")).unwrap();
+        l.add(1, 1, loc(1)).unwrap();
+        l.add(1, 3, loc(2)).unwrap();
+        l.add(1, 3, loc(3)).unwrap(); // same key: the later entry wins
+        l.add(9, 1, Mapping::Unmapped).unwrap();
+        assert_eq!(l.ingest().unwrap(), 3);
+        assert_eq!(idx.lookup(5, 1, 2).unwrap(), Some((1, loc(1))));
+        assert_eq!(idx.lookup(5, 1, 3).unwrap(), Some((3, loc(3))));
+        assert_eq!(idx.lookup(5, 9, 4).unwrap(), Some((1, Mapping::Unmapped)));
+        assert_eq!(idx.lookup(6, 1, 3).unwrap(), None);
+        assert!(!dir.path().join("a.sst").exists());
+
+        // Entries going backwards are corrupt; nothing is ingested.
+        let mut l = idx.bulk_load(6, dir.path().join("b.sst")).unwrap();
+        l.add(4, 1, loc(1)).unwrap();
+        assert!(l.add(3, 1, loc(1)).is_err());
+        drop(l);
+        assert_eq!(idx.lookup(6, 4, 1).unwrap(), None);
+        assert!(!dir.path().join("b.sst").exists());
+
+        // An empty load is a no-op.
+        let l = idx.bulk_load(7, dir.path().join("c.sst")).unwrap();
+        assert_eq!(l.ingest().unwrap(), 0);
+    }
 }

@@ -2166,63 +2166,6 @@ impl Volume {
         Ok((state, ((run_end - off) / bs).max(1)))
     }
 
-    // -------------------------------------------------------------- restore
-
-    /// Rebuilds this volume's index from the backend (flash was lost).
-    pub(crate) fn restore_index_from_backend(
-        shared: &Shared,
-        meta: &VolumeMeta,
-    ) -> EngineResult<()> {
-        let be = &shared.backend;
-        let mut batch: Vec<Entry> = Vec::new();
-        let remap = |g: u32| meta.boundary(g);
-        if let Some((ck, _cut)) = meta.shipped.checkpoint {
-            let data = be.get(&backend::checkpoint_key(meta.id, ck))?;
-            let (vid, _, entries) = crate::format::decode_checkpoint(&data)?;
-            if vid != meta.id {
-                return Err(EngineError::corrupt(
-                    "checkpoint",
-                    "belongs to another volume",
-                ));
-            }
-            for e in entries {
-                if !meta.is_discarded(e.generation) {
-                    batch.push((e.cluster, remap(e.generation), e.mapping));
-                }
-            }
-        }
-        let mut last = meta.shipped.next_tlog;
-        for t in &meta.shipped.tlogs {
-            if meta.is_discarded(t.generation) {
-                continue;
-            }
-            let data = be.get(&backend::tlog_key(meta.id, t.seq))?;
-            let hdr = TlogHeader::decode(&data)?;
-            if hdr.volume_id != meta.id || hdr.seq != t.seq {
-                return Err(EngineError::corrupt(
-                    format!("tlog {:016x}", t.seq),
-                    "header names another log",
-                ));
-            }
-            for rec in data[TLOG_HEADER_SIZE..].chunks(TLOG_RECORD_SIZE) {
-                let Some(r) = TlogRecord::decode(rec) else {
-                    return Err(EngineError::corrupt(
-                        format!("tlog {:016x} on the backend", t.seq),
-                        "bad record checksum",
-                    ));
-                };
-                batch.push((r.cluster, remap(hdr.generation), r.mapping));
-            }
-            last = last.max(t.seq + 1);
-            if batch.len() > 65536 {
-                shared.index.commit(meta.id, &batch, (0, 0))?;
-                batch.clear();
-            }
-        }
-        shared.index.commit(meta.id, &batch, (last, 0))?;
-        Ok(())
-    }
-
     // ---------------------------------------------------------------- scrub
 
     /// Rewrites this volume's sparsely used containers and writes a fresh
