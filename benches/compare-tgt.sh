@@ -145,12 +145,33 @@ for t in targets:
         med[(t, j)] = {k: statistics.median(x[k] for x in runs) for k in runs[0]}
 print(f"medians of {repeat} run(s), {runtime:.0f} s each; target CPU in % of one core")
 print()
-print("| job | target | IOPS | MB/s | p50 µs | p99 µs | target CPU % | IOPS vs tgt |")
-print("|---|---|---:|---:|---:|---:|---:|---:|")
+print("| job | target | IOPS | MB/s | p50 µs | p99 µs | target CPU % | IOPS vs tgt | IOPS vs raw |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
 for j in jobs:
     base = med[("tgt", j)]["iops"] or 1
+    raw = med[("raw", j)]["iops"] or 1
     for t in targets:
         m = med[(t, j)]
         ratio = m["iops"] / base
-        print(f"| {j} | {t} | {m['iops']:.0f} | {m['mbs']:.1f} | {m['p50']:.0f} | {m['p99']:.0f} | {m['cpu']:.0f} | {ratio:.2f}× |")
+        vs_raw = f"{m['iops'] / raw:.2f}×" if t == "engine" else ""
+        print(f"| {j} | {t} | {m['iops']:.0f} | {m['mbs']:.1f} | {m['p50']:.0f} | {m['p99']:.0f} | {m['cpu']:.0f} | {ratio:.2f}× | {vs_raw} |")
+
+# The performance issue's targets, checked against this run.
+def r(t, j, k="iops"):
+    return med[(t, j)][k] / (med[("tgt", j)][k] or 1)
+checks = [
+    ("engine ≥ 2× tgt, 4K random read QD32", r("engine", "randread-4k-qd32"), 2.0),
+    ("engine ≥ 2× tgt, 4K random write QD32", r("engine", "randwrite-4k-qd32"), 2.0),
+    ("engine ≥ 1.2× tgt, 1M sequential read", r("engine", "seqread-1m-qd8"), 1.2),
+    ("engine ≥ 1.5× tgt, 1M sequential write", r("engine", "seqwrite-1m-qd8"), 1.5),
+    ("engine QD1 p50 ≤ tgt's (tgt p50 / engine p50 ≥ 1)",
+     1 / (r("engine", "randread-4k-qd1", "p50") or 1), 1.0),
+    ("engine ≥ 0.8× raw, 4K random read QD32",
+     med[("engine", "randread-4k-qd32")]["iops"] / (med[("raw", "randread-4k-qd32")]["iops"] or 1), 0.8),
+]
+print()
+print("| target | this run | met |")
+print("|---|---:|---|")
+for name, value, need in checks:
+    print(f"| {name} | {value:.2f} | {'yes' if value >= need else 'no'} |")
 PY
