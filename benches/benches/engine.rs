@@ -53,7 +53,10 @@ fn env_sized(keep_local: bool, size: u64, container: u64, write_buffer: u64) -> 
     cfg.write_buffer_bytes = write_buffer;
     cfg.read_cache_bytes = 128 << 20;
     if !keep_local {
+        // Evicted containers are read like a remote backend's: read cache,
+        // then ranged GETs.
         cfg.keep_shipped_bytes = 0;
+        cfg.local_backend_shortcuts = false;
     }
     let pool = VPool::open(cfg, rt.handle().clone()).unwrap();
     let vol = pool.create_volume("bench", size, 4096).unwrap();

@@ -414,6 +414,14 @@ impl Backend {
         Ok(linked)
     }
 
+    /// The file holding object `key` when the backend is a local directory
+    /// (its bytes are the object's bytes), for positioned reads that skip
+    /// `object_store`. `None` for other backends.
+    pub fn local_path(&self, key: &str) -> Option<PathBuf> {
+        let root = self.local_root.as_ref()?;
+        plain_key(key).then(|| root.join(key))
+    }
+
     /// Fetches a whole object.
     pub fn get(&self, key: &str) -> EngineResult<Bytes> {
         let path = self.path(key);

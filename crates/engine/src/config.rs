@@ -88,12 +88,14 @@ pub struct VPoolConfig {
     pub scrub_live_ratio: f64,
     /// Backend retry policy.
     pub retry: RetryPolicy,
-    /// With a local-directory backend, ship sealed containers as hard links
-    /// into the backend directory (falling back to a copy when linking
-    /// fails, e.g. across file systems). The flash copy and the object are
-    /// then one file: cheap to ship, but not a second copy of the bytes.
-    /// Default true.
-    pub ship_by_link: bool,
+    /// Shortcuts for a local-directory backend: sealed containers ship as
+    /// hard links into the backend directory (a copy when linking fails,
+    /// e.g. across file systems), and containers evicted from flash are
+    /// read with positioned reads of the object's file instead of ranged
+    /// GETs through `object_store` and the read cache. The flash copy and
+    /// the object are then one file: cheap, but not a second copy of the
+    /// bytes. Default true; tests of the object path turn it off.
+    pub local_backend_shortcuts: bool,
 }
 
 impl VPoolConfig {
@@ -111,7 +113,7 @@ impl VPoolConfig {
             sync_interval: Duration::from_secs(1),
             scrub_live_ratio: 0.5,
             retry: RetryPolicy::default(),
-            ship_by_link: true,
+            local_backend_shortcuts: true,
         }
     }
 

@@ -9,13 +9,18 @@
 //! mappings + replay marker to RocksDB; every writer that arrived before the
 //! grab is covered by that one sync.
 //!
-//! Read path: memtable → RocksDB (newest generation ≤ read generation) → parent chain;
-//! data: local container → read cache → ranged GET, crc32c checked on every
-//! path.
+//! Read path: mappings from the memtable → the chunked index cache
+//! (`crate::icache`, filled by one RocksDB range scan per 256 clusters) →
+//! parent chain, resolved up to 256 clusters at a time; data: runs of whole
+//! clusters in consecutive slots of one local container are read with one
+//! positioned read straight into the caller's buffer, anything else per
+//! cluster from local container → read cache → ranged GET; crc32c checked
+//! on every path. `try_read_nowait` runs the same path but only from memory
+//! and page-cache-resident local containers (`preadv2(RWF_NOWAIT)`).
 //!
 //! Lock order (never acquired in the other direction):
 //! `admin` → `ship_lock` → stripe locks → `writer` → `commit` → `index_lock`
-//! → `memtable` / `meta` / `files`.
+//! → `memtable` / `meta` / `files` / `icache`.
 //!
 //! Invariants:
 //! - A record is appended only after its cluster data was written to the
@@ -24,6 +29,14 @@
 //! - RocksDB only ever receives mappings whose data and records are durable.
 //! - Segments (a sealed tlog and its containers) ship in order; the backend
 //!   manifest is written after the objects it names.
+//! - A container file is written only while it is the open container (and
+//!   scrub output is written once, under a fresh sequence number, before
+//!   it is registered). Once sealed it is never opened for writing again,
+//!   truncated or rewritten: a local-directory backend may hold it as a
+//!   hard link (`Backend::put_link`). Eviction only unlinks the flash name.
+//! - The index cache is updated by commits under `index_lock` and filled
+//!   under it (see `crate::icache`), so it never serves a mapping older
+//!   than RocksDB's.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -51,6 +64,9 @@ use crate::meta::{SnapshotMeta, TlogRef, VolumeMeta};
 use crate::pool::Shared;
 
 const STRIPES: usize = 64;
+/// Largest write `try_write_nowait` completes inline (bigger buffered
+/// copies are left to the blocking pool).
+const NOWAIT_WRITE_MAX: u64 = 128 * 1024;
 const TLOG_BUF_FLUSH: usize = 64 * 1024;
 
 /// A snapshot as the API reports it.
@@ -610,24 +626,39 @@ impl Volume {
 
     // ----------------------------------------------------------------- lookup
 
-    fn lookup_own(&self, cluster: u64, generation: u32) -> EngineResult<Option<Mapping>> {
+    /// Own mapping of one cluster (memtable, index cache, RocksDB); `None`
+    /// inside means no entry. The outer `None` only with `nowait`:
+    /// answering would have waited.
+    fn lookup_own(
+        &self,
+        cluster: u64,
+        generation: u32,
+        nowait: bool,
+    ) -> EngineResult<Option<Option<Mapping>>> {
         {
-            let m = self.memtable.read();
+            let m = if nowait {
+                match self.memtable.try_read() {
+                    Some(m) => m,
+                    None => return Ok(None),
+                }
+            } else {
+                self.memtable.read()
+            };
             if let Some((_, (_, mapping))) =
                 m.range((cluster, 0)..=(cluster, generation)).next_back()
             {
-                return Ok(Some(*mapping));
+                return Ok(Some(Some(*mapping)));
             }
         }
         if let Some(hit) = self.icache.lock().get(cluster, generation) {
-            return Ok(hit.map(|(_, m)| m));
+            return Ok(Some(hit.map(|(_, m)| m)));
         }
         let chunk = cluster / CHUNK_CLUSTERS;
-        let slots = self.fill_chunk(chunk, generation, false)?;
+        let Some(slots) = self.fill_chunk(chunk, generation, nowait)? else {
+            return Ok(None);
+        };
         let idx = (cluster % CHUNK_CLUSTERS) as usize;
-        Ok(slots
-            .and_then(|s| s.get(idx).copied().flatten())
-            .map(|(_, m)| m))
+        Ok(Some(slots.get(idx).copied().flatten().map(|(_, m)| m)))
     }
 
     /// Loads one chunk of committed lookups from RocksDB into the index
@@ -734,18 +765,32 @@ impl Volume {
     }
 
     fn resolve(&self, cluster: u64) -> EngineResult<Option<Resolved<'_>>> {
+        self.resolve_one(cluster, false)?
+            .ok_or_else(|| EngineError::Failed("a blocking index lookup declined".into()))
+    }
+
+    /// Where `cluster`'s data is (walking the parent chain), `Some(None)`
+    /// if it reads as zeros; `None` only with `nowait`.
+    fn resolve_one(
+        &self,
+        cluster: u64,
+        nowait: bool,
+    ) -> EngineResult<Option<Option<Resolved<'_>>>> {
         let mut vol: &Volume = self;
         let mut generation = self.head_gen.load(Ordering::Acquire);
         loop {
-            match vol.lookup_own(cluster, generation)? {
-                Some(Mapping::Data(loc)) => return Ok(Some(Resolved { owner: vol, loc })),
-                Some(Mapping::Unmapped) => return Ok(None),
+            let Some(m) = vol.lookup_own(cluster, generation, nowait)? else {
+                return Ok(None);
+            };
+            match m {
+                Some(Mapping::Data(loc)) => return Ok(Some(Some(Resolved { owner: vol, loc }))),
+                Some(Mapping::Unmapped) => return Ok(Some(None)),
                 None => match &vol.parent {
                     Some((p, pg)) => {
                         vol = p;
                         generation = *pg;
                     }
-                    None => return Ok(None),
+                    None => return Ok(Some(None)),
                 },
             }
         }
@@ -789,11 +834,22 @@ impl Volume {
         Ok(Some(out))
     }
 
+    /// An open handle on container `seq`: the flash file, or, once that was
+    /// evicted, the object's file in a local-directory backend (the same
+    /// immutable bytes, often the same inode). Cached in `files`.
     fn container_file(&self, seq: u64) -> Option<Arc<File>> {
         if let Some(f) = self.files.lock().get(&seq) {
             return Some(f.clone());
         }
-        let f = Arc::new(File::open(self.container_path(seq)).ok()?);
+        let f = match File::open(self.container_path(seq)) {
+            Ok(f) => f,
+            Err(_) if self.shared.cfg.local_backend_shortcuts => {
+                let key = backend::container_key(self.id, seq);
+                File::open(self.shared.backend.local_path(&key)?).ok()?
+            }
+            Err(_) => return None,
+        };
+        let f = Arc::new(f);
         let mut files = self.files.lock();
         if files.len() >= 256 {
             files.clear();
@@ -988,8 +1044,22 @@ impl Volume {
         let mut c = first;
         while c <= last {
             let n = (last - c + 1).min(CHUNK_CLUSTERS) as usize;
-            let Some(res) = self.resolve_run(c, n, nowait)? else {
-                return Ok(false);
+            // One cluster (the common small read) resolves without
+            // allocating.
+            let one: [Option<Resolved<'_>>; 1];
+            let many: Vec<Option<Resolved<'_>>>;
+            let res: &[Option<Resolved<'_>>] = if n == 1 {
+                let Some(r) = self.resolve_one(c, nowait)? else {
+                    return Ok(false);
+                };
+                one = [r];
+                &one
+            } else {
+                let Some(v) = self.resolve_run(c, n, nowait)? else {
+                    return Ok(false);
+                };
+                many = v;
+                &many
             };
             let mut i = 0;
             while i < n {
@@ -1127,11 +1197,13 @@ impl Volume {
         }
         let seq = w.next_container;
         let path = self.container_path(seq);
+        // `create_new`: a container name is never reused, and an existing
+        // file may be a shipped object's hard link that must not be
+        // truncated.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&path)
             .map_err(|e| EngineError::io("creating a container", e))?;
         let hdr = ContainerHeader {
@@ -1353,6 +1425,55 @@ impl Volume {
             self.sync_to(seq)?;
         }
         Ok(())
+    }
+
+    /// See `try_write_nowait` in the `BlockDevice` impl.
+    fn try_append_nowait(&self, off: u64, data: &[u8], len: u64) -> EngineResult<bool> {
+        if data.is_empty()
+            || len > NOWAIT_WRITE_MAX
+            || !off.is_multiple_of(CLUSTER_SIZE_U64)
+            || !len.is_multiple_of(CLUSTER_SIZE_U64)
+            || self.closed.load(Ordering::Relaxed)
+            || self.template.load(Ordering::Relaxed)
+            || self.unshipped.load(Ordering::Relaxed) + len > self.shared.cfg.write_buffer_bytes
+        {
+            return Ok(false);
+        }
+        match self.failed.try_lock() {
+            Some(f) if f.is_none() => {}
+            _ => return Ok(false),
+        }
+        let first = off / CLUSTER_SIZE_U64;
+        let n = len / CLUSTER_SIZE_U64;
+        let mut want = [false; STRIPES];
+        for c in first..first + n.min(STRIPES as u64) {
+            want[(c % STRIPES as u64) as usize] = true;
+        }
+        let mut stripes = Vec::with_capacity(n.min(STRIPES as u64) as usize);
+        for (i, _) in want.iter().enumerate().filter(|(_, w)| **w) {
+            match self.stripes[i].try_lock() {
+                Some(g) => stripes.push(g),
+                None => return Ok(false),
+            }
+        }
+        let sums = cluster_sums(data);
+        let Some(mut w) = self.writer.try_lock() else {
+            return Ok(false);
+        };
+        let slots = self.shared.cfg.container_slots();
+        let room = w
+            .container
+            .as_ref()
+            .map_or(0, |c| u64::from(slots.saturating_sub(c.next_slot)));
+        // Strictly more room than needed: filling it would seal inline.
+        if w.tlog.is_none() || room <= n {
+            return Ok(false);
+        }
+        self.append(&mut w, first, data, &sums)?;
+        drop(w);
+        drop(stripes);
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
     }
 
     // ------------------------------------------------------------------- sync
@@ -1583,7 +1704,7 @@ impl Volume {
             // A sealed container is never written again (module docs), so a
             // local-directory backend can take it as a hard link.
             let key = backend::container_key(self.id, c);
-            if self.shared.cfg.ship_by_link
+            if self.shared.cfg.local_backend_shortcuts
                 && be.put_link(&key, &self.container_path(c), forever)?
             {
                 continue;
@@ -2205,7 +2326,12 @@ impl Volume {
     /// Registers a scrub-written container as a shipped local container.
     pub(crate) fn adopt_local_container(&self, seq: u64, data: &[u8]) -> EngineResult<()> {
         let path = self.container_path(seq);
-        std::fs::write(&path, data)
+        // A fresh sequence number: never overwrite an existing file.
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, data))
             .map_err(|e| EngineError::io("writing a scrubbed container", e))?;
         let mut w = self.writer.lock();
         w.shipped_local.push_back((seq, data.len() as u64));
@@ -2284,6 +2410,19 @@ impl BlockDevice for Volume {
             }
             Ok(false) | Err(_) => Ok(false),
         }
+    }
+
+    /// Completes a non-FUA write only when it is a plain append: whole
+    /// clusters (no read-modify-write), at most [`NOWAIT_WRITE_MAX`] bytes,
+    /// the write buffer below its cap, every stripe lock and the writer
+    /// lock free, and room in the already-open container (so no file is
+    /// created and nothing is sealed inline). The data then goes into the
+    /// page cache with one buffered `pwrite`, exactly as `write` would do
+    /// it. Declines (`Ok(false)`, nothing written) otherwise.
+    fn try_write_nowait(&self, lba: u64, data: &[u8]) -> BlockResult<bool> {
+        let (off, len) = self.byte_range(lba, data.len())?;
+        self.try_append_nowait(off, data, len)
+            .map_err(BlockError::from)
     }
 
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> BlockResult<()> {

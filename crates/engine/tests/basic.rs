@@ -255,6 +255,7 @@ fn read_cache_dedups_template_clones_and_checks_integrity() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.keep_shipped_bytes = 0; // force reads to the backend
+    cfg.local_backend_shortcuts = false; // ... through the object path
     let pool = open(&cfg, &rt);
     let a = pool.create_volume("a", 1 << 20, 4096).unwrap();
     let b = pool.create_volume("b", 1 << 20, 4096).unwrap();
@@ -343,6 +344,7 @@ fn backend_outage_throttles_never_fails_and_loses_nothing() {
     // A foreground read with the backend down is a clear, retryable error.
     let mut cfg2 = cfg.clone();
     cfg2.keep_shipped_bytes = 0;
+    cfg2.local_backend_shortcuts = false; // reads go through object_store
     pool.shutdown().unwrap();
     drop((v, pool));
     std::fs::remove_dir_all(flash(dir.path())).unwrap();
@@ -533,7 +535,7 @@ fn corrupt_local_container_falls_back_or_reports_integrity() {
     // Copies, not hard links: the backend must hold a second copy of the
     // bytes for the fallback to exist.
     let mut cfg = config(dir.path());
-    cfg.ship_by_link = false;
+    cfg.local_backend_shortcuts = false;
     let pool = open(&cfg, &rt);
     let v = pool.create_volume("rot", 1 << 20, 4096).unwrap();
     v.write(0, &pattern(1, 0, 4096), true).unwrap();

@@ -197,7 +197,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             } => {
                 let i = vol as usize % m.vols.len();
                 let d = bytes(seed, lba, n);
-                h.vol(&m.vols[i].name).write(lba, &d, fua).unwrap();
+                let v = h.vol(&m.vols[i].name);
+                // Non-FUA writes try the non-blocking append first (seed
+                // picks which), falling back to `write` when it declines.
+                if fua || seed % 2 == 0 || !v.try_write_nowait(lba, &d).unwrap() {
+                    v.write(lba, &d, fua).unwrap();
+                }
                 let img = &mut m.vols[i].img;
                 img.data[lba as usize * BS..(lba + n) as usize * BS].copy_from_slice(&d);
                 for b in lba..lba + n {

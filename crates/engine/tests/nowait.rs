@@ -3,6 +3,9 @@
 //! never an error or wrong bytes) when a read would wait: data only on the
 //! backend, a cold index chunk, a closed volume. Also checks coalesced
 //! multi-cluster reads across containers, holes and a clone's parent.
+//! `Volume::try_write_nowait`: completes only plain appends into the open
+//! container, and what it wrote is read back and survives a crash after a
+//! flush.
 #![allow(missing_docs)]
 
 mod common;
@@ -64,6 +67,8 @@ fn declines_when_the_data_is_only_on_the_backend() {
     let rt = runtime();
     let mut cfg = config(dir.path());
     cfg.keep_shipped_bytes = 0;
+    // The local-directory backend stands in for a remote one here.
+    cfg.local_backend_shortcuts = false;
     let pool = open(&cfg, &rt);
     let vol = pool.create_volume("v", 4 << 20, 4096).unwrap();
     let a = pattern(5, 0, 512 << 10);
@@ -109,5 +114,66 @@ fn out_of_range_is_an_error_not_a_decline() {
     let vol = pool.create_volume("v", 1 << 20, 4096).unwrap();
     let mut buf = vec![0u8; 8192];
     assert!(vol.try_read_nowait(255, &mut buf).is_err());
+    pool.shutdown().unwrap();
+}
+
+#[test]
+fn nowait_writes_are_plain_appends_and_durable_after_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let cfg = config(dir.path());
+    let pool = open(&cfg, &rt);
+    let vol = pool.create_volume("w", 4 << 20, 512).unwrap();
+    let a = pattern(7, 0, 8192);
+    // No open container yet: creating one is file-system work, declined.
+    assert!(!vol.try_write_nowait(0, &a).unwrap());
+    vol.write(0, &a, false).unwrap();
+    // Now a whole-cluster append completes.
+    let b = pattern(8, 16, 8192);
+    assert!(vol.try_write_nowait(16, &b).unwrap());
+    // Partial clusters need a read-modify-write: declined, nothing written.
+    assert!(!vol.try_write_nowait(33, &b[..4096]).unwrap());
+    assert!(!vol.try_write_nowait(40, &b[..512]).unwrap());
+    let mut got = vec![0u8; 8192];
+    vol.read(16, &mut got).unwrap();
+    assert_eq!(got, b);
+    vol.read(32, &mut got).unwrap();
+    assert!(
+        got.iter().all(|&x| x == 0),
+        "a declined write wrote nothing"
+    );
+    // Appends never fill (and so never seal) the container inline: keep
+    // going until one declines, then the blocking path takes over.
+    let mut lba = 64u64;
+    let mut inline = 0;
+    while vol.try_write_nowait(lba, &pattern(9, lba, 4096)).unwrap() {
+        inline += 1;
+        lba += 8;
+        assert!(inline < 1000, "never declined");
+    }
+    assert!(inline > 0);
+    vol.write(lba, &pattern(9, lba, 4096), false).unwrap();
+    vol.flush().unwrap();
+    // Crash (no shutdown), reopen: everything flushed is there.
+    pool.abandon();
+    drop((vol, pool));
+    let pool = open(&cfg, &rt);
+    let vol = pool.open_volume("w").unwrap();
+    let mut got = vec![0u8; 8192];
+    vol.read(0, &mut got).unwrap();
+    assert_eq!(got, a);
+    vol.read(16, &mut got).unwrap();
+    assert_eq!(got, b);
+    let mut one = vec![0u8; 4096];
+    let mut l = 64u64;
+    while l <= lba {
+        vol.read(l, &mut one).unwrap();
+        assert_eq!(one, pattern(9, l, 4096), "lba {l}");
+        l += 8;
+    }
+    // A template is read-only: declined (the blocking write reports it).
+    vol.set_template(true).unwrap();
+    assert!(!vol.try_write_nowait(0, &a).unwrap());
+    assert!(vol.write(0, &a, false).is_err());
     pool.shutdown().unwrap();
 }
