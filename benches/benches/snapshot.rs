@@ -99,7 +99,7 @@ fn bench(c: &mut Criterion) {
     let buf = pattern(7, 4096);
 
     let (samples, measure, warm) = if quick {
-        (10, Duration::from_millis(500), Duration::from_millis(200))
+        (10, Duration::from_millis(300), Duration::from_millis(100))
     } else {
         (20, Duration::from_secs(3), Duration::from_secs(1))
     };
