@@ -69,6 +69,14 @@ pub struct VPoolConfig {
     pub cache_dir: PathBuf,
     /// Read-cache capacity in bytes (rounded down to clusters; 0 disables).
     pub read_cache_bytes: u64,
+    /// Memory for the per-volume caches of committed index lookups, shared
+    /// by all open vDisks of the pool: each volume may keep
+    /// `index_cache_bytes / open volumes` (at least 64 chunks, each chunk
+    /// covering 1 MiB of data in about 20 KiB, and at most the per-volume
+    /// cap of 4096 chunks). Default 64 MiB: one busy vDisk gets ~3 GiB of
+    /// hot data covered, and 100 open vDisks cannot hold more than ~128 MiB
+    /// together.
+    pub index_cache_bytes: u64,
     /// Per-vDisk cap on data written but not yet on the backend; writes are
     /// throttled (never failed) above it.
     pub write_buffer_bytes: u64,
@@ -106,6 +114,7 @@ impl VPoolConfig {
             backend,
             cache_dir,
             read_cache_bytes: 1 << 30,
+            index_cache_bytes: 64 << 20,
             write_buffer_bytes: 1 << 30,
             container_bytes: 64 << 20,
             keep_shipped_bytes: 1 << 30,

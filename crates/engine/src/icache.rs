@@ -32,6 +32,9 @@ pub(crate) const CHUNK_CLUSTERS: u64 = 256;
 /// 64 MiB of memory.
 pub(crate) const MAX_CHUNKS: usize = 4096;
 
+/// Memory of one cached chunk (its slots; bookkeeping not counted).
+pub(crate) const CHUNK_BYTES: usize = CHUNK_CLUSTERS as usize * std::mem::size_of::<Slot>();
+
 /// One cluster's committed answer: `None` when no entry with generation ≤
 /// the query generation exists (look at the parent), else the entry's
 /// generation and mapping.
@@ -87,7 +90,17 @@ impl IndexCache {
     }
 
     /// Inserts a filled chunk unless the epoch moved since `epoch`.
+    #[cfg(test)]
     pub(crate) fn insert(&mut self, chunk_no: u64, chunk: Chunk, epoch: u64) {
+        self.insert_within(chunk_no, chunk, epoch, MAX_CHUNKS);
+    }
+
+    /// Inserts a filled chunk unless the epoch moved since `epoch`, then
+    /// evicts the oldest chunks beyond `limit` (never more than
+    /// [`MAX_CHUNKS`]; the vPool shares one memory budget among its volumes,
+    /// see `VPoolConfig::index_cache_bytes`).
+    pub(crate) fn insert_within(&mut self, chunk_no: u64, chunk: Chunk, epoch: u64, limit: usize) {
+        let limit = limit.clamp(1, MAX_CHUNKS);
         if self.epoch != epoch || chunk.slots.len() != CHUNK_CLUSTERS as usize {
             return;
         }
@@ -100,7 +113,7 @@ impl IndexCache {
         v.push(chunk);
         self.order.push_back((chunk_no, q));
         self.len += 1;
-        while self.len > MAX_CHUNKS {
+        while self.len > limit {
             let Some((n, g)) = self.order.pop_front() else {
                 break;
             };
@@ -195,5 +208,14 @@ mod tests {
         assert_eq!(c.len, MAX_CHUNKS);
         assert!(!c.has_chunk(0, 1));
         assert!(c.has_chunk(MAX_CHUNKS as u64 + 9, 1));
+        // A smaller (pool-shared) limit evicts down to it.
+        c.insert_within(
+            1 << 20,
+            Chunk::new(1, vec![None; CHUNK_CLUSTERS as usize]),
+            e,
+            8,
+        );
+        assert_eq!(c.len, 8);
+        assert!(c.has_chunk(1 << 20, 1));
     }
 }

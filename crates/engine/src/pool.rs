@@ -17,7 +17,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ use crate::error::{EngineError, EngineResult};
 use crate::format::{
     TLOG_HEADER_SIZE, TLOG_RECORD_SIZE, TlogHeader, TlogRecord, stream_checkpoint,
 };
+use crate::icache::{CHUNK_BYTES, MAX_CHUNKS};
 use crate::index::{Entry, Index};
 use crate::meta::{CatalogEntry, ChildRef, META_VERSION, ParentRef, Shipped, VolumeMeta};
 use crate::volume::Volume;
@@ -64,6 +65,8 @@ pub struct Shared {
     pub(crate) backend: Backend,
     pub(crate) cache: ReadCache,
     volumes: Mutex<HashMap<u64, Arc<Volume>>>,
+    /// `volumes.len()`, readable without the lock (index-cache budget).
+    open_volumes: AtomicUsize,
     wake: Mutex<bool>,
     wake_cv: Condvar,
     shutdown: AtomicBool,
@@ -87,7 +90,26 @@ impl Shared {
     fn volumes(&self) -> Vec<Arc<Volume>> {
         self.volumes.lock().values().cloned().collect()
     }
+
+    /// Records the number of open volumes (call with the map locked).
+    fn count_volumes(&self, vols: &HashMap<u64, Arc<Volume>>) {
+        self.open_volumes.store(vols.len(), Ordering::Relaxed);
+    }
+
+    /// How many index-cache chunks one volume may keep now: the pool's
+    /// `index_cache_bytes` shared among the open volumes, within
+    /// [`MIN_ICACHE_CHUNKS`] and the per-volume cap.
+    pub(crate) fn icache_chunks_per_volume(&self) -> usize {
+        let budget =
+            usize::try_from(self.cfg.index_cache_bytes / CHUNK_BYTES as u64).unwrap_or(usize::MAX);
+        let n = self.open_volumes.load(Ordering::Relaxed).max(1);
+        (budget / n).clamp(MIN_ICACHE_CHUNKS, MAX_CHUNKS)
+    }
 }
+
+/// Index-cache chunks a volume may always keep (64 MiB of data covered, about
+/// 1.3 MiB of memory), however many volumes share the pool's budget.
+const MIN_ICACHE_CHUNKS: usize = 64;
 
 /// What a scrub did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -192,6 +214,7 @@ impl VPool {
             backend,
             cache,
             volumes: Mutex::new(HashMap::new()),
+            open_volumes: AtomicUsize::new(0),
             wake: Mutex::new(false),
             wake_cv: Condvar::new(),
             shutdown: AtomicBool::new(false),
@@ -316,7 +339,10 @@ impl VPool {
         Index::put_applied(&mut b, meta.id, (0, 0));
         self.shared.index.write_sync(b)?;
         let vol = Volume::load(self.shared.clone(), meta, parent)?;
-        self.shared.volumes.lock().insert(vol.id, vol.clone());
+        let mut vols = self.shared.volumes.lock();
+        vols.insert(vol.id, vol.clone());
+        self.shared.count_volumes(&vols);
+        drop(vols);
         Ok(vol)
     }
 
@@ -370,6 +396,7 @@ impl VPool {
         }
         let vol = Volume::load(self.shared.clone(), meta, parent)?;
         vols.insert(vol.id, vol.clone());
+        self.shared.count_volumes(&vols);
         Ok(vol)
     }
 
@@ -417,7 +444,11 @@ impl VPool {
         let be = &self.shared.backend;
         be.delete(&backend::catalog_key(name), false)?;
         vol.close();
-        self.shared.volumes.lock().remove(&vol.id);
+        {
+            let mut vols = self.shared.volumes.lock();
+            vols.remove(&vol.id);
+            self.shared.count_volumes(&vols);
+        }
         self.shared.index.delete_volume(vol.id, name)?;
         let _ = std::fs::remove_dir_all(vol.local_dir());
         if let Ok(objs) = be.list(&backend::volume_prefix(vol.id)) {
@@ -593,6 +624,7 @@ impl VPool {
         }
         self.shared.backend.begin_shutdown();
         self.shared.volumes.lock().clear();
+        self.shared.open_volumes.store(0, Ordering::Relaxed);
         first_err.map_or(Ok(()), Err)
     }
 
@@ -609,6 +641,7 @@ impl VPool {
             v.close();
         }
         self.shared.volumes.lock().clear();
+        self.shared.open_volumes.store(0, Ordering::Relaxed);
     }
 }
 

@@ -685,9 +685,13 @@ impl Volume {
             CHUNK_CLUSTERS as usize,
             generation,
         )?;
-        self.icache
-            .lock()
-            .insert(chunk, Chunk::new(generation, slots.clone()), epoch);
+        let limit = self.shared.icache_chunks_per_volume();
+        self.icache.lock().insert_within(
+            chunk,
+            Chunk::new(generation, slots.clone()),
+            epoch,
+            limit,
+        );
         Ok(Some(slots))
     }
 
