@@ -28,8 +28,8 @@ use crate::format::Mapping;
 /// Clusters per chunk (1 MiB of data).
 pub(crate) const CHUNK_CLUSTERS: u64 = 256;
 
-/// Chunks kept per volume: 4096 chunks cover 4 GiB of hot data in about
-/// 64 MiB of memory.
+/// Most chunks one volume keeps: 4096 chunks cover 4 GiB of hot data in
+/// about 80 MiB (a slot is 80 bytes); the pool's budget usually sets less.
 pub(crate) const MAX_CHUNKS: usize = 4096;
 
 /// Memory of one cached chunk (its slots; bookkeeping not counted).
@@ -56,12 +56,42 @@ impl Chunk {
     }
 }
 
+/// A multiplicative hasher for the (chunk, generation) keys: SipHash's
+/// flood resistance buys nothing for keys the engine chooses, and a hot
+/// read pays for the hash on every lookup.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(26) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+}
+
+/// `BuildHasher` for maps keyed by engine-chosen integers.
+pub(crate) type Build = std::hash::BuildHasherDefault<KeyHasher>;
+
 /// The cache. See the module docs.
 #[derive(Default)]
 pub(crate) struct IndexCache {
-    chunks: HashMap<u64, Vec<Chunk>>,
+    /// (chunk number, query generation) → slots: a hot lookup is one map
+    /// probe and one slot load.
+    chunks: HashMap<(u64, u32), Box<[Slot]>, Build>,
+    /// Query generations with at least one cached chunk (commits visit
+    /// each; there are rarely more than a few).
+    gens: Vec<u32>,
     order: VecDeque<(u64, u32)>,
-    len: usize,
     epoch: u64,
 }
 
@@ -76,17 +106,14 @@ impl IndexCache {
     pub(crate) fn get(&self, cluster: u64, generation: u32) -> Option<Slot> {
         let idx = (cluster % CHUNK_CLUSTERS) as usize;
         self.chunks
-            .get(&(cluster / CHUNK_CLUSTERS))?
-            .iter()
-            .find(|c| c.query_gen == generation)
-            .and_then(|c| c.slots.get(idx).copied())
+            .get(&(cluster / CHUNK_CLUSTERS, generation))?
+            .get(idx)
+            .copied()
     }
 
-    /// Whether the chunk of `cluster` is cached at `generation`.
+    /// Whether chunk number `chunk` is cached at `generation`.
     pub(crate) fn has_chunk(&self, chunk: u64, generation: u32) -> bool {
-        self.chunks
-            .get(&chunk)
-            .is_some_and(|v| v.iter().any(|c| c.query_gen == generation))
+        self.chunks.contains_key(&(chunk, generation))
     }
 
     /// Inserts a filled chunk unless the epoch moved since `epoch`.
@@ -104,27 +131,19 @@ impl IndexCache {
         if self.epoch != epoch || chunk.slots.len() != CHUNK_CLUSTERS as usize {
             return;
         }
-        let q = chunk.query_gen;
-        let v = self.chunks.entry(chunk_no).or_default();
-        if let Some(old) = v.iter_mut().find(|c| c.query_gen == q) {
-            *old = chunk;
+        let key = (chunk_no, chunk.query_gen);
+        if self.chunks.insert(key, chunk.slots).is_some() {
             return;
         }
-        v.push(chunk);
-        self.order.push_back((chunk_no, q));
-        self.len += 1;
-        while self.len > limit {
-            let Some((n, g)) = self.order.pop_front() else {
+        if !self.gens.contains(&key.1) {
+            self.gens.push(key.1);
+        }
+        self.order.push_back(key);
+        while self.chunks.len() > limit {
+            let Some(old) = self.order.pop_front() else {
                 break;
             };
-            if let Some(v) = self.chunks.get_mut(&n) {
-                let before = v.len();
-                v.retain(|c| c.query_gen != g);
-                self.len -= before - v.len();
-                if v.is_empty() {
-                    self.chunks.remove(&n);
-                }
-            }
+            self.chunks.remove(&old);
         }
     }
 
@@ -136,12 +155,12 @@ impl IndexCache {
             return;
         }
         for &(cluster, g, m) in entries {
-            let Some(v) = self.chunks.get_mut(&(cluster / CHUNK_CLUSTERS)) else {
-                continue;
-            };
             let idx = (cluster % CHUNK_CLUSTERS) as usize;
-            for c in v.iter_mut().filter(|c| c.query_gen >= g) {
-                if let Some(slot) = c.slots.get_mut(idx)
+            for &q in self.gens.iter().filter(|&&q| q >= g) {
+                if let Some(slot) = self
+                    .chunks
+                    .get_mut(&(cluster / CHUNK_CLUSTERS, q))
+                    .and_then(|c| c.get_mut(idx))
                     && slot.is_none_or(|(sg, _)| sg <= g)
                 {
                     *slot = Some((g, m));
@@ -153,8 +172,8 @@ impl IndexCache {
     /// Empties the cache and bumps the epoch.
     pub(crate) fn clear(&mut self) {
         self.chunks.clear();
+        self.gens.clear();
         self.order.clear();
-        self.len = 0;
         self.epoch += 1;
     }
 }
@@ -205,7 +224,7 @@ mod tests {
         for n in 0..(MAX_CHUNKS as u64 + 10) {
             c.insert(n, Chunk::new(1, vec![None; CHUNK_CLUSTERS as usize]), e);
         }
-        assert_eq!(c.len, MAX_CHUNKS);
+        assert_eq!(c.chunks.len(), MAX_CHUNKS);
         assert!(!c.has_chunk(0, 1));
         assert!(c.has_chunk(MAX_CHUNKS as u64 + 9, 1));
         // A smaller (pool-shared) limit evicts down to it.
@@ -215,7 +234,7 @@ mod tests {
             e,
             8,
         );
-        assert_eq!(c.len, 8);
+        assert_eq!(c.chunks.len(), 8);
         assert!(c.has_chunk(1 << 20, 1));
     }
 }

@@ -58,7 +58,7 @@ use crate::format::{
     TLOG_HEADER_SIZE, TLOG_RECORD_SIZE, TLOG_VERSION, TlogHeader, TlogRecord, content_hash,
     slot_offset,
 };
-use crate::icache::{CHUNK_CLUSTERS, Chunk, IndexCache, Slot};
+use crate::icache::{self, CHUNK_CLUSTERS, Chunk, IndexCache, Slot};
 use crate::index::{Entry, Index};
 use crate::meta::{SnapshotMeta, TlogRef, VolumeMeta};
 use crate::pool::Shared;
@@ -217,7 +217,7 @@ pub struct Volume {
     index_lock: Mutex<()>,
     icache: Mutex<IndexCache>,
     stripes: Vec<Mutex<()>>,
-    files: Mutex<HashMap<u64, Arc<File>>>,
+    files: Mutex<HashMap<u64, Arc<File>, icache::Build>>,
     ship_lock: Mutex<()>,
     admin: Mutex<()>,
     throttle_lock: Mutex<()>,
@@ -392,7 +392,7 @@ impl Volume {
             index_lock: Mutex::new(()),
             icache: Mutex::new(IndexCache::default()),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-            files: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::default()),
             ship_lock: Mutex::new(()),
             admin: Mutex::new(()),
             throttle_lock: Mutex::new(()),
