@@ -886,7 +886,7 @@ impl Volume {
             }
             local_bad = true;
         }
-        let loc_id = self.id ^ loc.container.rotate_left(20) ^ u64::from(loc.slot);
+        let loc_id = self.cache_loc_id(loc);
         if self.shared.cache.lookup(loc.hash, loc_id, loc.crc, out) {
             return Ok(());
         }
@@ -1010,7 +1010,10 @@ impl Volume {
         if !ok && nowait {
             return Ok(false);
         }
-        let mut local = 0u64;
+        // Not on flash: one ranged GET for the whole run (unless its first
+        // cluster is in the read cache) instead of one per cluster.
+        let fetched = !ok && run.len() > 1 && r0.owner.fetch_run(&r0.loc, span);
+        let mut good = 0u64;
         for (i, (r, chunk)) in run
             .iter()
             .zip(span.chunks_exact_mut(CLUSTER_SIZE))
@@ -1019,17 +1022,59 @@ impl Volume {
             let Some(r) = *r else {
                 return Ok(false);
             };
-            if ok && crc32c::crc32c(chunk) == r.loc.crc {
-                local += 1;
+            if (ok || fetched) && crc32c::crc32c(chunk) == r.loc.crc {
+                good += 1;
+                if fetched {
+                    r0.owner
+                        .shared
+                        .cache
+                        .insert(r.loc.hash, r0.owner.cache_loc_id(&r.loc), chunk);
+                }
             } else if nowait || !self.read_resolved(first + i as u64, r, chunk, false)? {
                 return Ok(false);
             }
         }
-        r0.owner
-            .counters
-            .local_reads
-            .fetch_add(local, Ordering::Relaxed);
+        let counter = if ok {
+            &r0.owner.counters.local_reads
+        } else {
+            &r0.owner.counters.backend_reads
+        };
+        counter.fetch_add(good, Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// Read-cache location id of a cluster of this volume (dedup stats).
+    fn cache_loc_id(&self, loc: &Location) -> u64 {
+        self.id ^ loc.container.rotate_left(20) ^ u64::from(loc.slot)
+    }
+
+    /// Fills `span` (whole clusters from `first`'s slot on) with one ranged
+    /// GET of this volume's container. False, with nothing to trust in
+    /// `span`, if the first cluster is in the read cache (the per-cluster
+    /// path serves it cheaply) or the GET fails; checksums are the
+    /// caller's.
+    fn fetch_run(&self, first: &Location, span: &mut [u8]) -> bool {
+        let head = &mut span[..CLUSTER_SIZE];
+        if self
+            .shared
+            .cache
+            .lookup(first.hash, self.cache_loc_id(first), first.crc, head)
+        {
+            return false;
+        }
+        let key = backend::container_key(self.id, first.container);
+        let off = slot_offset(first.slot);
+        match self
+            .shared
+            .backend
+            .get_range(&key, off..off + span.len() as u64)
+        {
+            Ok(d) if d.len() == span.len() => {
+                span.copy_from_slice(&d);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Reads `buf.len()` bytes at byte offset `off`. Clusters are resolved
