@@ -284,6 +284,28 @@ struct Resolved<'a> {
     loc: Location,
 }
 
+/// Bytes of an open container handed to writeback at a time.
+const WRITEBACK_STEP: u64 = 4 << 20;
+
+/// Asks the kernel to start writing `len` bytes at `offset` of `file` back
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): asynchronous, durability
+/// unchanged. Errors are ignored; the next fdatasync reports real ones.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(n)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return;
+    };
+    // SAFETY: sync_file_range only reads its integer arguments; the
+    // descriptor belongs to `file`, borrowed (so open) for the call.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
 /// (crc32c, xxh3-128) of each whole cluster of `data`.
 fn cluster_sums(data: &[u8]) -> Vec<(u32, u128)> {
     data.chunks_exact(CLUSTER_SIZE)
@@ -1342,6 +1364,14 @@ impl Volume {
                 return Err(EngineError::io("appending to a container", e));
             }
             oc.next_slot += k as u32;
+            // Start writeback of each completed WRITEBACK_STEP of the
+            // container now, so syncs find little left to write and dirty
+            // pages never pile up (the data is not durable until a sync).
+            let (before, after) = (slot_offset(first_slot), slot_offset(oc.next_slot));
+            if before / WRITEBACK_STEP != after / WRITEBACK_STEP {
+                let end = after / WRITEBACK_STEP * WRITEBACK_STEP;
+                start_writeback(&oc.file, end.saturating_sub(WRITEBACK_STEP), WRITEBACK_STEP);
+            }
             let full = oc.next_slot >= slots;
             let Some(t) = w.tlog.as_mut() else {
                 return Err(EngineError::Failed("no open tlog".into()));
