@@ -18,15 +18,29 @@ use crate::metrics::Metrics;
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    // The front runtime: portal, sessions, API, and the blocking pool SCSI
+    // commands and management calls run on. Its blocking pool is bounded
+    // (tokio's default lets it grow to 512 threads under a burst of
+    // sessions); commands beyond the bound queue.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("depot")
+        .max_blocking_threads(FRONT_BLOCKING_THREADS)
+        .build()?;
+    // The engine's backend I/O (object_store) has its own runtime, so what
+    // a blocked SCSI command waits for (an upload, a ranged GET) never
+    // queues behind other blocked commands in the front pool.
+    let engine_rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .thread_name("depot-engine")
+        .max_blocking_threads(ENGINE_BLOCKING_THREADS)
         .build()?;
     let targets = TargetRegistry::new();
     let metrics = Metrics::new();
-    // Storage is opened outside the runtime's threads: the engine blocks on
-    // the runtime while it opens.
-    let mgr = Manager::open(&cfg.data_dir, rt.handle().clone(), targets, metrics)
+    // Storage is opened outside the runtimes' threads: the engine blocks on
+    // its runtime while it opens.
+    let mgr = Manager::open(&cfg.data_dir, engine_rt.handle().clone(), targets, metrics)
         .context("opening the catalog")?;
     for vm in &cfg.vms {
         mgr.ensure_declared(&cfg, vm)
@@ -34,9 +48,19 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let result = rt.block_on(serve(cfg, mgr.clone()));
     mgr.shutdown();
+    drop(engine_rt);
     tracing::info!("stopped");
     result
 }
+
+/// Bound of the front runtime's blocking pool (SCSI commands that do not
+/// complete inline, management calls). 128 keeps 32 sessions at queue depth
+/// 4 all in flight; beyond it commands queue, they do not fail.
+const FRONT_BLOCKING_THREADS: usize = 128;
+
+/// Bound of the engine runtime's blocking pool (local-directory backend
+/// file I/O).
+const ENGINE_BLOCKING_THREADS: usize = 64;
 
 async fn serve(cfg: Config, mgr: Arc<Manager>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.iscsi_listen)
