@@ -65,6 +65,9 @@ pub struct Shared {
     pub(crate) backend: Backend,
     pub(crate) cache: ReadCache,
     volumes: Mutex<HashMap<u64, Arc<Volume>>>,
+    /// Serialises pool-level admin work (create, clone, delete, scrub,
+    /// background checkpoints).
+    admin: Mutex<()>,
     /// `volumes.len()`, readable without the lock (index-cache budget).
     open_volumes: AtomicUsize,
     wake: Mutex<bool>,
@@ -173,7 +176,6 @@ pub struct VPoolStats {
 /// A vPool. See the module docs.
 pub struct VPool {
     shared: Arc<Shared>,
-    admin: Mutex<()>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     reclaimed: std::sync::atomic::AtomicU64,
 }
@@ -214,6 +216,7 @@ impl VPool {
             backend,
             cache,
             volumes: Mutex::new(HashMap::new()),
+            admin: Mutex::new(()),
             open_volumes: AtomicUsize::new(0),
             wake: Mutex::new(false),
             wake_cv: Condvar::new(),
@@ -234,9 +237,17 @@ impl VPool {
                 .spawn(move || ticker(s2))
                 .map_err(|e| EngineError::io("spawning the ticker", e))?,
         );
+        if shared.cfg.checkpoint_tlogs > 0 {
+            let s3 = shared.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("depot-ckpt-{}", shared.cfg.name))
+                    .spawn(move || checkpointer(s3))
+                    .map_err(|e| EngineError::io("spawning the checkpointer", e))?,
+            );
+        }
         Ok(Arc::new(VPool {
             shared,
-            admin: Mutex::new(()),
             threads: Mutex::new(threads),
             reclaimed: std::sync::atomic::AtomicU64::new(0),
         }))
@@ -274,7 +285,7 @@ impl VPool {
                 "size {size_bytes} must be a positive multiple of {block_size}"
             )));
         }
-        let _a = self.admin.lock();
+        let _a = self.shared.admin.lock();
         let meta = self.new_meta(name, size_bytes, block_size, None)?;
         self.register(meta, None)
     }
@@ -436,7 +447,7 @@ impl VPool {
     /// on any of its snapshots.
     pub fn delete_volume(&self, name: &str) -> EngineResult<()> {
         self.check_open()?;
-        let _a = self.admin.lock();
+        let _a = self.shared.admin.lock();
         let vol = self.open_inner(name, 0)?;
         if !vol.meta.lock().children.is_empty() {
             return Err(EngineError::HasClones(format!("vDisk {name:?}")));
@@ -476,7 +487,7 @@ impl VPool {
     ) -> EngineResult<Arc<Volume>> {
         self.check_open()?;
         check_name(new_name, "vDisk name")?;
-        let _a = self.admin.lock();
+        let _a = self.shared.admin.lock();
         let p = self.open_inner(parent, 0)?;
         let snap = match snapshot {
             Some(s) => s.to_string(),
@@ -536,7 +547,7 @@ impl VPool {
     /// objects. Safe to interrupt at any point.
     pub fn scrub(&self) -> EngineResult<ScrubReport> {
         self.check_open()?;
-        let _a = self.admin.lock();
+        let _a = self.shared.admin.lock();
         let mut report = ScrubReport::default();
         for v in self.shared.volumes() {
             match v.scrub(&mut report) {
@@ -568,6 +579,15 @@ impl VPool {
         self.reclaimed
             .fetch_add(report.bytes_reclaimed, Ordering::Relaxed);
         Ok(report)
+    }
+
+    /// Writes a fresh index checkpoint for every open vDisk whose backend
+    /// manifest lists at least `checkpoint_tlogs` tlogs after its last
+    /// checkpoint (what the background checkpointer does every few
+    /// seconds); returns how many were written.
+    pub fn checkpoint_if_due(&self) -> EngineResult<usize> {
+        self.check_open()?;
+        checkpoint_due(&self.shared)
     }
 
     /// Pool-wide numbers.
@@ -751,6 +771,47 @@ fn shipper(shared: Arc<Shared>) {
             }
         }
         wait(&shared, Duration::from_millis(200));
+    }
+}
+
+/// One checkpointer pass: see [`VPool::checkpoint_if_due`].
+fn checkpoint_due(shared: &Shared) -> EngineResult<usize> {
+    let want = shared.cfg.checkpoint_tlogs;
+    let mut written = 0;
+    for v in shared.volumes() {
+        if want == 0 || shared.shutdown.load(Ordering::SeqCst) {
+            break;
+        }
+        if v.meta.lock().shipped.tlogs.len() < want {
+            continue;
+        }
+        let _a = shared.admin.lock();
+        if !shared.volumes.lock().contains_key(&v.id) {
+            continue; // deleted meanwhile
+        }
+        let mut report = ScrubReport::default();
+        match crate::scrub::checkpoint_volume(&v, &mut report) {
+            Ok(()) => written += report.checkpoints_written,
+            Err(e) => {
+                tracing::warn!(volume = v.name(), error = %e, "background checkpoint failed; will retry");
+            }
+        }
+    }
+    Ok(written)
+}
+
+/// Background checkpoints (`VPoolConfig::checkpoint_tlogs`), checked every
+/// 5 s; a volume that fails (backend down) is logged and retried on the next
+/// round.
+fn checkpointer(shared: Arc<Shared>) {
+    let mut last = std::time::Instant::now();
+    while !shared.shutdown.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+        if last.elapsed() < Duration::from_secs(5) {
+            continue;
+        }
+        last = std::time::Instant::now();
+        let _ = checkpoint_due(&shared);
     }
 }
 

@@ -53,6 +53,17 @@ struct Builder {
 }
 
 pub(crate) fn scrub_volume(vol: &Volume, report: &mut ScrubReport) -> EngineResult<()> {
+    scrub_inner(vol, report, true)
+}
+
+/// Steps 1, 4 and 5 only: a fresh checkpoint that folds the shipped tlogs,
+/// without rewriting any container (the vPool's background checkpointer;
+/// see `VPoolConfig::checkpoint_tlogs`).
+pub(crate) fn checkpoint_volume(vol: &Volume, report: &mut ScrubReport) -> EngineResult<()> {
+    scrub_inner(vol, report, false)
+}
+
+fn scrub_inner(vol: &Volume, report: &mut ScrubReport, rewrite_sparse: bool) -> EngineResult<()> {
     let _a = vol.admin_lock();
     let shared = &vol.shared;
     let be = &shared.backend;
@@ -92,7 +103,8 @@ pub(crate) fn scrub_volume(vol: &Volume, report: &mut ScrubReport) -> EngineResu
             continue;
         }
         let slots = (size / CLUSTER_SIZE_U64).saturating_sub(1).max(1);
-        if let Some(&n) = live.get(&seq)
+        if rewrite_sparse
+            && let Some(&n) = live.get(&seq)
             && (f64::from(n) / slots as f64) < ratio
         {
             rewrite.insert(seq);
