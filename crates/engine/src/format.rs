@@ -435,24 +435,54 @@ impl CheckpointEntry {
     }
 }
 
+/// Builds a checkpoint object entry by entry (50 bytes each), without an
+/// intermediate list of entries.
+#[derive(Debug)]
+pub struct CheckpointWriter {
+    buf: Vec<u8>,
+    entries: u64,
+}
+
+impl CheckpointWriter {
+    /// Starts a checkpoint of `volume_id` cut before tlog `cut_tlog`.
+    pub fn new(volume_id: u64, cut_tlog: u64) -> Self {
+        let mut h = [0u8; CKPT_HEADER];
+        h[0..8].copy_from_slice(CHECKPOINT_MAGIC);
+        h[8..10].copy_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
+        h[16..24].copy_from_slice(&volume_id.to_le_bytes());
+        h[24..32].copy_from_slice(&cut_tlog.to_le_bytes());
+        CheckpointWriter {
+            buf: h.to_vec(),
+            entries: 0,
+        }
+    }
+
+    /// Appends one entry (entries must come in increasing (cluster,
+    /// generation) order; see docs/engine-formats.md).
+    pub fn push(&mut self, e: &CheckpointEntry) {
+        self.buf.extend_from_slice(&e.cluster.to_le_bytes());
+        self.buf.extend_from_slice(&e.generation.to_le_bytes());
+        self.buf.extend_from_slice(&e.mapping.encode_value());
+        self.entries += 1;
+    }
+
+    /// The finished object: entry count filled in, crc32c appended.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.buf[32..40].copy_from_slice(&self.entries.to_le_bytes());
+        let crc = crc32c::crc32c(&self.buf);
+        self.buf.extend_from_slice(&crc.to_le_bytes());
+        self.buf
+    }
+}
+
 /// Encodes a checkpoint: header, entries, trailing crc32c of everything.
 pub fn encode_checkpoint(volume_id: u64, cut_tlog: u64, entries: &[CheckpointEntry]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(CKPT_HEADER + entries.len() * CKPT_ENTRY + 4);
-    let mut h = [0u8; CKPT_HEADER];
-    h[0..8].copy_from_slice(CHECKPOINT_MAGIC);
-    h[8..10].copy_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
-    h[16..24].copy_from_slice(&volume_id.to_le_bytes());
-    h[24..32].copy_from_slice(&cut_tlog.to_le_bytes());
-    h[32..40].copy_from_slice(&(entries.len() as u64).to_le_bytes());
-    b.extend_from_slice(&h);
+    let mut w = CheckpointWriter::new(volume_id, cut_tlog);
+    w.buf.reserve(entries.len() * CKPT_ENTRY + 4);
     for e in entries {
-        b.extend_from_slice(&e.cluster.to_le_bytes());
-        b.extend_from_slice(&e.generation.to_le_bytes());
-        b.extend_from_slice(&e.mapping.encode_value());
+        w.push(e);
     }
-    let crc = crc32c::crc32c(&b);
-    b.extend_from_slice(&crc.to_le_bytes());
-    b
+    w.finish()
 }
 
 /// Streams a checkpoint object through `f`, entry by entry, fetching it with

@@ -31,8 +31,8 @@ use rocksdb::WriteBatch;
 use crate::backend;
 use crate::error::{EngineError, EngineResult};
 use crate::format::{
-    CLUSTER_SIZE, CLUSTER_SIZE_U64, CONTAINER_VERSION, CheckpointEntry, ContainerHeader, Location,
-    Mapping, encode_checkpoint, keys, slot_offset,
+    CLUSTER_SIZE, CLUSTER_SIZE_U64, CONTAINER_VERSION, CheckpointEntry, CheckpointWriter,
+    ContainerHeader, Location, Mapping, keys, slot_offset,
 };
 use crate::index::Index;
 use crate::pool::ScrubReport;
@@ -76,19 +76,38 @@ fn scrub_inner(vol: &Volume, report: &mut ScrubReport, rewrite_sparse: bool) -> 
             "could not ship everything before the scrub cut".into(),
         ));
     }
-    // 2. Measure.
+    // 2. Measure. Without rewrites nothing is relocated, so the checkpoint
+    // is encoded during the scan and the entries are never held as a list
+    // (50 bytes per entry in memory instead of ~180).
     let mut entries: Vec<(u64, u32, Mapping)> = Vec::new();
-    Index::scan_snapshot(&snap, id, |c, g, m| {
-        entries.push((c, g, m));
-        true
-    })?;
-    drop(snap);
     let mut live: HashMap<u64, u32> = HashMap::new();
-    for (_, _, m) in &entries {
-        if let Mapping::Data(l) = m {
-            *live.entry(l.container).or_default() += 1;
+    let mut streamed = None;
+    if rewrite_sparse {
+        Index::scan_snapshot(&snap, id, |c, g, m| {
+            entries.push((c, g, m));
+            true
+        })?;
+        for (_, _, m) in &entries {
+            if let Mapping::Data(l) = m {
+                *live.entry(l.container).or_default() += 1;
+            }
         }
+    } else {
+        let mut w = CheckpointWriter::new(id, cut_tlog);
+        Index::scan_snapshot(&snap, id, |cluster, generation, mapping| {
+            if let Mapping::Data(l) = mapping {
+                *live.entry(l.container).or_default() += 1;
+            }
+            w.push(&CheckpointEntry {
+                cluster,
+                generation,
+                mapping,
+            });
+            true
+        })?;
+        streamed = Some(w);
     }
+    drop(snap);
     let prefix = backend::volume_prefix(id);
     let objects = be.list(&prefix)?;
     let ratio = shared.cfg.scrub_live_ratio;
@@ -196,25 +215,32 @@ fn scrub_inner(vol: &Volume, report: &mut ScrubReport, rewrite_sparse: bool) -> 
             Mapping::Unmapped => m,
         }
     };
-    let ck_entries: Vec<CheckpointEntry> = entries
-        .iter()
-        .map(|&(cluster, generation, m)| CheckpointEntry {
-            cluster,
-            generation,
-            mapping: relocate(m),
-        })
-        .collect();
-    let referenced: HashSet<u64> = ck_entries
-        .iter()
-        .filter_map(|e| match e.mapping {
-            Mapping::Data(l) => Some(l.container),
-            Mapping::Unmapped => None,
-        })
+    let body = match streamed {
+        Some(w) => w.finish(),
+        None => {
+            let mut w = CheckpointWriter::new(id, cut_tlog);
+            for &(cluster, generation, m) in &entries {
+                w.push(&CheckpointEntry {
+                    cluster,
+                    generation,
+                    mapping: relocate(m),
+                });
+            }
+            w.finish()
+        }
+    };
+    // Containers the checkpoint points into: the live ones, except those
+    // rewritten (their clusters moved into new containers).
+    let referenced: HashSet<u64> = live
+        .keys()
+        .copied()
+        .filter(|c| !rewrite.contains(c))
+        .chain(reloc.values().map(|&(c, _)| c))
         .collect();
     let ck_seq = vol.meta.lock().shipped.checkpoint.map_or(0, |(s, _)| s + 1);
     be.put(
         &backend::checkpoint_key(id, ck_seq),
-        Bytes::from(encode_checkpoint(id, cut_tlog, &ck_entries)),
+        Bytes::from(body),
         false,
     )?;
     report.checkpoints_written += 1;
