@@ -72,9 +72,9 @@ pub struct VPoolConfig {
     /// Memory for the per-volume caches of committed index lookups, shared
     /// by all open vDisks of the pool: each volume may keep
     /// `index_cache_bytes / open volumes` (at least 64 chunks, each chunk
-    /// covering 1 MiB of data in about 20 KiB, and at most the per-volume
-    /// cap of 4096 chunks). Default 64 MiB: one busy vDisk gets ~3 GiB of
-    /// hot data covered, and 100 open vDisks cannot hold more than ~128 MiB
+    /// covering 1 MiB of data in 12 KiB, and at most the per-volume cap of
+    /// 4096 chunks). Default 64 MiB: one busy vDisk gets the full 4 GiB of
+    /// hot data covered, and 100 open vDisks cannot hold more than ~80 MiB
     /// together.
     pub index_cache_bytes: u64,
     /// Per-vDisk cap on data written but not yet on the backend; writes are

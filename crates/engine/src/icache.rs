@@ -23,35 +23,93 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::format::Mapping;
+use crate::format::{Location, Mapping};
 
 /// Clusters per chunk (1 MiB of data).
 pub(crate) const CHUNK_CLUSTERS: u64 = 256;
 
 /// Most chunks one volume keeps: 4096 chunks cover 4 GiB of hot data in
-/// about 80 MiB (a slot is 80 bytes); the pool's budget usually sets less.
+/// about 48 MiB (a slot is 48 bytes); the pool's budget usually sets less.
 pub(crate) const MAX_CHUNKS: usize = 4096;
 
 /// Memory of one cached chunk (its slots; bookkeeping not counted).
-pub(crate) const CHUNK_BYTES: usize = CHUNK_CLUSTERS as usize * std::mem::size_of::<Slot>();
+pub(crate) const CHUNK_BYTES: usize = CHUNK_CLUSTERS as usize * std::mem::size_of::<Packed>();
 
 /// One cluster's committed answer: `None` when no entry with generation ≤
 /// the query generation exists (look at the parent), else the entry's
 /// generation and mapping.
 pub(crate) type Slot = Option<(u32, Mapping)>;
 
+/// A [`Slot`] as the cache stores it: 48 bytes instead of 80, so the
+/// pool's budget covers more hot data.
+#[derive(Clone, Copy, Default)]
+struct Packed {
+    hash_lo: u64,
+    hash_hi: u64,
+    container: u64,
+    slot: u32,
+    crc: u32,
+    len: u32,
+    generation: u32,
+    flags: u8,
+    /// 0: no entry; 1: data; 2: unmapped.
+    kind: u8,
+}
+
+impl Packed {
+    fn pack(s: Slot) -> Packed {
+        match s {
+            None => Packed::default(),
+            Some((generation, Mapping::Unmapped)) => Packed {
+                generation,
+                kind: 2,
+                ..Packed::default()
+            },
+            Some((generation, Mapping::Data(l))) => Packed {
+                hash_lo: l.hash as u64,
+                hash_hi: (l.hash >> 64) as u64,
+                container: l.container,
+                slot: l.slot,
+                crc: l.crc,
+                len: l.len,
+                generation,
+                flags: l.flags,
+                kind: 1,
+            },
+        }
+    }
+
+    fn unpack(self) -> Slot {
+        match self.kind {
+            1 => Some((
+                self.generation,
+                Mapping::Data(Location {
+                    container: self.container,
+                    slot: self.slot,
+                    len: self.len,
+                    flags: self.flags,
+                    crc: self.crc,
+                    hash: u128::from(self.hash_hi) << 64 | u128::from(self.hash_lo),
+                }),
+            )),
+            2 => Some((self.generation, Mapping::Unmapped)),
+            _ => None,
+        }
+    }
+}
+
 /// Answers for one chunk at one query generation.
 pub(crate) struct Chunk {
     query_gen: u32,
-    slots: Box<[Slot]>,
+    slots: Box<[Packed]>,
 }
 
 impl Chunk {
     /// A chunk from a range scan: `slots.len()` must be [`CHUNK_CLUSTERS`].
-    pub(crate) fn new(query_gen: u32, slots: Vec<Slot>) -> Chunk {
+    pub(crate) fn new(query_gen: u32, slots: &[Slot]) -> Chunk {
         Chunk {
             query_gen,
-            slots: slots.into_boxed_slice(),
+            slots: slots.iter().map(|s| Packed::pack(*s)).collect(),
         }
     }
 }
@@ -87,7 +145,7 @@ pub(crate) type Build = std::hash::BuildHasherDefault<KeyHasher>;
 pub(crate) struct IndexCache {
     /// (chunk number, query generation) → slots: a hot lookup is one map
     /// probe and one slot load.
-    chunks: HashMap<(u64, u32), Box<[Slot]>, Build>,
+    chunks: HashMap<(u64, u32), Box<[Packed]>, Build>,
     /// Query generations with at least one cached chunk (commits visit
     /// each; there are rarely more than a few).
     gens: Vec<u32>,
@@ -108,7 +166,7 @@ impl IndexCache {
         self.chunks
             .get(&(cluster / CHUNK_CLUSTERS, generation))?
             .get(idx)
-            .copied()
+            .map(|p| p.unpack())
     }
 
     /// Whether chunk number `chunk` is cached at `generation`.
@@ -161,9 +219,9 @@ impl IndexCache {
                     .chunks
                     .get_mut(&(cluster / CHUNK_CLUSTERS, q))
                     .and_then(|c| c.get_mut(idx))
-                    && slot.is_none_or(|(sg, _)| sg <= g)
+                    && (slot.kind == 0 || slot.generation <= g)
                 {
-                    *slot = Some((g, m));
+                    *slot = Packed::pack(Some((g, m)));
                 }
             }
         }
@@ -200,8 +258,8 @@ mod tests {
         let mut slots = vec![None; CHUNK_CLUSTERS as usize];
         slots[1] = Some((3, loc(1)));
         let e = c.epoch();
-        c.insert(0, Chunk::new(5, slots.clone()), e);
-        c.insert(0, Chunk::new(2, vec![None; CHUNK_CLUSTERS as usize]), e);
+        c.insert(0, Chunk::new(5, &slots), e);
+        c.insert(0, Chunk::new(2, &[None; CHUNK_CLUSTERS as usize]), e);
         // A head-generation (5) commit is invisible at query generation 2.
         c.apply(&[(1, 5, loc(2)), (2, 4, Mapping::Unmapped)]);
         assert_eq!(c.get(1, 5), Some(Some((5, loc(2)))));
@@ -214,15 +272,31 @@ mod tests {
     }
 
     #[test]
+    fn packed_slots_round_trip() {
+        let data = Mapping::Data(Location {
+            container: u64::MAX - 3,
+            slot: 77,
+            len: 4096,
+            flags: 0,
+            crc: 0xdead_beef,
+            hash: u128::MAX - 12345,
+        });
+        for s in [None, Some((0, Mapping::Unmapped)), Some((u32::MAX, data))] {
+            assert_eq!(Packed::pack(s).unpack(), s);
+        }
+        assert!(std::mem::size_of::<Packed>() <= 48);
+    }
+
+    #[test]
     fn stale_fills_are_dropped_and_size_is_bounded() {
         let mut c = IndexCache::default();
         let e = c.epoch();
         c.clear();
-        c.insert(0, Chunk::new(1, vec![None; CHUNK_CLUSTERS as usize]), e);
+        c.insert(0, Chunk::new(1, &[None; CHUNK_CLUSTERS as usize]), e);
         assert!(!c.has_chunk(0, 1));
         let e = c.epoch();
         for n in 0..(MAX_CHUNKS as u64 + 10) {
-            c.insert(n, Chunk::new(1, vec![None; CHUNK_CLUSTERS as usize]), e);
+            c.insert(n, Chunk::new(1, &[None; CHUNK_CLUSTERS as usize]), e);
         }
         assert_eq!(c.chunks.len(), MAX_CHUNKS);
         assert!(!c.has_chunk(0, 1));
@@ -230,7 +304,7 @@ mod tests {
         // A smaller (pool-shared) limit evicts down to it.
         c.insert_within(
             1 << 20,
-            Chunk::new(1, vec![None; CHUNK_CLUSTERS as usize]),
+            Chunk::new(1, &[None; CHUNK_CLUSTERS as usize]),
             e,
             8,
         );

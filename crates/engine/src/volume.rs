@@ -708,12 +708,9 @@ impl Volume {
             generation,
         )?;
         let limit = self.shared.icache_chunks_per_volume();
-        self.icache.lock().insert_within(
-            chunk,
-            Chunk::new(generation, slots.clone()),
-            epoch,
-            limit,
-        );
+        self.icache
+            .lock()
+            .insert_within(chunk, Chunk::new(generation, &slots), epoch, limit);
         Ok(Some(slots))
     }
 
