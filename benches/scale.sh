@@ -18,7 +18,10 @@
 # exit, failure included. --smoke: 2 VMs x 2 vDisks, 4 sessions for 3 s and
 # tiny restart stages, so CI can run it in well under a minute (builds
 # excluded); its numbers mean nothing. DEPOT_BIN=path uses that binary
-# instead of building a release one.
+# instead of building a release one. The cargo benches work under
+# DEPOT_BENCH_DIR (default /tmp); the full restart bench needs about 8 GB
+# there at its peak (4 GiB of data, plus a 1.25 GiB checkpoint and its
+# table file for the fully written case).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
