@@ -63,6 +63,12 @@ const TOO_MUCH_WRITE_DATA: (u8, u8) = (0x4b, 0x02);
 /// DATA OFFSET ERROR.
 const DATA_OFFSET_ERROR: (u8, u8) = (0x4b, 0x05);
 
+/// Largest transfer a command may have to be tried inline on the
+/// connection task. Above it the copy dominates the hop: measured on the
+/// engine vDisk, 1 MiB sequential reads at QD8 went from 1.15 GB/s inline
+/// to 1.73 GB/s through the blocking pool.
+const INLINE_MAX_TRANSFER: u32 = 256 * 1024;
+
 /// Runs a connection to completion.
 pub async fn run(
     stream: TcpStream,
@@ -868,16 +874,22 @@ impl Session {
         let data = task.data.take();
         // Hot reads and cached writes finish here, on the connection's
         // thread; anything that would wait for storage goes to the
-        // blocking pool.
-        let inline = target.scsi.try_execute_nowait(
-            lun,
-            &Command {
-                nexus: &nexus,
-                cdb: &task.cdb,
-                data_out: &data,
-                expected_in,
-            },
-        );
+        // blocking pool. So do large transfers: several of them then
+        // proceed in parallel on other cores, where inline they would
+        // queue behind each other on this one.
+        let inline = if task.edtl > INLINE_MAX_TRANSFER {
+            None
+        } else {
+            target.scsi.try_execute_nowait(
+                lun,
+                &Command {
+                    nexus: &nexus,
+                    cdb: &task.cdb,
+                    data_out: &data,
+                    expected_in,
+                },
+            )
+        };
         if let Some(c) = inline {
             self.finish_inline(itt, c);
             return;
