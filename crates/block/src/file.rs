@@ -121,42 +121,6 @@ impl FileDevice {
         }
     }
 
-    /// One `preadv2`/`pwritev2` with `RWF_NOWAIT`: fails with `EAGAIN`
-    /// instead of waiting for the disk (page-cache miss, writeback throttle).
-    fn rw_nowait(&self, rw: Rw<'_>, offset: u64) -> std::io::Result<usize> {
-        let Ok(off) = libc::off_t::try_from(offset) else {
-            return Err(std::io::Error::from_raw_os_error(libc::EOVERFLOW));
-        };
-        let fd = self.file.as_raw_fd();
-        // SAFETY: the iovec points into a live buffer borrowed for the whole
-        // call (mutably for reads), with its exact length; the descriptor is
-        // owned by `self.file`.
-        #[allow(unsafe_code)]
-        let rc = unsafe {
-            match rw {
-                Rw::Read(buf) => {
-                    let iov = libc::iovec {
-                        iov_base: buf.as_mut_ptr().cast(),
-                        iov_len: buf.len(),
-                    };
-                    libc::preadv2(fd, &iov, 1, off, libc::RWF_NOWAIT)
-                }
-                Rw::Write(data) => {
-                    let iov = libc::iovec {
-                        iov_base: data.as_ptr().cast_mut().cast(),
-                        iov_len: data.len(),
-                    };
-                    libc::pwritev2(fd, &iov, 1, off, libc::RWF_NOWAIT)
-                }
-            }
-        };
-        if rc < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(rc as usize)
-        }
-    }
-
     fn byte_range(&self, lba: u64, blocks: u64) -> BlockResult<u64> {
         check_range(self.num_blocks(), lba, blocks)?;
         Ok(lba * u64::from(self.block_size))
@@ -202,19 +166,7 @@ impl BlockDevice for FileDevice {
 
     fn try_read_nowait(&self, lba: u64, buf: &mut [u8]) -> BlockResult<bool> {
         let off = self.byte_range(lba, blocks_in(buf.len(), self.block_size)?)?;
-        let mut done = 0;
-        while done < buf.len() {
-            match self.rw_nowait(Rw::Read(&mut buf[done..]), off + done as u64) {
-                Ok(0) => {
-                    return Err(BlockError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-                }
-                Ok(n) => done += n,
-                Err(e) if would_block(&e) => return Ok(false),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(true)
+        Ok(pread_nowait(&self.file, buf, off)?)
     }
 
     fn try_write_nowait(&self, lba: u64, data: &[u8]) -> BlockResult<bool> {
@@ -223,14 +175,14 @@ impl BlockDevice for FileDevice {
         }
         let off = self.byte_range(lba, blocks_in(data.len(), self.block_size)?)?;
         let first = loop {
-            match self.rw_nowait(Rw::Write(data), off) {
+            match pwrite_nowait(&self.file, data, off) {
                 Ok(n) => break n,
                 Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                     // This file system cannot do non-blocking buffered writes.
                     self.write_nowait.store(false, Ordering::Relaxed);
                     return Ok(false);
                 }
-                Err(e) if would_block(&e) => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(map_write_err(e)),
             }
@@ -286,14 +238,66 @@ impl BlockDevice for FileDevice {
     }
 }
 
-/// One side of a positioned `RWF_NOWAIT` transfer.
-enum Rw<'a> {
-    Read(&'a mut [u8]),
-    Write(&'a [u8]),
+/// Fills `buf` from `file` at `offset` only from the page cache
+/// (`preadv2` with `RWF_NOWAIT`): `Ok(false)` as soon as a page is not
+/// cached (the caller repeats the read where it may block), an
+/// `UnexpectedEof` error past the end of the file.
+pub fn pread_nowait(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<bool> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        let iov = libc::iovec {
+            iov_base: rest.as_mut_ptr().cast(),
+            iov_len: rest.len(),
+        };
+        let off = nowait_offset(offset, done)?;
+        // SAFETY: `iov` points into `rest`, a live buffer mutably borrowed
+        // for the whole call, with its exact length; the descriptor belongs
+        // to `file`, borrowed (so open) for the call.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+        match rc {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n if n > 0 => done += n as usize,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::WouldBlock => return Ok(false),
+                    std::io::ErrorKind::Interrupted => {}
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(true)
 }
 
-fn would_block(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::WouldBlock
+/// One `pwritev2` with `RWF_NOWAIT`: fails with `EAGAIN` instead of waiting
+/// (writeback throttle), with `EOPNOTSUPP` where the file system cannot
+/// do it for buffered writes.
+fn pwrite_nowait(file: &File, data: &[u8], offset: u64) -> std::io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: data.as_ptr().cast_mut().cast(),
+        iov_len: data.len(),
+    };
+    let off = nowait_offset(offset, 0)?;
+    // SAFETY: the kernel only reads through `iov`, which points into `data`,
+    // borrowed for the whole call, with its exact length; the descriptor
+    // belongs to `file`, borrowed (so open) for the call.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+fn nowait_offset(offset: u64, done: usize) -> std::io::Result<libc::off_t> {
+    offset
+        .checked_add(done as u64)
+        .and_then(|o| libc::off_t::try_from(o).ok())
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EOVERFLOW))
 }
 
 fn map_write_err(e: std::io::Error) -> BlockError {

@@ -21,7 +21,7 @@
 mod file;
 mod mem;
 
-pub use file::FileDevice;
+pub use file::{FileDevice, pread_nowait};
 pub use mem::MemDevice;
 
 /// What can go wrong below the SCSI layer. The SCSI crate maps each variant to

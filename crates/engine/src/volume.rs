@@ -319,37 +319,23 @@ fn plain(loc: &Location) -> bool {
     loc.len as usize == CLUSTER_SIZE && loc.flags == 0
 }
 
-/// Fills `out` from `file` at `offset` only if every page is in the page
-/// cache (`preadv2` with `RWF_NOWAIT`). False on a page-cache miss, a short
-/// file or any error: the caller falls back to the blocking path.
-fn pread_nowait(file: &File, out: &mut [u8], offset: u64) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut done = 0usize;
-    while done < out.len() {
-        let Some(off) = offset
-            .checked_add(done as u64)
-            .and_then(|o| libc::off_t::try_from(o).ok())
-        else {
-            return false;
-        };
-        let rest = &mut out[done..];
-        let iov = libc::iovec {
-            iov_base: rest.as_mut_ptr().cast(),
-            iov_len: rest.len(),
-        };
-        // SAFETY: `iov` points into `rest`, a live buffer mutably borrowed
-        // for the whole call, with its exact length; the descriptor belongs
-        // to `file`, which is borrowed (so open) for the call.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
-        match rc {
-            n if n > 0 => done += n as usize,
-            0 => return false,
-            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
-            _ => return false,
-        }
-    }
-    true
+/// Creates a tlog or container file with `opts` (which say how an existing
+/// name is treated) and writes its header.
+fn create_segment_file(
+    opts: &OpenOptions,
+    path: &Path,
+    header: &[u8],
+    what: &str,
+) -> EngineResult<File> {
+    let file = opts
+        .clone()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| EngineError::io(format!("creating a {what}"), e))?;
+    file.write_all_at(header, 0)
+        .map_err(|e| EngineError::io(format!("writing a {what} header"), e))?;
+    Ok(file)
 }
 
 impl Volume {
@@ -1001,7 +987,8 @@ impl Volume {
         let Some(f) = self.files.lock().get(&container).cloned() else {
             return false;
         };
-        pread_nowait(&f, out, offset)
+        // A miss, a short file or an error: the blocking path sorts it out.
+        depot_block::pread_nowait(&f, out, offset).unwrap_or(false)
     }
 
     /// Reads `k` clusters that sit in consecutive slots of one container of
@@ -1196,16 +1183,20 @@ impl Volume {
 
     // ------------------------------------------------------------------ write
 
-    fn lock_stripes(&self, first: u64, last: u64) -> Vec<parking_lot::MutexGuard<'_, ()>> {
+    /// Indexes of the stripe locks covering clusters `first..=last`, in
+    /// increasing order (the one lock order every writer uses).
+    fn stripes_of(first: u64, last: u64) -> impl Iterator<Item = usize> {
         let mut want = [false; STRIPES];
         let n = (last - first + 1).min(STRIPES as u64);
         for c in first..first + n {
             want[(c % STRIPES as u64) as usize] = true;
         }
-        want.iter()
-            .enumerate()
-            .filter(|(_, w)| **w)
-            .map(|(i, _)| self.stripes[i].lock())
+        (0..STRIPES).filter(move |i| want[*i])
+    }
+
+    fn lock_stripes(&self, first: u64, last: u64) -> Vec<parking_lot::MutexGuard<'_, ()>> {
+        Self::stripes_of(first, last)
+            .map(|i| self.stripes[i].lock())
             .collect()
     }
 
@@ -1227,14 +1218,6 @@ impl Volume {
             return Ok(());
         }
         let seq = w.next_tlog;
-        let path = self.tlog_path(seq);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| EngineError::io("creating a tlog", e))?;
         let hdr = TlogHeader {
             version: TLOG_VERSION,
             flags: 0,
@@ -1242,8 +1225,9 @@ impl Volume {
             seq,
             generation: w.generation,
         };
-        file.write_all_at(&hdr.encode(), 0)
-            .map_err(|e| EngineError::io("writing a tlog header", e))?;
+        let mut opts = OpenOptions::new();
+        opts.create(true).truncate(true);
+        let file = create_segment_file(&opts, &self.tlog_path(seq), &hdr.encode(), "tlog")?;
         w.next_tlog += 1;
         w.dir_dirty = true;
         w.tlog = Some(OpenTlog {
@@ -1264,24 +1248,19 @@ impl Volume {
             return Ok(());
         }
         let seq = w.next_container;
-        let path = self.container_path(seq);
-        // `create_new`: a container name is never reused, and an existing
-        // file may be a shipped object's hard link that must not be
-        // truncated.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| EngineError::io("creating a container", e))?;
         let hdr = ContainerHeader {
             version: CONTAINER_VERSION,
             flags: 0,
             volume_id: self.id,
             seq,
         };
-        file.write_all_at(&hdr.encode(), 0)
-            .map_err(|e| EngineError::io("writing a container header", e))?;
+        // `create_new`: a container name is never reused, and an existing
+        // file may be a shipped object's hard link that must not be
+        // truncated.
+        let mut opts = OpenOptions::new();
+        opts.create_new(true);
+        let file =
+            create_segment_file(&opts, &self.container_path(seq), &hdr.encode(), "container")?;
         w.next_container += 1;
         w.dir_dirty = true;
         // Segment sizes count the header; so does the write-buffer gauge.
@@ -1521,12 +1500,8 @@ impl Volume {
         }
         let first = off / CLUSTER_SIZE_U64;
         let n = len / CLUSTER_SIZE_U64;
-        let mut want = [false; STRIPES];
-        for c in first..first + n.min(STRIPES as u64) {
-            want[(c % STRIPES as u64) as usize] = true;
-        }
         let mut stripes = Vec::with_capacity(n.min(STRIPES as u64) as usize);
-        for (i, _) in want.iter().enumerate().filter(|(_, w)| **w) {
+        for i in Self::stripes_of(first, first + n - 1) {
             match self.stripes[i].try_lock() {
                 Some(g) => stripes.push(g),
                 None => return Ok(false),
