@@ -381,8 +381,6 @@ pub struct CheckpointEntry {
 pub const CHECKPOINT_HEADER_SIZE: usize = 64;
 /// Size of one checkpoint entry: cluster (8), generation (4), index value.
 pub const CHECKPOINT_ENTRY_SIZE: usize = 8 + 4 + INDEX_VALUE_SIZE;
-const CKPT_HEADER: usize = CHECKPOINT_HEADER_SIZE;
-const CKPT_ENTRY: usize = CHECKPOINT_ENTRY_SIZE;
 
 /// A checkpoint header (the first [`CHECKPOINT_HEADER_SIZE`] bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -399,7 +397,7 @@ impl CheckpointHeader {
     /// Decodes and checks magic and version (the object's crc32c covers the
     /// header too; a streaming reader checks it at the end).
     pub fn decode(b: &[u8]) -> EngineResult<Self> {
-        if b.len() < CKPT_HEADER || &b[0..8] != CHECKPOINT_MAGIC {
+        if b.len() < CHECKPOINT_HEADER_SIZE || &b[0..8] != CHECKPOINT_MAGIC {
             return Err(EngineError::corrupt("checkpoint", "bad magic or short"));
         }
         if u16_at(b, 8) != CHECKPOINT_VERSION {
@@ -416,21 +414,21 @@ impl CheckpointHeader {
     /// crc32c), or `None` if the entry count cannot be right.
     pub fn object_len(&self) -> Option<u64> {
         self.entries
-            .checked_mul(CKPT_ENTRY as u64)?
-            .checked_add(CKPT_HEADER as u64 + 4)
+            .checked_mul(CHECKPOINT_ENTRY_SIZE as u64)?
+            .checked_add(CHECKPOINT_HEADER_SIZE as u64 + 4)
     }
 }
 
 impl CheckpointEntry {
     /// Decodes one [`CHECKPOINT_ENTRY_SIZE`]-byte entry.
     pub fn decode(chunk: &[u8]) -> EngineResult<Self> {
-        if chunk.len() < CKPT_ENTRY {
+        if chunk.len() < CHECKPOINT_ENTRY_SIZE {
             return Err(EngineError::corrupt("checkpoint", "short entry"));
         }
         Ok(CheckpointEntry {
             cluster: u64_at(chunk, 0),
             generation: u32_at(chunk, 8),
-            mapping: Mapping::decode_value(&chunk[12..CKPT_ENTRY])?,
+            mapping: Mapping::decode_value(&chunk[12..CHECKPOINT_ENTRY_SIZE])?,
         })
     }
 }
@@ -446,7 +444,7 @@ pub struct CheckpointWriter {
 impl CheckpointWriter {
     /// Starts a checkpoint of `volume_id` cut before tlog `cut_tlog`.
     pub fn new(volume_id: u64, cut_tlog: u64) -> Self {
-        let mut h = [0u8; CKPT_HEADER];
+        let mut h = [0u8; CHECKPOINT_HEADER_SIZE];
         h[0..8].copy_from_slice(CHECKPOINT_MAGIC);
         h[8..10].copy_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
         h[16..24].copy_from_slice(&volume_id.to_le_bytes());
@@ -478,7 +476,7 @@ impl CheckpointWriter {
 /// Encodes a checkpoint: header, entries, trailing crc32c of everything.
 pub fn encode_checkpoint(volume_id: u64, cut_tlog: u64, entries: &[CheckpointEntry]) -> Vec<u8> {
     let mut w = CheckpointWriter::new(volume_id, cut_tlog);
-    w.buf.reserve(entries.len() * CKPT_ENTRY + 4);
+    w.buf.reserve(entries.len() * CHECKPOINT_ENTRY_SIZE + 4);
     for e in entries {
         w.push(e);
     }
@@ -496,19 +494,19 @@ pub fn stream_checkpoint(
     step: u64,
     mut f: impl FnMut(CheckpointEntry) -> EngineResult<()>,
 ) -> EngineResult<CheckpointHeader> {
-    let head = get(0..CKPT_HEADER as u64)?;
+    let head = get(0..CHECKPOINT_HEADER_SIZE as u64)?;
     let h = CheckpointHeader::decode(&head)?;
     let total = h
         .object_len()
         .ok_or_else(|| EngineError::corrupt("checkpoint", "entry count out of range"))?;
-    let mut crc = crc32c::crc32c(head.get(..CKPT_HEADER).unwrap_or_default());
+    let mut crc = crc32c::crc32c(head.get(..CHECKPOINT_HEADER_SIZE).unwrap_or_default());
     let body_end = total - 4;
-    let step = (step - step % CKPT_ENTRY as u64).max(CKPT_ENTRY as u64);
+    let step = (step - step % CHECKPOINT_ENTRY_SIZE as u64).max(CHECKPOINT_ENTRY_SIZE as u64);
     let get = &get;
     std::thread::scope(|scope| -> EngineResult<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<EngineResult<bytes::Bytes>>(2);
         scope.spawn(move || {
-            let mut off = CKPT_HEADER as u64;
+            let mut off = CHECKPOINT_HEADER_SIZE as u64;
             while off < body_end {
                 let end = (off + step).min(body_end);
                 let chunk = get(off..end).and_then(|c| {
@@ -525,13 +523,13 @@ pub fn stream_checkpoint(
                 off = end;
             }
         });
-        let mut got = CKPT_HEADER as u64;
+        let mut got = CHECKPOINT_HEADER_SIZE as u64;
         while got < body_end {
             let chunk = rx
                 .recv()
                 .map_err(|_| EngineError::corrupt("checkpoint", "fetch stopped"))??;
             crc = crc32c::crc32c_append(crc, &chunk);
-            for e in chunk.chunks_exact(CKPT_ENTRY) {
+            for e in chunk.chunks_exact(CHECKPOINT_ENTRY_SIZE) {
                 f(CheckpointEntry::decode(e)?)?;
             }
             got += chunk.len() as u64;
@@ -548,19 +546,21 @@ pub fn stream_checkpoint(
 /// Decodes a checkpoint into (volume id, cut tlog seq, entries).
 pub fn decode_checkpoint(b: &[u8]) -> EngineResult<(u64, u64, Vec<CheckpointEntry>)> {
     let h = CheckpointHeader::decode(b)?;
-    if b.len() < CKPT_HEADER + 4 {
+    if b.len() < CHECKPOINT_HEADER_SIZE + 4 {
         return Err(EngineError::corrupt("checkpoint", "bad magic or short"));
     }
     let body = &b[..b.len() - 4];
     if crc32c::crc32c(body) != u32_at(b, b.len() - 4) {
         return Err(EngineError::corrupt("checkpoint", "checksum mismatch"));
     }
-    let expected = (body.len() - CKPT_HEADER) / CKPT_ENTRY;
-    if !(body.len() - CKPT_HEADER).is_multiple_of(CKPT_ENTRY) || h.entries != expected as u64 {
+    let expected = (body.len() - CHECKPOINT_HEADER_SIZE) / CHECKPOINT_ENTRY_SIZE;
+    if !(body.len() - CHECKPOINT_HEADER_SIZE).is_multiple_of(CHECKPOINT_ENTRY_SIZE)
+        || h.entries != expected as u64
+    {
         return Err(EngineError::corrupt("checkpoint", "entry count mismatch"));
     }
     let mut out = Vec::with_capacity(expected);
-    for chunk in body[CKPT_HEADER..].chunks_exact(CKPT_ENTRY) {
+    for chunk in body[CHECKPOINT_HEADER_SIZE..].chunks_exact(CHECKPOINT_ENTRY_SIZE) {
         out.push(CheckpointEntry::decode(chunk)?);
     }
     Ok((h.volume_id, h.cut_tlog, out))
