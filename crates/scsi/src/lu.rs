@@ -370,7 +370,12 @@ impl LogicalUnit {
 
     /// Executes one command. Thread-safe; may block on device I/O.
     pub fn execute(&self, cmd: &Command<'_>) -> Completion {
-        let reply = self.run(cmd);
+        self.completion(self.run(cmd), cmd)
+    }
+
+    /// What the transport sends for `reply`: data cut to what the initiator
+    /// expects, sense encoded per D_SENSE.
+    fn completion(&self, reply: Reply, cmd: &Command<'_>) -> Completion {
         let mut data = reply.data;
         data.truncate(cmd.expected_in as usize);
         Completion {
@@ -379,6 +384,16 @@ impl LogicalUnit {
             data: Bytes::from(data),
             transfer_length: reply.transfer_length,
         }
+    }
+
+    /// Reports the data-out length the CDB describes as the transfer
+    /// length (for the residual), where it has one.
+    fn with_out_len(&self, mut reply: Reply, parsed: &Cdb) -> Reply {
+        let out_len = self.data_out_len(parsed);
+        if out_len > 0 {
+            reply.transfer_length = out_len;
+        }
+        reply
     }
 
     /// Executes a READ or WRITE only if it completes without waiting for
@@ -402,50 +417,27 @@ impl LogicalUnit {
         if self.reservation_conflict(cmd.nexus, &parsed) {
             return None;
         }
-        let mut reply = match parsed {
+        let reply = match parsed {
             Cdb::Read(io, _) => self.read_nowait(cmd, io)?,
             Cdb::Write(io, _) => self.write_nowait(cmd, io)?,
             _ => return None,
         };
-        let out_len = self.data_out_len(&parsed);
-        if out_len > 0 {
-            reply.transfer_length = out_len;
-        }
-        Some(Completion {
-            status: reply.status,
-            sense: None,
-            data: Bytes::from(reply.data),
-            transfer_length: reply.transfer_length,
-        })
+        Some(self.completion(self.with_out_len(reply, &parsed), cmd))
     }
 
     fn read_nowait(&self, cmd: &Command<'_>, io: BlockIo) -> Option<Reply> {
-        self.check_range(io.lba, u64::from(io.blocks)).ok()?;
-        self.check_transfer(io.blocks).ok()?;
-        let bs = self.limits.block_size as usize;
-        let needed = io.blocks as usize * bs;
-        let want = needed.min(cmd.expected_in as usize);
-        let mut buf = vec![0u8; want.div_ceil(bs) * bs];
+        let (mut buf, want) = self.read_buffer(cmd, io).ok()?;
         if !buf.is_empty() && !self.device.try_read_nowait(io.lba, &mut buf).ok()? {
             return None;
         }
-        buf.truncate(want);
-        Some(Reply {
-            status: Status::GOOD,
-            sense: None,
-            data: buf,
-            transfer_length: needed as u32,
-        })
+        Some(self.read_reply(buf, want, io))
     }
 
     fn write_nowait(&self, cmd: &Command<'_>, io: BlockIo) -> Option<Reply> {
         if io.fua || !self.mode.wce() {
             return None;
         }
-        self.check_range(io.lba, u64::from(io.blocks)).ok()?;
-        self.check_transfer(io.blocks).ok()?;
-        self.check_writable().ok()?;
-        let data = self.write_data(cmd, io.blocks).ok()?;
+        let data = self.write_payload(cmd, io).ok()?;
         if data.is_empty() {
             return None;
         }
@@ -471,17 +463,12 @@ impl LogicalUnit {
             Ok(c) => c,
             Err(s) => return Reply::check(s),
         };
-        let out_len = self.data_out_len(&parsed);
         let result = if self.reservation_conflict(nexus, &parsed) {
             Ok(Reply::conflict())
         } else {
             self.dispatch(cmd, &parsed)
         };
-        let mut reply = result.unwrap_or_else(Reply::check);
-        if out_len > 0 {
-            reply.transfer_length = out_len;
-        }
-        reply
+        self.with_out_len(result.unwrap_or_else(Reply::check), &parsed)
     }
 
     /// Bytes of data-out the CDB describes.
@@ -780,30 +767,44 @@ impl LogicalUnit {
     }
 
     fn read(&self, cmd: &Command<'_>, io: BlockIo) -> CmdResult {
-        self.check_range(io.lba, u64::from(io.blocks))?;
-        self.check_transfer(io.blocks)?;
-        let bs = self.limits.block_size as usize;
-        let needed = io.blocks as usize * bs;
-        // Only read the blocks the initiator will receive.
-        let want = needed.min(cmd.expected_in as usize);
-        let mut buf = vec![0u8; want.div_ceil(bs) * bs];
+        let (mut buf, want) = self.read_buffer(cmd, io)?;
         if !buf.is_empty() {
             self.device.read(io.lba, &mut buf).map_err(dev_err(false))?;
         }
+        Ok(self.read_reply(buf, want, io))
+    }
+
+    /// A READ's checks and its buffer: only the blocks the initiator will
+    /// receive, whole; plus how many bytes of it the initiator wants.
+    fn read_buffer(&self, cmd: &Command<'_>, io: BlockIo) -> Result<(Vec<u8>, usize), Sense> {
+        self.check_range(io.lba, u64::from(io.blocks))?;
+        self.check_transfer(io.blocks)?;
+        let bs = self.limits.block_size as usize;
+        let want = (io.blocks as usize * bs).min(cmd.expected_in as usize);
+        Ok((vec![0u8; want.div_ceil(bs) * bs], want))
+    }
+
+    /// The GOOD reply of a READ whose buffer was filled.
+    fn read_reply(&self, mut buf: Vec<u8>, want: usize, io: BlockIo) -> Reply {
         buf.truncate(want);
-        Ok(Reply {
+        Reply {
             status: Status::GOOD,
             sense: None,
             data: buf,
-            transfer_length: needed as u32,
-        })
+            transfer_length: io.blocks.saturating_mul(self.limits.block_size),
+        }
     }
 
-    fn write(&self, cmd: &Command<'_>, io: BlockIo, verify: bool) -> CmdResult {
+    /// A WRITE's checks and the whole blocks of data it carries.
+    fn write_payload<'a>(&self, cmd: &Command<'a>, io: BlockIo) -> Result<&'a [u8], Sense> {
         self.check_range(io.lba, u64::from(io.blocks))?;
         self.check_transfer(io.blocks)?;
         self.check_writable()?;
-        let data = self.write_data(cmd, io.blocks)?;
+        self.write_data(cmd, io.blocks)
+    }
+
+    fn write(&self, cmd: &Command<'_>, io: BlockIo, verify: bool) -> CmdResult {
+        let data = self.write_payload(cmd, io)?;
         if data.is_empty() {
             return Ok(Reply::good());
         }
