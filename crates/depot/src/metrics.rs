@@ -280,6 +280,18 @@ impl MeteredDevice {
         );
     }
 
+    fn count_read(&self, started: Instant, len: u64) {
+        self.read_latency.observe(started.elapsed().as_secs_f64());
+        self.read_ops.inc();
+        self.read_bytes.inc_by(len);
+    }
+
+    fn count_write(&self, started: Instant, len: u64) {
+        self.write_latency.observe(started.elapsed().as_secs_f64());
+        self.write_ops.inc();
+        self.write_bytes.inc_by(len);
+    }
+
     fn track<T>(&self, f: impl FnOnce() -> BlockResult<T>) -> BlockResult<T> {
         self.depth.inc();
         let r = f();
@@ -308,10 +320,10 @@ impl BlockDevice for MeteredDevice {
         let t = Instant::now();
         let len = buf.len() as u64;
         let r = self.track(|| self.inner.read(lba, buf));
-        self.read_latency.observe(t.elapsed().as_secs_f64());
         if r.is_ok() {
-            self.read_ops.inc();
-            self.read_bytes.inc_by(len);
+            self.count_read(t, len);
+        } else {
+            self.read_latency.observe(t.elapsed().as_secs_f64());
         }
         r
     }
@@ -319,10 +331,10 @@ impl BlockDevice for MeteredDevice {
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> BlockResult<()> {
         let t = Instant::now();
         let r = self.track(|| self.inner.write(lba, data, fua));
-        self.write_latency.observe(t.elapsed().as_secs_f64());
         if r.is_ok() {
-            self.write_ops.inc();
-            self.write_bytes.inc_by(data.len() as u64);
+            self.count_write(t, data.len() as u64);
+        } else {
+            self.write_latency.observe(t.elapsed().as_secs_f64());
         }
         r
     }
@@ -332,9 +344,7 @@ impl BlockDevice for MeteredDevice {
         let len = buf.len() as u64;
         let r = self.track(|| self.inner.try_read_nowait(lba, buf));
         if let Ok(true) = r {
-            self.read_latency.observe(t.elapsed().as_secs_f64());
-            self.read_ops.inc();
-            self.read_bytes.inc_by(len);
+            self.count_read(t, len);
         }
         r
     }
@@ -343,9 +353,7 @@ impl BlockDevice for MeteredDevice {
         let t = Instant::now();
         let r = self.track(|| self.inner.try_write_nowait(lba, data));
         if let Ok(true) = r {
-            self.write_latency.observe(t.elapsed().as_secs_f64());
-            self.write_ops.inc();
-            self.write_bytes.inc_by(data.len() as u64);
+            self.count_write(t, data.len() as u64);
         }
         r
     }
