@@ -913,7 +913,8 @@ impl Session {
         });
     }
 
-    /// Completes a task that never went to the SCSI layer.
+    /// Completes a task on the connection task: one that never went to the
+    /// SCSI layer, or one the SCSI layer finished inline.
     fn finish_inline(&mut self, itt: u32, completion: Completion) {
         if let Some(task) = self.tasks.get_mut(&itt) {
             task.state = TaskState::Running;

@@ -193,13 +193,13 @@ fn write_now(half: &OwnedWriteHalf, out: &mut Outbox) -> std::io::Result<bool> {
     }
     while !out.segs.is_empty() {
         let r = {
-            let iov: Vec<IoSlice<'_>> = out
-                .segs
-                .iter()
-                .take(MAX_IOV)
-                .map(|b| IoSlice::new(b))
-                .collect();
-            half.try_write_vectored(&iov)
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut n = 0;
+            for (slot, seg) in iov.iter_mut().zip(&out.segs) {
+                *slot = IoSlice::new(seg);
+                n += 1;
+            }
+            half.try_write_vectored(&iov[..n])
         };
         let n = match r {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
