@@ -102,6 +102,17 @@ fio_job() { # target name rw bs qd runtime
   echo "$(( after - before ))" >"$OUT/$t-$name-$REP.ticks"
 }
 
+# The machine's page-cache write cost, for reading the write rows: a
+# log-structured engine writes new pages, tgt and the raw vDisk rewrite cached
+# ones (docs/design-overwrite-in-place.md). dd of $SIZE into a new file, then
+# over the same, now cached, file.
+dd_mbs() { dd "$@" 2>&1 | awk '/copied/ {printf "%.0f", $(NF-1) * ($NF == "GB/s" ? 1000 : 1)}'; }
+PROBE_MB=$(( $(numfmt --from=iec "$SIZE") >> 20 ))
+NEW_MBS=$(dd_mbs if=/dev/zero of="$OUT/probe.img" bs=1M count="$PROBE_MB")
+CACHED_MBS=$(dd_mbs if=/dev/zero of="$OUT/probe.img" bs=1M count="$PROBE_MB" conv=notrunc)
+rm -f "$OUT/probe.img"
+echo "$NEW_MBS $CACHED_MBS" >"$OUT/page-cache-probe"
+
 # Fill every LUN once so reads hit written data, not holes.
 for t in $TARGETS; do
   esc=${URL[$t]//:/\\:}
@@ -169,6 +180,9 @@ checks = [
     ("engine ≥ 0.8× raw, 4K random read QD32",
      med[("engine", "randread-4k-qd32")]["iops"] / (med[("raw", "randread-4k-qd32")]["iops"] or 1), 0.8),
 ]
+new_mbs, cached_mbs = open(f"{out}/page-cache-probe").read().split()
+print()
+print(f"page cache (dd 1 MiB blocks, no sync): new pages {new_mbs} MB/s, cached pages {cached_mbs} MB/s")
 print()
 print("| target | this run | met |")
 print("|---|---:|---|")
