@@ -1175,6 +1175,10 @@ impl Manager {
                     s.backend_errors,
                 );
                 Metrics::set_counter(&m.vpool_uploaded.with_label_values(&l), s.bytes_uploaded);
+                Metrics::set_counter(
+                    &m.vpool_relocated.with_label_values(&l),
+                    s.relocated_clusters,
+                );
                 m.vpool_hit_ratio
                     .with_label_values(&l)
                     .set(s.read_cache_hit_ratio);

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub vpool_backend: IntGaugeVec,
     /// Per vPool: bytes uploaded.
     pub vpool_uploaded: IntCounterVec,
+    /// Per vPool: clusters rewritten contiguously by relocation on read.
+    pub vpool_relocated: IntCounterVec,
     /// Sessions per target.
     pub sessions: IntGaugeVec,
 }
@@ -175,6 +177,11 @@ impl Metrics {
                 "Bytes uploaded to the backend.",
                 &pool,
             ),
+            vpool_relocated: icv(
+                "depot_vpool_relocated_clusters_total",
+                "Clusters rewritten contiguously by relocation on read.",
+                &pool,
+            ),
             sessions: igv(
                 "depot_target_sessions",
                 "Logged-in iSCSI sessions per VM target.",
@@ -234,6 +241,7 @@ impl Metrics {
         let _ = self.vpool_flash.remove_label_values(&l);
         let _ = self.vpool_backend.remove_label_values(&l);
         let _ = self.vpool_uploaded.remove_label_values(&l);
+        let _ = self.vpool_relocated.remove_label_values(&l);
     }
 
     /// Raises a counter to an absolute value sampled from elsewhere.

@@ -171,6 +171,9 @@ pub struct VPoolStats {
     pub backend_bytes_estimate: u64,
     /// Open volumes.
     pub volumes_open: usize,
+    /// Clusters the open volumes rewrote contiguously on read (relocation
+    /// on read), since they were opened.
+    pub relocated_clusters: u64,
 }
 
 /// A vPool. See the module docs.
@@ -619,6 +622,7 @@ impl VPool {
             backend_bytes_estimate: put_bytes
                 .saturating_sub(self.reclaimed.load(Ordering::Relaxed)),
             volumes_open: vols.len(),
+            relocated_clusters: vols.iter().map(|v| v.relocated_clusters()).sum(),
         }
     }
 

@@ -63,6 +63,8 @@ use crate::index::{Entry, Index};
 use crate::meta::{SnapshotMeta, TlogRef, VolumeMeta};
 use crate::pool::Shared;
 
+mod defrag;
+
 const STRIPES: usize = 64;
 /// Largest write `try_write_nowait` completes inline (bigger buffered
 /// copies are left to the blocking pool).
@@ -107,6 +109,14 @@ pub struct VolumeStats {
     pub syncs: u64,
     /// Times a writer had to wait for uploads (write buffer full).
     pub throttled: u64,
+    /// Pieces reads were served in: one per run of consecutive slots read
+    /// with one positioned read (or ranged GET), one per cluster read on
+    /// its own; unmapped clusters do not count. A fragmented 1 MiB read
+    /// adds up to 256, a contiguous one 1.
+    pub read_runs: u64,
+    /// Clusters rewritten contiguously by relocation on read (see
+    /// `volume/defrag.rs`).
+    pub relocated_clusters: u64,
     /// Number of snapshots.
     pub snapshots: usize,
     /// Whether the volume is a template.
@@ -121,6 +131,8 @@ struct Counters {
     backend_reads: AtomicU64,
     syncs: AtomicU64,
     throttled: AtomicU64,
+    read_runs: AtomicU64,
+    relocated: AtomicU64,
 }
 
 struct OpenContainer {
@@ -1087,8 +1099,15 @@ impl Volume {
     /// up to a chunk (256) at a time; runs of whole clusters in consecutive
     /// slots of one container are read with one positioned read into `buf`.
     /// With `nowait`, returns `Ok(false)` as soon as anything would wait
-    /// (`buf` then holds garbage).
-    fn read_span(&self, off: u64, buf: &mut [u8], nowait: bool) -> EngineResult<bool> {
+    /// (`buf` then holds garbage). `log`, if given, receives the locations
+    /// of fragmented batches (relocation on read, `defrag`).
+    fn read_span(
+        &self,
+        off: u64,
+        buf: &mut [u8],
+        nowait: bool,
+        mut log: Option<&mut defrag::ReadLog>,
+    ) -> EngineResult<bool> {
         let len = buf.len() as u64;
         if len == 0 {
             return Ok(true);
@@ -1097,8 +1116,10 @@ impl Volume {
         let first = off / CLUSTER_SIZE_U64;
         let last = (end - 1) / CLUSTER_SIZE_U64;
         let mut c = first;
+        let mut total_runs = 0usize;
         while c <= last {
             let n = (last - c + 1).min(CHUNK_CLUSTERS) as usize;
+            let mut runs = 0usize;
             // One cluster (the common small read) resolves without
             // allocating.
             let one: [Option<Resolved<'_>>; 1];
@@ -1136,6 +1157,7 @@ impl Volume {
                         }
                         let from = (lo - cs) as usize;
                         buf[dlo..dhi].copy_from_slice(&tmp[from..from + (dhi - dlo)]);
+                        runs += 1;
                         i += 1;
                     }
                     Some(r) => {
@@ -1163,18 +1185,32 @@ impl Volume {
                         if !done {
                             return Ok(false);
                         }
+                        runs += 1;
                         i += k;
                     }
                 }
             }
+            if let Some(log) = log.as_deref_mut() {
+                log.note(self, c, res, runs, |cl| {
+                    cl * CLUSTER_SIZE_U64 >= off && (cl + 1) * CLUSTER_SIZE_U64 <= end
+                });
+            }
+            total_runs += runs;
             c += n as u64;
         }
+        self.counters
+            .read_runs
+            .fetch_add(total_runs as u64, Ordering::Relaxed);
         Ok(true)
     }
 
     fn read_bytes(&self, off: u64, buf: &mut [u8]) -> EngineResult<()> {
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
-        if self.read_span(off, buf, false)? {
+        let mut log = defrag::ReadLog::for_read(buf.len());
+        if self.read_span(off, buf, false, log.as_mut())? {
+            if let Some(log) = log {
+                self.relocate(off, buf, log);
+            }
             Ok(())
         } else {
             Err(EngineError::Failed("blocking read declined".into()))
@@ -2196,6 +2232,8 @@ impl Volume {
             backend_reads: self.counters.backend_reads.load(Ordering::Relaxed),
             syncs: self.counters.syncs.load(Ordering::Relaxed),
             throttled: self.counters.throttled.load(Ordering::Relaxed),
+            read_runs: self.counters.read_runs.load(Ordering::Relaxed),
+            relocated_clusters: self.counters.relocated.load(Ordering::Relaxed),
             snapshots: m.snapshots.len(),
             template: m.template,
         }
@@ -2454,7 +2492,7 @@ impl BlockDevice for Volume {
             _ => return Ok(false),
         }
         let (off, _) = self.byte_range(lba, buf.len())?;
-        match self.read_span(off, buf, true) {
+        match self.read_span(off, buf, true, None) {
             Ok(true) => {
                 self.counters.reads.fetch_add(1, Ordering::Relaxed);
                 Ok(true)
