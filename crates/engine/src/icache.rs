@@ -169,7 +169,31 @@ impl IndexCache {
             .map(|p| p.unpack())
     }
 
+    /// Answers the `None` entries of `out` (clusters `first..`, all in
+    /// `first`'s chunk) from the cached chunk with one probe: `Some(None)`
+    /// for no entry. False, with `out` untouched, if the chunk is not
+    /// cached at `generation`.
+    pub(crate) fn fill_run(
+        &self,
+        first: u64,
+        generation: u32,
+        out: &mut [Option<Option<Mapping>>],
+    ) -> bool {
+        let Some(slots) = self.chunks.get(&(first / CHUNK_CLUSTERS, generation)) else {
+            return false;
+        };
+        let base = (first % CHUNK_CLUSTERS) as usize;
+        let slots = slots.get(base..).unwrap_or(&[]);
+        for (o, p) in out.iter_mut().zip(slots) {
+            if o.is_none() {
+                *o = Some(p.unpack().map(|s| s.1));
+            }
+        }
+        true
+    }
+
     /// Whether chunk number `chunk` is cached at `generation`.
+    #[cfg(test)]
     pub(crate) fn has_chunk(&self, chunk: u64, generation: u32) -> bool {
         self.chunks.contains_key(&(chunk, generation))
     }

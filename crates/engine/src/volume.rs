@@ -712,25 +712,25 @@ impl Volume {
         Ok(Some(slots))
     }
 
-    /// Own mappings (memtable, then index cache, then RocksDB) of the `n`
-    /// clusters from `first` at `generation`; `None` in the result means no
-    /// entry (look at the parent). `Ok(None)` only with `nowait`: answering
-    /// would have waited.
+    /// Own mappings (memtable, then index cache, then RocksDB) of the
+    /// `out.len()` clusters from `first` at `generation`, written into the
+    /// entries of `out` that are `None` (unanswered): `Some(None)` means no
+    /// entry (look at the parent). `Ok(false)` only with `nowait`:
+    /// answering would have waited. Allocates nothing on an index-cache
+    /// hit.
     fn lookup_run(
         &self,
         first: u64,
-        n: usize,
+        out: &mut [Option<Option<Mapping>>],
         generation: u32,
         nowait: bool,
-    ) -> EngineResult<Option<Vec<Option<Mapping>>>> {
-        // Outer `None`: not answered yet.
-        let mut out: Vec<Option<Option<Mapping>>> = vec![None; n];
-        let end = first + n as u64;
+    ) -> EngineResult<bool> {
+        let end = first + out.len() as u64;
         {
             let m = if nowait {
                 match self.memtable.try_read() {
                     Some(m) => m,
-                    None => return Ok(None),
+                    None => return Ok(false),
                 }
             } else {
                 self.memtable.read()
@@ -749,35 +749,21 @@ impl Volume {
             let chunk = c / CHUNK_CLUSTERS;
             let chunk_end = ((chunk + 1) * CHUNK_CLUSTERS).min(end);
             let part = &mut out[(c - first) as usize..(chunk_end - first) as usize];
-            if part.iter().any(Option::is_none) {
-                let cached = {
-                    let ic = self.icache.lock();
-                    if ic.has_chunk(chunk, generation) {
-                        for (i, o) in part.iter_mut().enumerate() {
-                            if o.is_none() {
-                                *o = Some(ic.get(c + i as u64, generation).flatten().map(|s| s.1));
-                            }
-                        }
-                        true
-                    } else {
-                        false
-                    }
+            if part.iter().any(Option::is_none) && !self.icache.lock().fill_run(c, generation, part)
+            {
+                let Some(slots) = self.fill_chunk(chunk, generation, nowait)? else {
+                    return Ok(false);
                 };
-                if !cached {
-                    let Some(slots) = self.fill_chunk(chunk, generation, nowait)? else {
-                        return Ok(None);
-                    };
-                    let base = (c - chunk * CHUNK_CLUSTERS) as usize;
-                    for (i, o) in part.iter_mut().enumerate() {
-                        if o.is_none() {
-                            *o = Some(slots.get(base + i).copied().flatten().map(|s| s.1));
-                        }
+                let base = (c - chunk * CHUNK_CLUSTERS) as usize;
+                for (i, o) in part.iter_mut().enumerate() {
+                    if o.is_none() {
+                        *o = Some(slots.get(base + i).copied().flatten().map(|s| s.1));
                     }
                 }
             }
             c = chunk_end;
         }
-        Ok(Some(out.into_iter().map(Option::flatten).collect()))
+        Ok(true)
     }
 
     /// Empties the index-lookup cache (after bulk index rewrites).
@@ -817,42 +803,63 @@ impl Volume {
         }
     }
 
-    /// [`Volume::resolve`] for the `n` clusters from `first`, walking the
-    /// parent chain only for clusters this volume has no entry for.
-    /// `Ok(None)` only with `nowait`.
-    fn resolve_run(
-        &self,
+    /// [`Volume::resolve`] for the `out.len()` (at most [`CHUNK_CLUSTERS`])
+    /// clusters from `first`, walking the parent chain only for clusters
+    /// this volume has no entry for. `Ok(false)` only with `nowait`.
+    /// Allocates nothing (its scratch space is on the stack).
+    fn resolve_run<'a>(
+        &'a self,
         first: u64,
-        n: usize,
+        out: &mut [Option<Resolved<'a>>],
         nowait: bool,
-    ) -> EngineResult<Option<Vec<Option<Resolved<'_>>>>> {
-        let mut out: Vec<Option<Resolved<'_>>> = vec![None; n];
-        let mut pending: Vec<usize> = (0..n).collect();
+    ) -> EngineResult<bool> {
+        const MAX: usize = CHUNK_CLUSTERS as usize;
+        let n = out.len();
+        if n > MAX {
+            return Err(EngineError::Failed(format!(
+                "resolving {n} clusters at once"
+            )));
+        }
+        out.fill(None);
+        let mut maps: [Option<Option<Mapping>>; MAX] = [None; MAX];
+        let mut pending = [false; MAX];
+        pending[..n].fill(true);
+        // Indexes still unanswered are all within `lo..hi`.
+        let (mut lo, mut hi) = (0usize, n);
         let mut vol: &Volume = self;
         let mut generation = self.head_gen.load(Ordering::Acquire);
-        while let (Some(&lo), Some(&hi)) = (pending.first(), pending.last()) {
-            let Some(maps) = vol.lookup_run(first + lo as u64, hi + 1 - lo, generation, nowait)?
-            else {
-                return Ok(None);
-            };
-            let mut next = Vec::new();
-            for &i in &pending {
-                match maps.get(i - lo).copied().flatten() {
+        while lo < hi {
+            let part = &mut maps[lo..hi];
+            part.fill(None);
+            if !vol.lookup_run(first + lo as u64, part, generation, nowait)? {
+                return Ok(false);
+            }
+            let (mut next_lo, mut next_hi) = (usize::MAX, 0);
+            for i in lo..hi {
+                if !pending[i] {
+                    continue;
+                }
+                match maps[i].flatten() {
                     Some(Mapping::Data(loc)) => out[i] = Some(Resolved { owner: vol, loc }),
                     Some(Mapping::Unmapped) => {}
-                    None => next.push(i),
+                    None => {
+                        next_lo = next_lo.min(i);
+                        next_hi = i + 1;
+                        continue;
+                    }
                 }
+                pending[i] = false;
             }
             match &vol.parent {
-                Some((p, pg)) if !next.is_empty() => {
+                Some((p, pg)) if next_hi > 0 => {
                     vol = p;
                     generation = *pg;
-                    pending = next;
+                    (lo, hi) = (next_lo, next_hi);
                 }
                 _ => break,
             }
         }
-        Ok(Some(out))
+        Ok(true)
     }
 
     /// An open handle on container `seq`: the flash file, or, once that was
@@ -1120,10 +1127,11 @@ impl Volume {
         while c <= last {
             let n = (last - c + 1).min(CHUNK_CLUSTERS) as usize;
             let mut runs = 0usize;
-            // One cluster (the common small read) resolves without
-            // allocating.
+            // Resolutions of this batch, on the stack: no read allocates,
+            // and a one-cluster read (the common small read) initialises
+            // no batch array and skips the run machinery.
             let one: [Option<Resolved<'_>>; 1];
-            let many: Vec<Option<Resolved<'_>>>;
+            let mut batch: [Option<Resolved<'_>>; CHUNK_CLUSTERS as usize];
             let res: &[Option<Resolved<'_>>] = if n == 1 {
                 let Some(r) = self.resolve_one(c, nowait)? else {
                     return Ok(false);
@@ -1131,11 +1139,11 @@ impl Volume {
                 one = [r];
                 &one
             } else {
-                let Some(v) = self.resolve_run(c, n, nowait)? else {
+                batch = [None; CHUNK_CLUSTERS as usize];
+                if !self.resolve_run(c, &mut batch[..n], nowait)? {
                     return Ok(false);
-                };
-                many = v;
-                &many
+                }
+                &batch[..n]
             };
             let mut i = 0;
             while i < n {
