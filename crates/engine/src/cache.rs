@@ -140,7 +140,7 @@ impl ReadCache {
             let s = &g.slots[slot as usize];
             s.version == version && s.state == 2 && s.hash == hash
         };
-        if ok && still && crc32c::crc32c(&out[..CLUSTER_SIZE]) == crc {
+        if ok && still && crate::checksum::crc32c(&out[..CLUSTER_SIZE]) == crc {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
             return true;
         }

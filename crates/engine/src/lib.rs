@@ -10,6 +10,7 @@
 //! - [`index`]: the RocksDB index and metadata keys.
 //! - [`backend`]: blocking, retrying object-store facade + fault injection.
 //! - [`cache`]: the content-addressed flash read cache.
+//! - `checksum`: the fast crc32c of cluster data on the read path.
 //! - `icache`: a volume's chunked in-memory cache of index lookups.
 //! - [`volume`]: one vDisk — write/read paths, group commit, snapshots,
 //!   rollback, shipping, replay.
@@ -23,6 +24,7 @@
 
 pub mod backend;
 pub mod cache;
+mod checksum;
 pub mod config;
 pub mod error;
 pub mod format;

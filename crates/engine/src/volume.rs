@@ -52,6 +52,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use rocksdb::WriteBatch;
 
 use crate::backend;
+use crate::checksum;
 use crate::error::{EngineError, EngineResult};
 use crate::format::{
     CLUSTER_SIZE, CLUSTER_SIZE_U64, CONTAINER_VERSION, ContainerHeader, Location, Mapping,
@@ -904,7 +905,7 @@ impl Volume {
         if let Some(f) = self.container_file(loc.container)
             && f.read_exact_at(out, slot_offset(loc.slot)).is_ok()
         {
-            if crc32c::crc32c(out) == loc.crc {
+            if checksum::crc32c(out) == loc.crc {
                 self.counters.local_reads.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
@@ -932,7 +933,7 @@ impl Volume {
             Err(e) => return Err(e),
         };
         self.counters.backend_reads.fetch_add(1, Ordering::Relaxed);
-        if crc32c::crc32c(&data) != loc.crc {
+        if checksum::crc32c(&data) != loc.crc {
             return Err(EngineError::Integrity {
                 what: format!("cluster {key} slot {}", loc.slot),
                 detail: "crc32c mismatch on data from the backend".into(),
@@ -986,7 +987,7 @@ impl Volume {
             return Ok(plain(&r.loc)
                 && r.owner
                     .read_local_nowait(r.loc.container, slot_offset(r.loc.slot), out)
-                && crc32c::crc32c(out) == r.loc.crc);
+                && checksum::crc32c(out) == r.loc.crc);
         }
         match r
             .owner
@@ -1047,7 +1048,7 @@ impl Volume {
             let Some(r) = *r else {
                 return Ok(false);
             };
-            if (ok || fetched) && crc32c::crc32c(chunk) == r.loc.crc {
+            if (ok || fetched) && checksum::crc32c(chunk) == r.loc.crc {
                 good += 1;
                 if fetched {
                     r0.owner

@@ -158,7 +158,7 @@ impl Volume {
         todo.retain(|&(c, loc)| {
             let at = (c * CLUSTER_SIZE_U64 - off) as usize;
             buf.get(at..at + CLUSTER_SIZE)
-                .is_some_and(|d| crc32c::crc32c(d) == loc.crc)
+                .is_some_and(|d| crate::checksum::crc32c(d) == loc.crc)
         });
         todo = grouped(todo);
         let (Some(&(first, _)), Some(&(last, _))) = (todo.first(), todo.last()) else {
