@@ -92,10 +92,11 @@ impl ReadLog {
 }
 
 impl Volume {
-    /// The own index entry of `cluster` at `generation` as (entry
-    /// generation, mapping), from the memtable and the index cache only
-    /// (under the writer lock, RocksDB is not read): `None` when that
-    /// cannot be answered from memory, `Some(None)` when there is no entry.
+    /// The own index entries of the `n` clusters from `first` at
+    /// `generation`, each as (entry generation, mapping), from the memtable
+    /// and the index cache only (under the writer lock, RocksDB is not
+    /// read): `None` when that cannot be answered from memory; an inner
+    /// `None` when a cluster has no entry.
     fn own_entries_in_memory(
         &self,
         first: u64,
