@@ -29,6 +29,7 @@ use bytes::Bytes;
 use rocksdb::WriteBatch;
 
 use crate::backend;
+use crate::checksum;
 use crate::error::{EngineError, EngineResult};
 use crate::format::{
     CLUSTER_SIZE, CLUSTER_SIZE_U64, CONTAINER_VERSION, CheckpointEntry, CheckpointWriter,
@@ -166,7 +167,7 @@ fn scrub_inner(vol: &Volume, report: &mut ScrubReport, rewrite_sparse: bool) -> 
                     "shorter than its index says",
                 ));
             };
-            if crc32c::crc32c(chunk) != l.crc {
+            if checksum::crc32c(chunk) != l.crc {
                 return Err(EngineError::Integrity {
                     what: format!("container {cseq:016x} slot {}", l.slot),
                     detail: "crc32c mismatch while scrubbing; container left untouched".into(),

@@ -322,7 +322,7 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 /// (crc32c, xxh3-128) of each whole cluster of `data`.
 fn cluster_sums(data: &[u8]) -> Vec<(u32, u128)> {
     data.chunks_exact(CLUSTER_SIZE)
-        .map(|c| (crc32c::crc32c(c), content_hash(c)))
+        .map(|c| (checksum::crc32c(c), content_hash(c)))
         .collect()
 }
 
@@ -498,7 +498,7 @@ impl Volume {
                             let good = f.is_some_and(|f| {
                                 l.len as usize == CLUSTER_SIZE
                                     && f.read_exact_at(&mut buf, slot_offset(l.slot)).is_ok()
-                                    && crc32c::crc32c(&buf) == l.crc
+                                    && checksum::crc32c(&buf) == l.crc
                             });
                             good.then_some(r)
                         }
