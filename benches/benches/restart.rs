@@ -23,6 +23,7 @@
 #![allow(missing_docs)]
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use depot_block::BlockDevice;
@@ -138,6 +139,55 @@ fn write_stage(vol: &Volume, stage: u64, spread: u64, seq_mib: u64, w: &mut Writ
     }
 }
 
+/// A restore from the backend alone, timed.
+struct Restored {
+    pool: Arc<VPool>,
+    vol: Arc<Volume>,
+    open_ms: f64,
+    first_read_ms: f64,
+    /// Bytes the process's high-water RSS grew by during the restore.
+    peak: u64,
+}
+
+/// Opens a pool on the empty `flash` over `backend` and the vDisk "big"
+/// (restored from the backend), timing the pool open and the volume open
+/// plus its first read; then checks every sample of `written` reads back.
+fn restore_and_verify(
+    rt: &tokio::runtime::Runtime,
+    backend: &Path,
+    flash: PathBuf,
+    written: &Written,
+    what: &str,
+) -> Restored {
+    let rss0 = vm_hwm_reset();
+    let t = Instant::now();
+    let pool = VPool::open(pool_config(backend, flash), rt.handle().clone()).unwrap();
+    let open_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let vol = pool.open_volume("big").expect("restore from the backend");
+    let mut buf = vec![0u8; 4096];
+    let (c, _) = written.samples[written.samples.len() / 2];
+    vol.read(c, &mut buf).unwrap();
+    let first_read_ms = t.elapsed().as_secs_f64() * 1e3;
+    let peak = vm_hwm().saturating_sub(rss0.min(vm_hwm()));
+    let mut want = vec![0u8; 4096];
+    for &(c, s) in &written.samples {
+        vol.read(c, &mut buf).unwrap();
+        pattern(c, s, &mut want);
+        assert!(
+            buf == want,
+            "cluster {c} (stage {s}) read back wrong after {what}"
+        );
+    }
+    Restored {
+        pool,
+        vol,
+        open_ms,
+        first_read_ms,
+        peak,
+    }
+}
+
 fn main() {
     let size_gib = env_u64("DEPOT_RESTART_SIZE_GIB", 100);
     let spread = env_u64("DEPOT_RESTART_SPREAD", 262_144);
@@ -188,33 +238,15 @@ fn main() {
         std::fs::remove_dir_all(&flash).unwrap();
         flash_n += 1;
         flash = dir.path().join(format!("flash{flash_n}"));
-        let rss0 = vm_hwm_reset();
-        let t = Instant::now();
-        pool = VPool::open(pool_config(&backend, flash.clone()), rt.handle().clone()).unwrap();
-        let open_ms = t.elapsed().as_secs_f64() * 1e3;
-        let t = Instant::now();
-        vol = pool.open_volume("big").expect("restore from the backend");
-        let mut buf = vec![0u8; 4096];
-        let (c, s) = written.samples[written.samples.len() / 2];
-        vol.read(c, &mut buf).unwrap();
-        let first_read_ms = t.elapsed().as_secs_f64() * 1e3;
-        let peak = vm_hwm().saturating_sub(rss0.min(vm_hwm()));
-        let mut want = vec![0u8; 4096];
-        pattern(c, s, &mut want);
-        assert!(buf == want, "cluster {c} read back wrong after restore");
-        for &(c, s) in &written.samples {
-            vol.read(c, &mut buf).unwrap();
-            pattern(c, s, &mut want);
-            assert!(
-                buf == want,
-                "cluster {c} (stage {s}) read back wrong after restore"
-            );
-        }
+        let r = restore_and_verify(&rt, &backend, flash.clone(), &written, "restore");
+        (pool, vol) = (r.pool, r.vol);
         println!(
-            "| {stage} | {:.2} | {entries} | {:.1} | {write_s:.1} | {scrub_s:.1} | {open_ms:.0} | {first_read_ms:.0} | {} |",
+            "| {stage} | {:.2} | {entries} | {:.1} | {write_s:.1} | {scrub_s:.1} | {:.0} | {:.0} | {} |",
             written.bytes as f64 / f64::from(1 << 30),
             ck_bytes as f64 / f64::from(1 << 20),
-            peak >> 20,
+            r.open_ms,
+            r.first_read_ms,
+            r.peak >> 20,
         );
         eprintln!(
             "stage {stage}: flash before the wipe {} MiB, {} samples verified",
@@ -296,36 +328,25 @@ fn full_index_restart(
     );
     std::fs::write(obj(&manifest_key(id)), manifest).unwrap();
 
-    let flash = root.join("flash-full");
-    let rss0 = vm_hwm_reset();
-    let t = Instant::now();
-    let pool = VPool::open(pool_config(backend, flash), rt.handle().clone()).unwrap();
-    let open_ms = t.elapsed().as_secs_f64() * 1e3;
-    let t = Instant::now();
-    let vol = pool.open_volume("big").expect("restore from the backend");
-    let mut buf = vec![0u8; 4096];
-    let (c, s) = written.samples[written.samples.len() / 2];
-    vol.read(c, &mut buf).unwrap();
-    let first_read_ms = t.elapsed().as_secs_f64() * 1e3;
-    let peak = vm_hwm().saturating_sub(rss0.min(vm_hwm()));
-    let mut want = vec![0u8; 4096];
-    for &(c, s2) in written.samples.iter().chain([(c, s)].iter()) {
-        vol.read(c, &mut buf).unwrap();
-        pattern(c, s2, &mut want);
-        assert!(
-            buf == want,
-            "cluster {c} read back wrong after the full restore"
-        );
-    }
-    // A synthesized cluster reads what its borrowed location holds.
-    vol.read(clusters - 1, &mut buf).unwrap();
-    println!(
-        "| full | (index of a fully written vDisk, synthesized) | {clusters} | {:.1} | - | - | {open_ms:.0} | {first_read_ms:.0} | {} |",
-        ck_bytes as f64 / f64::from(1 << 20),
-        peak >> 20,
+    let r = restore_and_verify(
+        rt,
+        backend,
+        root.join("flash-full"),
+        written,
+        "the full restore",
     );
-    drop(vol);
-    pool.shutdown().unwrap();
+    // A synthesized cluster reads what its borrowed location holds.
+    let mut buf = vec![0u8; 4096];
+    r.vol.read(clusters - 1, &mut buf).unwrap();
+    println!(
+        "| full | (index of a fully written vDisk, synthesized) | {clusters} | {:.1} | - | - | {:.0} | {:.0} | {} |",
+        ck_bytes as f64 / f64::from(1 << 20),
+        r.open_ms,
+        r.first_read_ms,
+        r.peak >> 20,
+    );
+    drop(r.vol);
+    r.pool.shutdown().unwrap();
 }
 
 fn status_kib(field: &str) -> u64 {
