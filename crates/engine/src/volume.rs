@@ -209,6 +209,21 @@ struct CommitState {
 
 type MemTable = BTreeMap<(u64, u32), (u64, Mapping)>;
 
+/// The memtable entries of clusters `first..end` visible at `generation`,
+/// as (cluster, entry generation, mapping), in ascending (cluster,
+/// generation) order: for each cluster the last one yielded is the newest
+/// with generation ≤ `generation`, which is the one that counts.
+fn memtable_run(
+    m: &MemTable,
+    first: u64,
+    end: u64,
+    generation: u32,
+) -> impl Iterator<Item = (u64, u32, Mapping)> + '_ {
+    m.range((first, 0)..(end, 0))
+        .filter(move |((_, g), _)| *g <= generation)
+        .map(|(&(c, g), &(_, mapping))| (c, g, mapping))
+}
+
 /// A vDisk. Implements [`BlockDevice`]; clone and snapshot management is on
 /// the inherent methods.
 pub struct Volume {
@@ -736,13 +751,8 @@ impl Volume {
             } else {
                 self.memtable.read()
             };
-            if !m.is_empty() {
-                for (&(c, g), (_, mapping)) in m.range((first, 0)..(end, 0)) {
-                    if g <= generation {
-                        // Ascending generations: the newest ≤ `generation` wins.
-                        out[(c - first) as usize] = Some(Some(*mapping));
-                    }
-                }
+            for (c, _, mapping) in memtable_run(&m, first, end, generation) {
+                out[(c - first) as usize] = Some(Some(mapping));
             }
         }
         let mut c = first;

@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use crate::format::{CLUSTER_SIZE, CLUSTER_SIZE_U64, Location, Mapping};
 
-use super::{Resolved, Volume, plain};
+use super::{Resolved, Volume, memtable_run, plain};
 
 /// Smallest read (bytes) that may trigger a relocation.
 pub(super) const MIN_READ_BYTES: usize = 128 * 1024;
@@ -105,14 +105,8 @@ impl Volume {
     ) -> Option<Vec<Option<(u32, Mapping)>>> {
         let mut out: Vec<Option<Option<(u32, Mapping)>>> = vec![None; n];
         let end = first + n as u64;
-        {
-            let m = self.memtable.read();
-            for (&(c, g), (_, mapping)) in m.range((first, 0)..(end, 0)) {
-                if g <= generation {
-                    // Ascending generations: the newest ≤ `generation` wins.
-                    out[(c - first) as usize] = Some(Some((g, *mapping)));
-                }
-            }
+        for (c, g, mapping) in memtable_run(&self.memtable.read(), first, end, generation) {
+            out[(c - first) as usize] = Some(Some((g, mapping)));
         }
         let ic = self.icache.lock();
         for (i, o) in out.iter_mut().enumerate() {
