@@ -11,7 +11,6 @@
 # instead of building a release one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 
 RUNTIME=15
 REPEAT=3
@@ -29,18 +28,8 @@ while [ $# -gt 0 ]; do
 done
 OUT=${OUT:-$(mktemp -d /tmp/depot-bench.XXXXXX)}
 mkdir -p "$OUT"
-FIO=${DEPOT_FIO:-${XDG_CACHE_HOME:-$HOME/.cache}/depot-tools/fio/bin/fio}
-if ! "$FIO" --enghelp 2>/dev/null | grep -qw libiscsi || ! command -v tgtd >/dev/null; then
-  bash scripts/install-deps.sh
-fi
-
-if [ -n "${DEPOT_BIN:-}" ]; then
-  DEPOT=$DEPOT_BIN
-else
-  echo "building depot (release)" >&2
-  cargo build --release -p depot --quiet
-  DEPOT=${CARGO_TARGET_DIR:-$ROOT/target}/release/depot
-fi
+. benches/lib.sh
+bench_tools tgt
 
 TGT_PORT=3262
 TGT_CTRL=7

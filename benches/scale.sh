@@ -24,7 +24,6 @@
 # table file for the fully written case).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 
 SMOKE=0
 OUT=""
@@ -51,17 +50,8 @@ PORT=3500
 API_PORT=3501
 API=http://127.0.0.1:$API_PORT
 
-FIO=${DEPOT_FIO:-${XDG_CACHE_HOME:-$HOME/.cache}/depot-tools/fio/bin/fio}
-if ! "$FIO" --enghelp 2>/dev/null | grep -qw libiscsi; then
-  bash scripts/install-deps.sh
-fi
-if [ -n "${DEPOT_BIN:-}" ]; then
-  DEPOT=$DEPOT_BIN
-else
-  echo "building depot (release)" >&2
-  cargo build --release -p depot --quiet
-  DEPOT=${CARGO_TARGET_DIR:-$ROOT/target}/release/depot
-fi
+. benches/lib.sh
+bench_tools
 
 DEPOT_PID=""
 FIO_PIDS=()
