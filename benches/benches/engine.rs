@@ -13,6 +13,8 @@
 //! Run: `cargo bench -p depot-benches --bench engine`.
 #![allow(missing_docs)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,13 +37,8 @@ fn env(keep_local: bool) -> Env {
 }
 
 fn env_sized(keep_local: bool, size: u64, container: u64, write_buffer: u64) -> Env {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir =
-        tempfile::tempdir_in(std::env::var("DEPOT_BENCH_DIR").unwrap_or("/tmp".into())).unwrap();
+    let rt = common::runtime();
+    let dir = common::scratch_dir();
     let mut cfg = VPoolConfig::new(
         "bench",
         BackendConfig::Local {

@@ -22,6 +22,8 @@
 //! `DEPOT_BENCH_DIR` (where the flash and backend directories go, /tmp).
 #![allow(missing_docs)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -193,13 +195,8 @@ fn main() {
     let spread = env_u64("DEPOT_RESTART_SPREAD", 262_144);
     let seq_mib = env_u64("DEPOT_RESTART_SEQ_MIB", 1024);
     let stages = env_u64("DEPOT_RESTART_STAGES", 4).max(1);
-    let base = std::env::var("DEPOT_BENCH_DIR").unwrap_or("/tmp".into());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir_in(base).unwrap();
+    let rt = common::runtime();
+    let dir = common::scratch_dir();
     let backend = dir.path().join("backend");
     let mut flash_n = 0;
     let mut flash = dir.path().join(format!("flash{flash_n}"));

@@ -16,6 +16,8 @@
 //! (`DEPOT_BENCH_QUICK=1` shrinks the large vDisk for smoke runs).
 #![allow(missing_docs)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,13 +32,8 @@ struct Env {
 }
 
 fn env() -> Env {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir =
-        tempfile::tempdir_in(std::env::var("DEPOT_BENCH_DIR").unwrap_or("/tmp".into())).unwrap();
+    let rt = common::runtime();
+    let dir = common::scratch_dir();
     let cfg = VPoolConfig::new(
         "bench",
         BackendConfig::Local {
