@@ -662,6 +662,16 @@ impl Volume {
 
     // ----------------------------------------------------------------- lookup
 
+    /// The memtable, read-locked; `None` only with `nowait` when a writer
+    /// holds it.
+    fn memtable_read(&self, nowait: bool) -> Option<parking_lot::RwLockReadGuard<'_, MemTable>> {
+        if nowait {
+            self.memtable.try_read()
+        } else {
+            Some(self.memtable.read())
+        }
+    }
+
     /// Own mapping of one cluster (memtable, index cache, RocksDB); `None`
     /// inside means no entry. The outer `None` only with `nowait`:
     /// answering would have waited.
@@ -672,13 +682,8 @@ impl Volume {
         nowait: bool,
     ) -> EngineResult<Option<Option<Mapping>>> {
         {
-            let m = if nowait {
-                match self.memtable.try_read() {
-                    Some(m) => m,
-                    None => return Ok(None),
-                }
-            } else {
-                self.memtable.read()
+            let Some(m) = self.memtable_read(nowait) else {
+                return Ok(None);
             };
             if let Some((_, (_, mapping))) =
                 m.range((cluster, 0)..=(cluster, generation)).next_back()
@@ -743,13 +748,8 @@ impl Volume {
     ) -> EngineResult<bool> {
         let end = first + out.len() as u64;
         {
-            let m = if nowait {
-                match self.memtable.try_read() {
-                    Some(m) => m,
-                    None => return Ok(false),
-                }
-            } else {
-                self.memtable.read()
+            let Some(m) = self.memtable_read(nowait) else {
+                return Ok(false);
             };
             for (c, _, mapping) in memtable_run(&m, first, end, generation) {
                 out[(c - first) as usize] = Some(Some(mapping));
