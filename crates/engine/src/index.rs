@@ -36,6 +36,86 @@ impl std::fmt::Debug for Index {
 /// One index update.
 pub type Entry = (u64, u32, Mapping);
 
+/// The replay marker a commit stores with its entries: where replay of the
+/// local tlogs starts, and which slots are final.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    /// (tlog seq, records of it applied); earlier tlogs are applied in full
+    /// unless `sealed` says otherwise.
+    pub applied: (u64, u64),
+    /// Sealed, unshipped tlogs that take in-place records after they were
+    /// sealed: (tlog seq, records of it applied).
+    pub sealed: Vec<(u64, u64)>,
+    /// The frozen watermark (container, slot) at the commit's grab: slots
+    /// below it were final before a completed sync, so their bytes must
+    /// match their newest record.
+    pub frozen: (u64, u32),
+}
+
+impl Marker {
+    /// A marker with every tlog before `applied` applied and no slot below
+    /// `frozen` mutable.
+    pub fn at(applied: (u64, u64), frozen: (u64, u32)) -> Self {
+        Marker {
+            applied,
+            sealed: Vec::new(),
+            frozen,
+        }
+    }
+
+    /// Records of tlog `seq` already in the index.
+    pub fn records_applied(&self, seq: u64) -> u64 {
+        if let Some(&(_, n)) = self.sealed.iter().find(|(s, _)| *s == seq) {
+            return n;
+        }
+        match seq.cmp(&self.applied.0) {
+            std::cmp::Ordering::Less => u64::MAX,
+            std::cmp::Ordering::Equal => self.applied.1,
+            std::cmp::Ordering::Greater => 0,
+        }
+    }
+
+    /// Bytes: applied (16), frozen (12), then 16 per sealed tlog. A
+    /// 16-byte value is the format before in-place rewrites: nothing was
+    /// ever mutable.
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(28 + 16 * self.sealed.len());
+        v.extend_from_slice(&self.applied.0.to_le_bytes());
+        v.extend_from_slice(&self.applied.1.to_le_bytes());
+        v.extend_from_slice(&self.frozen.0.to_le_bytes());
+        v.extend_from_slice(&self.frozen.1.to_le_bytes());
+        for (s, n) in &self.sealed {
+            v.extend_from_slice(&s.to_le_bytes());
+            v.extend_from_slice(&n.to_le_bytes());
+        }
+        v
+    }
+
+    fn decode(v: &[u8]) -> EngineResult<Self> {
+        let u64_at = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&v[i..i + 8]);
+            u64::from_le_bytes(a)
+        };
+        if v.len() == 16 {
+            return Ok(Marker::at((u64_at(0), u64_at(8)), (u64::MAX, u32::MAX)));
+        }
+        if v.len() < 28 || !(v.len() - 28).is_multiple_of(16) || v.len() > 28 + 16 * 4096 {
+            return Err(EngineError::corrupt("replay marker", "bad length"));
+        }
+        let mut slot = [0u8; 4];
+        slot.copy_from_slice(&v[24..28]);
+        Ok(Marker {
+            applied: (u64_at(0), u64_at(8)),
+            frozen: (u64_at(16), u32::from_le_bytes(slot)),
+            sealed: (28..v.len())
+                .step_by(16)
+                .map(|i| (u64_at(i), u64_at(i + 8)))
+                .collect(),
+        })
+    }
+}
+
 impl Index {
     /// Opens (creating) the index at `path`.
     pub fn open(path: &Path) -> EngineResult<Self> {
@@ -131,33 +211,23 @@ impl Index {
 
     /// Writes entries and the replay marker atomically (not synced: the
     /// logs are the durable copy).
-    pub fn commit(&self, vol: u64, entries: &[Entry], applied: (u64, u64)) -> EngineResult<()> {
+    pub fn commit(&self, vol: u64, entries: &[Entry], marker: &Marker) -> EngineResult<()> {
         let mut b = WriteBatch::default();
         for (c, g, m) in entries {
             b.put(keys::index(vol, *c, *g), m.encode_value());
         }
-        b.put(
-            keys::per_volume(keys::APPLIED, vol),
-            encode_applied(applied),
-        );
+        b.put(keys::per_volume(keys::APPLIED, vol), marker.encode());
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
         self.db.write_opt(b, &wo)?;
         Ok(())
     }
 
-    /// Replay marker: (tlog seq, records of it applied).
-    pub fn applied(&self, vol: u64) -> EngineResult<(u64, u64)> {
+    /// The replay marker (see [`Marker`]).
+    pub fn marker(&self, vol: u64) -> EngineResult<Marker> {
         match self.db.get(keys::per_volume(keys::APPLIED, vol))? {
-            Some(v) if v.len() == 16 => {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(&v[0..8]);
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&v[8..16]);
-                Ok((u64::from_le_bytes(a), u64::from_le_bytes(b)))
-            }
-            Some(_) => Err(EngineError::corrupt("replay marker", "bad length")),
-            None => Ok((0, 0)),
+            Some(v) => Marker::decode(&v),
+            None => Ok(Marker::at((0, 0), (0, 0))),
         }
     }
 
@@ -179,11 +249,12 @@ impl Index {
         Ok(())
     }
 
-    /// Adds the replay marker to a batch.
+    /// Adds a replay marker to a batch: every tlog before `applied` is
+    /// applied, nothing is mutable.
     pub fn put_applied(b: &mut WriteBatch, vol: u64, applied: (u64, u64)) {
         b.put(
             keys::per_volume(keys::APPLIED, vol),
-            encode_applied(applied),
+            Marker::at(applied, (0, 0)).encode(),
         );
     }
 
@@ -391,13 +462,6 @@ fn scan_iter<D: rocksdb::DBAccess>(
     }
     it.status()?;
     Ok(())
-}
-
-fn encode_applied(a: (u64, u64)) -> [u8; 16] {
-    let mut v = [0u8; 16];
-    v[0..8].copy_from_slice(&a.0.to_le_bytes());
-    v[8..16].copy_from_slice(&a.1.to_le_bytes());
-    v
 }
 
 #[cfg(test)]

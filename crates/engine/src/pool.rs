@@ -34,7 +34,7 @@ use crate::format::{
     TLOG_HEADER_SIZE, TLOG_RECORD_SIZE, TlogHeader, TlogRecord, stream_checkpoint,
 };
 use crate::icache::{CHUNK_BYTES, MAX_CHUNKS};
-use crate::index::{Entry, Index};
+use crate::index::{Entry, Index, Marker};
 use crate::meta::{CatalogEntry, ChildRef, META_VERSION, ParentRef, Shipped, VolumeMeta};
 use crate::volume::Volume;
 
@@ -743,11 +743,11 @@ fn restore_index(shared: &Shared, meta: &VolumeMeta) -> EngineResult<()> {
         }
         last = last.max(t.seq + 1);
         if batch.len() > 65536 {
-            shared.index.commit(meta.id, &batch, (0, 0))?;
+            shared.index.commit(meta.id, &batch, &Marker::at((0, 0), (0, 0)))?;
             batch.clear();
         }
     }
-    shared.index.commit(meta.id, &batch, (last, 0))?;
+    shared.index.commit(meta.id, &batch, &Marker::at((last, 0), (0, 0)))?;
     Ok(())
 }
 

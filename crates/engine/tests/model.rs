@@ -1,8 +1,10 @@
 //! Model-based property test: random sequences of writes, reads, unmaps,
 //! flushes, snapshots, snapshot deletes, rollbacks, clones, restarts (clean,
 //! crash-after-flush, and from the backend alone) and scrubs, checked against
-//! a simple in-memory model of every vDisk. `DEPOT_MODEL_CASES` raises the
-//! number of cases (default 12 in CI).
+//! a simple in-memory model of every vDisk. A third property runs a mix
+//! heavy in whole-volume writes with containers large enough for them to
+//! be rewritten in place. `DEPOT_MODEL_CASES` raises the number of cases
+//! (default 12 in CI).
 #![allow(missing_docs)]
 
 mod common;
@@ -91,6 +93,16 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Rewrite-heavy mix: whole-volume (16-cluster, aligned) writes, which go
+/// in place while their slots are mutable, among everything else.
+fn rewrite_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (any::<u8>(), any::<u32>(), 0..8u8)
+            .prop_map(|(vol, seed, f)| Op::Write { vol, lba: 0, n: BLOCKS, seed, fua: f == 0 }),
+        4 => op(),
+    ]
+}
+
 /// Admin-heavy mix: few I/Os, many snapshots, clones, rollbacks, deletes,
 /// restarts and scrubs.
 fn admin_op() -> impl Strategy<Value = Op> {
@@ -157,10 +169,21 @@ impl Harness {
     }
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+/// Clusters rewritten in place by the open vDisks (counts restart at
+/// every reopen).
+fn rewritten(h: &Harness, m: &Model) -> u64 {
+    m.vols
+        .iter()
+        .map(|v| h.vol(&v.name).stats().rewritten_clusters)
+        .sum()
+}
+
+/// Runs `ops` with containers of `slots` slots; returns how many clusters
+/// were rewritten in place.
+fn run(ops: Vec<Op>, slots: u64) -> Result<u64, TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
-    cfg.container_bytes = 9 * 4096; // 8 slots: lots of sealing and shipping
+    cfg.container_bytes = (slots + 1) * 4096;
     cfg.write_buffer_bytes = 1 << 20;
     cfg.keep_shipped_bytes = 16 * 4096;
     let rt = runtime();
@@ -174,6 +197,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     h.pool()
         .create_volume("v0", BLOCKS * BS as u64, BS as u32)
         .unwrap();
+    let mut total_rewritten = 0;
     let mut m = Model {
         vols: vec![ModelVol {
             name: "v0".into(),
@@ -317,18 +341,21 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 });
             }
             Op::Restart => {
+                total_rewritten += rewritten(&h, &m);
                 if let Some(p) = h.pool.take() {
                     p.shutdown().unwrap();
                 }
                 h.reopen(false);
             }
             Op::CrashAfterFlush => {
+                total_rewritten += rewritten(&h, &m);
                 for v in &m.vols {
                     h.vol(&v.name).flush().unwrap();
                 }
                 h.reopen(false);
             }
             Op::RestartFromBackend => {
+                total_rewritten += rewritten(&h, &m);
                 for v in &m.vols {
                     h.vol(&v.name).sync_to_backend().unwrap();
                 }
@@ -340,6 +367,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
         }
     }
+    total_rewritten += rewritten(&h, &m);
     // Final full comparison, then once more after a restart from the backend.
     for round in 0..2 {
         for v in &m.vols {
@@ -359,7 +387,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     if let Some(p) = h.pool.take() {
         p.shutdown().unwrap();
     }
-    Ok(())
+    Ok(total_rewritten)
 }
 
 fn cases() -> u32 {
@@ -379,7 +407,7 @@ proptest! {
 
     #[test]
     fn engine_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
-        run(ops)?;
+        run(ops, 8)?; // 8 slots: lots of sealing and shipping
     }
 }
 
@@ -393,6 +421,35 @@ proptest! {
 
     #[test]
     fn admin_heavy_sequences_match_model(ops in proptest::collection::vec(admin_op(), 1..40)) {
-        run(ops)?;
+        run(ops, 8)?;
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases() / 2,
+        max_shrink_iters: 200,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn rewrite_heavy_sequences_match_model(ops in proptest::collection::vec(rewrite_op(), 1..60)) {
+        run(ops, 40)?;
+    }
+}
+
+/// The rewrite-heavy configuration really rewrites in place (so the
+/// property above tests that path).
+#[test]
+fn whole_volume_rewrites_go_in_place_in_the_model_config() {
+    let w = |seed| Op::Write {
+        vol: 0,
+        lba: 0,
+        n: BLOCKS,
+        seed,
+        fua: false,
+    };
+    let ops = vec![w(1), w(2), w(3), Op::Flush { vol: 0 }, w(4), w(5)];
+    assert_eq!(run(ops, 40).unwrap(), 3 * 16);
 }
