@@ -74,8 +74,9 @@ pub enum VPoolCmd {
         /// Block size of new vDisks (512 or 4096).
         #[arg(long, default_value_t = 512)]
         block_size: u32,
-        /// Per-vDisk write buffer (unshipped data cap).
-        #[arg(long, default_value = "1G")]
+        /// Per-vDisk write buffer (unshipped data cap; recent data below
+        /// three quarters of it is rewritten in place until it ships).
+        #[arg(long, default_value = "2G")]
         write_buffer: String,
         /// Read-cache capacity.
         #[arg(long, default_value = "1G")]

@@ -1179,6 +1179,10 @@ impl Manager {
                     &m.vpool_relocated.with_label_values(&l),
                     s.relocated_clusters,
                 );
+                Metrics::set_counter(
+                    &m.vpool_rewritten.with_label_values(&l),
+                    s.rewritten_clusters,
+                );
                 m.vpool_hit_ratio
                     .with_label_values(&l)
                     .set(s.read_cache_hit_ratio);

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub vpool_uploaded: IntCounterVec,
     /// Per vPool: clusters rewritten contiguously by relocation on read.
     pub vpool_relocated: IntCounterVec,
+    /// Clusters rewritten in place.
+    pub vpool_rewritten: IntCounterVec,
     /// Sessions per target.
     pub sessions: IntGaugeVec,
 }
@@ -182,6 +184,11 @@ impl Metrics {
                 "Clusters rewritten contiguously by relocation on read.",
                 &pool,
             ),
+            vpool_rewritten: icv(
+                "depot_vpool_rewritten_clusters_total",
+                "Clusters rewritten in place (recent data, not yet shipped).",
+                &pool,
+            ),
             sessions: igv(
                 "depot_target_sessions",
                 "Logged-in iSCSI sessions per VM target.",
@@ -242,6 +249,7 @@ impl Metrics {
         let _ = self.vpool_backend.remove_label_values(&l);
         let _ = self.vpool_uploaded.remove_label_values(&l);
         let _ = self.vpool_relocated.remove_label_values(&l);
+        let _ = self.vpool_rewritten.remove_label_values(&l);
     }
 
     /// Raises a counter to an absolute value sampled from elsewhere.

@@ -69,7 +69,7 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             block_size: 512,
-            write_buffer_bytes: 4 << 30,
+            write_buffer_bytes: 2 << 30,
             read_cache_bytes: 1 << 30,
             container_bytes: 64 << 20,
             ship_interval_secs: 30,

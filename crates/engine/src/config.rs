@@ -92,6 +92,12 @@ pub struct VPoolConfig {
     /// background (bounds replay work and memory; writes asking for FUA or
     /// flush never wait for this).
     pub sync_interval: Duration,
+    /// How often a background sync also commits the index to RocksDB.
+    /// Data is durable at every sync either way (the tlogs are the durable
+    /// copy); between commits replay has more records to apply, and a
+    /// commit writes each rewritten cluster once. FUA, SYNCHRONIZE CACHE,
+    /// shipping and admin operations always commit. Default 10 s.
+    pub index_commit_interval: Duration,
     /// Scrub rewrites containers whose live fraction is below this.
     pub scrub_live_ratio: f64,
     /// A volume whose backend manifest lists this many tlogs after its
@@ -127,6 +133,7 @@ impl VPoolConfig {
             keep_shipped_bytes: 1 << 30,
             ship_interval: Duration::from_secs(30),
             sync_interval: Duration::from_secs(1),
+            index_commit_interval: Duration::from_secs(10),
             scrub_live_ratio: 0.5,
             checkpoint_tlogs: 64,
             retry: RetryPolicy::default(),

@@ -481,6 +481,31 @@ mod bulk_tests {
     }
 
     #[test]
+    fn replay_marker_round_trips_and_reads_the_old_format() {
+        let m = Marker {
+            applied: (7, 3),
+            sealed: vec![(5, 40), (6, 12)],
+            frozen: (9, 17),
+        };
+        assert_eq!(Marker::decode(&m.encode()).unwrap(), m);
+        assert_eq!(m.records_applied(4), u64::MAX);
+        assert_eq!(m.records_applied(5), 40);
+        assert_eq!(m.records_applied(7), 3);
+        assert_eq!(m.records_applied(8), 0);
+        // The 16-byte marker from before in-place rewrites: nothing mutable.
+        let old = Marker::decode(&m.encode()[..16]).unwrap();
+        assert_eq!(old, Marker::at((7, 3), (u64::MAX, u32::MAX)));
+        for bad in [0usize, 15, 17, 27, 29, 43] {
+            assert!(Marker::decode(&vec![0u8; bad]).is_err(), "{bad}");
+        }
+        let idx_dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&idx_dir.path().join("index")).unwrap();
+        assert_eq!(idx.marker(3).unwrap(), Marker::at((0, 0), (0, 0)));
+        idx.commit(3, &[(1, 1, loc(2))], &m).unwrap();
+        assert_eq!(idx.marker(3).unwrap(), m);
+    }
+
+    #[test]
     fn bulk_load_ingests_replaces_equal_keys_and_rejects_disorder() {
         let dir = tempfile::tempdir().unwrap();
         let idx = Index::open(&dir.path().join("index")).unwrap();

@@ -174,6 +174,8 @@ pub struct VPoolStats {
     /// Clusters the open volumes rewrote contiguously on read (relocation
     /// on read), since they were opened.
     pub relocated_clusters: u64,
+    /// Clusters the open volumes rewrote in place, since they were opened.
+    pub rewritten_clusters: u64,
 }
 
 /// A vPool. See the module docs.
@@ -623,6 +625,7 @@ impl VPool {
                 .saturating_sub(self.reclaimed.load(Ordering::Relaxed)),
             volumes_open: vols.len(),
             relocated_clusters: vols.iter().map(|v| v.relocated_clusters()).sum(),
+            rewritten_clusters: vols.iter().map(|v| v.stats().rewritten_clusters).sum(),
         }
     }
 
@@ -743,11 +746,15 @@ fn restore_index(shared: &Shared, meta: &VolumeMeta) -> EngineResult<()> {
         }
         last = last.max(t.seq + 1);
         if batch.len() > 65536 {
-            shared.index.commit(meta.id, &batch, &Marker::at((0, 0), (0, 0)))?;
+            shared
+                .index
+                .commit(meta.id, &batch, &Marker::at((0, 0), (0, 0)))?;
             batch.clear();
         }
     }
-    shared.index.commit(meta.id, &batch, &Marker::at((last, 0), (0, 0)))?;
+    shared
+        .index
+        .commit(meta.id, &batch, &Marker::at((last, 0), (0, 0)))?;
     Ok(())
 }
 

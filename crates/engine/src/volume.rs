@@ -2,41 +2,63 @@
 //!
 //! Write path: clusters are appended to the open container (SCO) and a
 //! 64-byte record per cluster to the open tlog buffer, under the writer lock;
-//! the mapping goes into the in-memory memtable (visible to reads at once) and
-//! the pending list. A sync (FUA, flush, timer, seal) runs as group commit:
-//! one leader grabs the pending work under the writer lock, fdatasyncs the
-//! containers then the tlogs without holding it, then commits the pending
-//! mappings + replay marker to RocksDB; every writer that arrived before the
-//! grab is covered by that one sync.
+//! the mapping goes into the in-memory memtable (visible to reads at once).
+//! A whole-cluster rewrite (16+ clusters) of data written since the last
+//! hard barrier instead overwrites its own slots (*in-place rewrites*,
+//! below). A sync (FUA, flush, timer, seal) runs as group commit: one leader
+//! grabs the work under the writer lock and fdatasyncs the containers then
+//! the tlogs without holding it; every writer that arrived before the grab
+//! is covered by that one sync. A sync also commits the memtable and the
+//! replay marker to RocksDB when it is a hard barrier, precedes shipping or
+//! an admin operation, or the last commit is `index_commit_interval` old
+//! (see `grab`); the memtable holds one entry per key, so rewrites between
+//! commits cost RocksDB nothing.
 //!
-//! Read path: mappings from the memtable → the chunked index cache
+//! In-place rewrites: a slot is *mutable* while it is at or above the frozen
+//! watermark (container, slot) and its container's segment has not begun to
+//! ship. Hard barriers (FUA, SYNCHRONIZE CACHE, snapshot, rollback, scrub's
+//! cut) raise the watermark to the append position; shipping freezes the
+//! segments it ships; the periodic sync freezes nothing. Sealed segments
+//! wait to ship until `ship_interval` old or the write buffer is ¾ full,
+//! so a hot working set keeps being rewritten in the same page-cache pages
+//! instead of new ones. Replay (`replay_local`) checks records slot by slot.
+//!
+//! Read path: mappings from the memtables → the chunked index cache
 //! (`crate::icache`, filled by one RocksDB range scan per 256 clusters) →
 //! parent chain, resolved up to 256 clusters at a time; data: runs of whole
 //! clusters in consecutive slots of one local container are read with one
 //! positioned read straight into the caller's buffer, anything else per
 //! cluster from local container → read cache → ranged GET; crc32c checked
 //! on every path. `try_read_nowait` runs the same path but only from memory
-//! and page-cache-resident local containers (`preadv2(RWF_NOWAIT)`).
+//! and page-cache-resident local containers (`preadv2(RWF_NOWAIT)`). A
+//! checksum failure that raced an in-place rewrite is read again (the
+//! `rewrites` seqlock), at last under the stripe locks.
 //!
 //! Lock order (never acquired in the other direction):
 //! `admin` → `ship_lock` → stripe locks → `writer` → `commit` → `index_lock`
 //! → `memtable` / `meta` / `files` / `icache`.
 //!
 //! Invariants:
-//! - A record is appended only after its cluster data was written to the
-//!   container; data is pwritten only under the writer lock, so a completed
-//!   sync covers every record before its grab.
+//! - An appended cluster's record is written after its data; an in-place
+//!   rewrite's records before its data. Both happen under the writer lock,
+//!   so a completed sync covers every record and byte before its grab, and
+//!   a kill leaves at most in-place records without their data.
+//! - Every record that points into a container is in the tlog of that
+//!   container's segment, so a slot's records are in one file in write
+//!   order and a segment ships self-contained.
+//! - A slot is rewritten in place only while mutable; a hard barrier or the
+//!   start of its segment's shipping makes it final for good.
 //! - RocksDB only ever receives mappings whose data and records are durable.
 //! - Segments (a sealed tlog and its containers) ship in order; the backend
 //!   manifest is written after the objects it names.
-//! - A container file is written only while it is the open container (and
-//!   scrub output is written once, under a fresh sequence number, before
-//!   it is registered). Once sealed it is never opened for writing again,
-//!   truncated or rewritten: a local-directory backend may hold it as a
-//!   hard link (`Backend::put_link`). Eviction only unlinks the flash name.
+//! - A container file is written only while it is the open container or
+//!   mutable (scrub output is written once, under a fresh sequence number,
+//!   before it is registered). Once its segment ships it is never written
+//!   again, truncated or rewritten: a local-directory backend may hold it as
+//!   a hard link (`Backend::put_link`). Eviction only unlinks the flash name.
 //! - The index cache is updated by commits under `index_lock` and filled
 //!   under it (see `crate::icache`), so it never serves a mapping older
-//!   than RocksDB's.
+//!   than RocksDB's; a committed memtable is dropped only after that.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -71,6 +93,9 @@ const STRIPES: usize = 64;
 /// copies are left to the blocking pool).
 const NOWAIT_WRITE_MAX: u64 = 128 * 1024;
 const TLOG_BUF_FLUSH: usize = 64 * 1024;
+/// A sync commits the index once the memtable holds this many entries
+/// (about 50 MiB), even before `index_commit_interval`.
+const MEMTABLE_COMMIT_ENTRIES: usize = 1 << 19;
 /// Smallest run of whole clusters rewritten in place. Smaller writes
 /// append: a small overwrite inside a large page-cache folio costs ext4 a
 /// walk over the folio's buffers (measured: 4K random rewrites in place
@@ -207,8 +232,10 @@ struct Writer {
     next_tlog: u64,
     unsynced: Vec<Arc<File>>,
     dir_dirty: bool,
-    pending: Vec<Entry>,
     write_seq: u64,
+    /// When the index was last committed (a soft sync commits only every
+    /// `index_commit_interval` or above [`MEMTABLE_COMMIT_ENTRIES`]).
+    last_commit: Instant,
     segments: VecDeque<Segment>,
     shipped_local: VecDeque<(u64, u64)>,
     shipped_local_bytes: u64,
@@ -246,33 +273,71 @@ impl Writer {
 
 struct SyncWork {
     files: Vec<Arc<File>>,
-    entries: Vec<Entry>,
-    marker: Marker,
+    /// The memtable to commit with its replay marker; `None`: the sync
+    /// only makes data durable (the marker stays, replay covers the rest).
+    commit: Option<(Arc<MemTable>, Marker)>,
     upto: u64,
     dir_sync: bool,
 }
 
 #[derive(Default)]
 struct CommitState {
+    /// Every write with a sequence number up to this is durable on flash.
     durable: u64,
+    /// ... and up to this also in RocksDB.
+    committed: u64,
     syncing: bool,
 }
 
-type MemTable = BTreeMap<(u64, u32), (u64, Mapping)>;
+type MemTable = BTreeMap<(u64, u32), Mapping>;
+
+/// Mappings not yet in RocksDB. Writes go to `active`; a committing sync
+/// moves it to `committing` (shared with the sync, read-only) and drops that
+/// once RocksDB and the index cache hold it. Lookups read `active`, then
+/// `committing`, then the index cache. Each holds one entry per key, so a
+/// commit writes every key once however often it was rewritten.
+#[derive(Default)]
+struct Memtables {
+    active: MemTable,
+    committing: Option<Arc<MemTable>>,
+}
+
+impl Memtables {
+    /// Newest entry of `cluster` with generation ≤ `generation`.
+    fn newest(&self, cluster: u64, generation: u32) -> Option<Mapping> {
+        let find = |m: &MemTable| {
+            m.range((cluster, 0)..=(cluster, generation))
+                .next_back()
+                .map(|(_, m)| *m)
+        };
+        find(&self.active).or_else(|| self.committing.as_deref().and_then(find))
+    }
+
+    /// Keys of clusters `from..to`, any generation.
+    fn keys(&self, from: u64, to: u64) -> impl Iterator<Item = (u64, u32)> + '_ {
+        let c = self.committing.as_deref().into_iter();
+        c.chain(std::iter::once(&self.active))
+            .flat_map(move |m| m.range((from, 0)..(to, 0)).map(|(k, _)| *k))
+    }
+}
 
 /// The memtable entries of clusters `first..end` visible at `generation`,
-/// as (cluster, entry generation, mapping), in ascending (cluster,
-/// generation) order: for each cluster the last one yielded is the newest
-/// with generation ≤ `generation`, which is the one that counts.
+/// as (cluster, entry generation, mapping), oldest table first and in
+/// ascending (cluster, generation) order within each: for each cluster the
+/// last one yielded is the newest with generation ≤ `generation`, which is
+/// the one that counts.
 fn memtable_run(
-    m: &MemTable,
+    m: &Memtables,
     first: u64,
     end: u64,
     generation: u32,
 ) -> impl Iterator<Item = (u64, u32, Mapping)> + '_ {
-    m.range((first, 0)..(end, 0))
-        .filter(move |((_, g), _)| *g <= generation)
-        .map(|(&(c, g), &(_, mapping))| (c, g, mapping))
+    let c = m.committing.as_deref().into_iter();
+    c.chain(std::iter::once(&m.active)).flat_map(move |t| {
+        t.range((first, 0)..(end, 0))
+            .filter(move |((_, g), _)| *g <= generation)
+            .map(|(&(c, g), &mapping)| (c, g, mapping))
+    })
 }
 
 /// A vDisk. Implements [`BlockDevice`]; clone and snapshot management is on
@@ -290,7 +355,7 @@ pub struct Volume {
     pub(crate) meta: Mutex<VolumeMeta>,
     meta_dirty: AtomicBool,
     writer: Mutex<Writer>,
-    memtable: RwLock<MemTable>,
+    memtable: RwLock<Memtables>,
     commit: Mutex<CommitState>,
     commit_cv: Condvar,
     index_lock: Mutex<()>,
@@ -467,7 +532,7 @@ impl Volume {
                 next_tlog: meta.next_tlog,
                 unsynced: Vec::new(),
                 dir_dirty: false,
-                pending: Vec::new(),
+                last_commit: Instant::now(),
                 write_seq: 0,
                 segments: VecDeque::new(),
                 shipped_local: VecDeque::new(),
@@ -481,7 +546,7 @@ impl Volume {
             // The previous incarnation may have died between a metadata
             // change and its upload: always re-upload once after opening.
             meta_dirty: AtomicBool::new(true),
-            memtable: RwLock::new(BTreeMap::new()),
+            memtable: RwLock::new(Memtables::default()),
             commit: Mutex::new(CommitState::default()),
             commit_cv: Condvar::new(),
             index_lock: Mutex::new(()),
@@ -579,7 +644,8 @@ impl Volume {
             let rewritten = tail.len() != recs.len() - skip
                 || tail.iter().zip(&recs[skip..]).any(|(a, b)| a != b);
             if rewritten {
-                let mut out = Vec::with_capacity(TLOG_HEADER_SIZE + (skip + tail.len()) * TLOG_RECORD_SIZE);
+                let mut out =
+                    Vec::with_capacity(TLOG_HEADER_SIZE + (skip + tail.len()) * TLOG_RECORD_SIZE);
                 out.extend_from_slice(&data[..TLOG_HEADER_SIZE + skip * TLOG_RECORD_SIZE]);
                 let mut rec = [0u8; TLOG_RECORD_SIZE];
                 for r in &tail {
@@ -735,9 +801,11 @@ impl Volume {
         for (&(container, slot), idxs) in &slots {
             let f = match open_files.entry(container) {
                 std::collections::hash_map::Entry::Occupied(o) => Some(o.into_mut()),
-                std::collections::hash_map::Entry::Vacant(v) => File::open(self.container_path(container))
-                    .ok()
-                    .map(|f| v.insert(f)),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    File::open(self.container_path(container))
+                        .ok()
+                        .map(|f| v.insert(f))
+                }
             };
             let bytes_crc = f
                 .and_then(|f| f.read_exact_at(&mut buf, slot_offset(slot)).ok())
@@ -858,7 +926,7 @@ impl Volume {
 
     /// The memtable, read-locked; `None` only with `nowait` when a writer
     /// holds it.
-    fn memtable_read(&self, nowait: bool) -> Option<parking_lot::RwLockReadGuard<'_, MemTable>> {
+    fn memtable_read(&self, nowait: bool) -> Option<parking_lot::RwLockReadGuard<'_, Memtables>> {
         if nowait {
             self.memtable.try_read()
         } else {
@@ -879,10 +947,8 @@ impl Volume {
             let Some(m) = self.memtable_read(nowait) else {
                 return Ok(None);
             };
-            if let Some((_, (_, mapping))) =
-                m.range((cluster, 0)..=(cluster, generation)).next_back()
-            {
-                return Ok(Some(Some(*mapping)));
+            if let Some(mapping) = m.newest(cluster, generation) {
+                return Ok(Some(Some(mapping)));
             }
         }
         if let Some(hit) = self.icache.lock().get(cluster, generation) {
@@ -1644,8 +1710,7 @@ impl Volume {
                 .encode(&mut rec);
                 t.buf.extend_from_slice(&rec);
                 w.write_seq += 1;
-                mem.insert((cluster, generation), (w.write_seq, m));
-                w.pending.push((cluster, generation, m));
+                mem.active.insert((cluster, generation), m);
                 cluster += 1;
             }
             drop(mem);
@@ -1783,10 +1848,8 @@ impl Volume {
                     hash,
                     ..at
                 });
-                let cluster = first + i as u64;
                 w.write_seq += 1;
-                mem.insert((cluster, generation), (w.write_seq, m));
-                w.pending.push((cluster, generation, m));
+                mem.active.insert((first + i as u64, generation), m);
             }
         }
         self.rewrites.fetch_add(1, Ordering::SeqCst);
@@ -1812,8 +1875,7 @@ impl Volume {
             .encode(&mut rec);
             t.buf.extend_from_slice(&rec);
             w.write_seq += 1;
-            mem.insert((c, generation), (w.write_seq, Mapping::Unmapped));
-            w.pending.push((c, generation, Mapping::Unmapped));
+            mem.active.insert((c, generation), Mapping::Unmapped);
         }
         drop(mem);
         if t.buf.len() >= TLOG_BUF_FLUSH {
@@ -1958,7 +2020,11 @@ impl Volume {
 
     // ------------------------------------------------------------------- sync
 
-    fn grab(&self, w: &mut Writer) -> EngineResult<SyncWork> {
+    /// Grabs a sync's work under the writer lock. It commits the index when
+    /// asked to (hard barriers, shipping, admin operations), when the last
+    /// commit is `index_commit_interval` old, or when the memtable holds
+    /// [`MEMTABLE_COMMIT_ENTRIES`]; otherwise it only makes data durable.
+    fn grab(&self, w: &mut Writer, commit: bool) -> EngineResult<SyncWork> {
         if let Some(t) = w.tlog.as_mut() {
             t.flush_buf()?;
         }
@@ -1975,21 +2041,35 @@ impl Volume {
             Some(t) => (t.seq, t.on_file),
             None => (w.next_tlog, 0),
         };
-        let marker = Marker {
-            applied,
-            sealed: w
-                .segments
-                .iter()
-                .filter(|s| s.tlog_file.is_some())
-                .map(|s| (s.tlog, s.records))
-                .collect(),
-            frozen: w.frozen,
-        };
+        let mut mem = self.memtable.write();
+        let due = commit
+            || w.last_commit.elapsed() >= self.shared.cfg.index_commit_interval
+            || mem.active.len() >= MEMTABLE_COMMIT_ENTRIES;
+        // A commit that failed left its table behind: the volume is failed
+        // and nothing commits again until it is reopened.
+        let commit = (due && mem.committing.is_none()).then(|| {
+            let table = Arc::new(std::mem::take(&mut mem.active));
+            mem.committing = Some(table.clone());
+            let marker = Marker {
+                applied,
+                sealed: w
+                    .segments
+                    .iter()
+                    .filter(|s| s.tlog_file.is_some())
+                    .map(|s| (s.tlog, s.records))
+                    .collect(),
+                frozen: w.frozen,
+            };
+            (table, marker)
+        });
+        drop(mem);
+        if commit.is_some() {
+            w.last_commit = Instant::now();
+        }
         let dir_sync = std::mem::take(&mut w.dir_dirty);
         Ok(SyncWork {
             files,
-            entries: std::mem::take(&mut w.pending),
-            marker,
+            commit,
             upto: w.write_seq,
             dir_sync,
         })
@@ -2007,22 +2087,18 @@ impl Volume {
             sync_dir(&self.dir.join("containers"))?;
             sync_dir(&self.dir.join("tlogs"))?;
         }
-        {
-            // The index cache is updated under the same lock as the commit
-            // (see `crate::icache`).
-            let _g = self.index_lock.lock();
-            self.shared
-                .index
-                .commit(self.id, &work.entries, &work.marker)?;
-            self.icache.lock().apply(&work.entries);
-        }
-        let mut mem = self.memtable.write();
-        for (c, g, _) in &work.entries {
-            if let Some((s, _)) = mem.get(&(*c, *g))
-                && *s <= work.upto
+        if let Some((table, marker)) = &work.commit {
+            // One entry per key, in key order.
+            let entries: Vec<Entry> = table.iter().map(|(&(c, g), &m)| (c, g, m)).collect();
             {
-                mem.remove(&(*c, *g));
+                // The index cache is updated under the same lock as the
+                // commit (see `crate::icache`).
+                let _g = self.index_lock.lock();
+                self.shared.index.commit(self.id, &entries, marker)?;
+                self.icache.lock().apply(&entries);
             }
+            // RocksDB and the index cache answer for these entries now.
+            self.memtable.write().committing = None;
         }
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         *self.last_sync.lock() = Instant::now();
@@ -2034,6 +2110,9 @@ impl Volume {
         cs.syncing = false;
         if r.is_ok() {
             cs.durable = cs.durable.max(work.upto);
+            if work.commit.is_some() {
+                cs.committed = cs.committed.max(work.upto);
+            }
         }
         self.commit_cv.notify_all();
         drop(cs);
@@ -2049,15 +2128,17 @@ impl Volume {
     }
 
     /// Makes every write with seq ≤ `target` durable (group commit).
-    fn sync_to(&self, target: u64) -> EngineResult<()> {
+    /// With `commit`, also until RocksDB has every write up to `target`.
+    fn sync_to(&self, target: u64, commit: bool) -> EngineResult<()> {
+        let done = |cs: &CommitState| cs.durable >= target && (!commit || cs.committed >= target);
         loop {
             self.check_ok()?;
-            if self.commit.lock().durable >= target {
+            if done(&self.commit.lock()) {
                 return Ok(());
             }
             let mut w = self.writer.lock();
             let mut cs = self.commit.lock();
-            if cs.durable >= target {
+            if done(&cs) {
                 return Ok(());
             }
             if cs.syncing {
@@ -2067,7 +2148,7 @@ impl Volume {
             }
             cs.syncing = true;
             drop(cs);
-            let work = match self.grab(&mut w) {
+            let work = match self.grab(&mut w, commit) {
                 Ok(wk) => wk,
                 Err(e) => {
                     self.commit.lock().syncing = false;
@@ -2092,7 +2173,7 @@ impl Volume {
             w.freeze();
             w.write_seq
         };
-        self.sync_to(target)
+        self.sync_to(target, true)
     }
 
     /// Sync while already holding the writer lock (admin operations); a
@@ -2106,7 +2187,7 @@ impl Volume {
         }
         cs.syncing = true;
         drop(cs);
-        let work = match self.grab(w) {
+        let work = match self.grab(w, true) {
             Ok(wk) => wk,
             Err(e) => {
                 self.commit.lock().syncing = false;
@@ -2128,9 +2209,13 @@ impl Volume {
             return Ok(());
         }
         let cfg = &self.shared.cfg;
-        let (dirty, old_container) = {
+        let (dirty, commit_due, old_container) = {
             let w = self.writer.lock();
-            let dirty = !w.pending.is_empty() || !w.unsynced.is_empty() || !w.touched.is_empty();
+            let cs = self.commit.lock();
+            let dirty = w.write_seq > cs.durable || !w.unsynced.is_empty() || !w.touched.is_empty();
+            let commit_due =
+                w.write_seq > cs.committed && w.last_commit.elapsed() >= cfg.index_commit_interval;
+            drop(cs);
             // A tlog with only unmap records has no container but must
             // ship on the same schedule.
             let old = w
@@ -2140,12 +2225,13 @@ impl Volume {
                 || w.tlog.as_ref().is_some_and(|t| {
                     (t.on_file > 0 || !t.buf.is_empty()) && t.opened.elapsed() >= cfg.ship_interval
                 });
-            (dirty, old)
+            (dirty, commit_due, old)
         };
-        if dirty && self.last_sync.lock().elapsed() >= cfg.sync_interval {
-            // A soft sync: durable, but slots stay mutable (module docs).
+        if (dirty || commit_due) && self.last_sync.lock().elapsed() >= cfg.sync_interval {
+            // A soft sync: durable, but slots stay mutable (module docs);
+            // the index is committed only when that is due.
             let target = self.writer.lock().write_seq;
-            self.sync_to(target)?;
+            self.sync_to(target, commit_due)?;
         }
         if old_container {
             let mut w = self.writer.lock();
@@ -2159,7 +2245,7 @@ impl Volume {
     /// Whether this volume has work for the shipper.
     ///
     /// A sealed segment waits until its tlog is `ship_interval` old, the
-    /// write buffer is half full, a snapshot follows it, or it is already
+    /// write buffer is three quarters full, a snapshot follows it, or it is already
     /// frozen (an earlier incarnation's): until then its slots can still be
     /// rewritten in place, and shipping freezes them. The backend's
     /// recovery point stays bounded by `ship_interval`, as for the open
@@ -2177,8 +2263,15 @@ impl Volume {
             s.tlog_file.is_none()
                 || s.generation != w.generation
                 || s.opened.elapsed() >= cfg.ship_interval
-                || self.unshipped.load(Ordering::Relaxed) > cfg.write_buffer_bytes / 2
+                || self.unshipped.load(Ordering::Relaxed) > self.ship_threshold()
         })
+    }
+
+    /// Unshipped bytes above which sealed segments ship without waiting
+    /// for `ship_interval`: ¾ of the write buffer, leaving a quarter for
+    /// bursts before writers throttle.
+    pub(crate) fn ship_threshold(&self) -> u64 {
+        self.shared.cfg.write_buffer_bytes / 4 * 3
     }
 
     fn manifest_for_backend(&self) -> VolumeMeta {
@@ -2234,7 +2327,7 @@ impl Volume {
             }
             w.write_seq
         };
-        self.sync_to(target)?;
+        self.sync_to(target, true)?;
         let be = &self.shared.backend;
         for &c in &seg.containers {
             // A sealed container is never written again (module docs), so a
@@ -2561,7 +2654,7 @@ impl Volume {
         self.meta_dirty.store(true, Ordering::SeqCst);
         w.generation = new_gen;
         self.head_gen.store(new_gen, Ordering::Release);
-        self.memtable.write().clear();
+        self.memtable.write().active.clear();
         drop(m);
         let mut dropped_bytes = 0;
         let mut keep = VecDeque::new();
@@ -2727,7 +2820,7 @@ impl Volume {
         let mut vol: &Volume = self;
         let mut generation = self.head_gen.load(Ordering::Acquire);
         loop {
-            for (&(c, g), _) in vol.memtable.read().range((from, 0)..(to, 0)) {
+            for (c, g) in vol.memtable.read().keys(from, to) {
                 if g <= generation {
                     out.insert(c);
                 }

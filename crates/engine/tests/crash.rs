@@ -189,7 +189,9 @@ fn crash_kill9(mode: Mode, default_points: u64) {
     let points: u64 = std::env::var("DEPOT_CRASH_POINTS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
-        .map_or(default_points, |p| if mode.name == "rmw" { p } else { p.div_ceil(2) });
+        .map_or(default_points, |p| {
+            if mode.name == "rmw" { p } else { p.div_ceil(2) }
+        });
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let rt = runtime();
@@ -316,7 +318,10 @@ fn crash_kill9(mode: Mode, default_points: u64) {
         pool.shutdown().unwrap();
     }
     if mode.name == "in-place" {
-        assert!(rewritten > 0, "the in-place workload rewrote nothing in place");
+        assert!(
+            rewritten > 0,
+            "the in-place workload rewrote nothing in place"
+        );
     }
     eprintln!(
         "crash test ({}): {points} kill -9 points, {total_acked} acknowledged writes verified, {} blocks tracked, {rewritten} clusters rewritten in place, {:.1}s",

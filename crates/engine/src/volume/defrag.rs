@@ -16,8 +16,10 @@
 //!   was read (same generation = the writer's, container, slot, crc, hash);
 //!   a changed cluster splits the range and only unchanged groups move;
 //! - never at the cost of writers or readers: skipped when the volume is
-//!   closed, failed or a template, when `unshipped + bytes` would exceed half
-//!   the write buffer (so relocation cannot cause throttling), or when the
+//!   closed, failed or a template, when `unshipped + bytes` would pass the
+//!   point where sealed segments ship on pressure (¾ of the write buffer,
+//!   `Volume::ship_threshold`; so relocation never causes throttling or
+//!   freezes data by itself), or when the
 //!   writer lock is not free within [`WRITER_WAIT`];
 //! - the data's crc32c is checked again against the logged location before
 //!   it is appended (a cluster that reached the buffer by a fallback path is
@@ -200,14 +202,13 @@ impl Volume {
     }
 
     /// Whether relocating `clusters` clusters now is allowed: open, healthy,
-    /// writable, and the write buffer stays at most half full.
+    /// writable, and the write buffer stays below the shipping threshold.
     fn may_relocate(&self, clusters: usize) -> bool {
         let bytes = (clusters * CLUSTER_SIZE) as u64;
         !self.closed.load(Ordering::Relaxed)
             && !self.template.load(Ordering::Relaxed)
             && self.failed.try_lock().is_some_and(|f| f.is_none())
-            && self.unshipped.load(Ordering::Relaxed) + bytes
-                <= self.shared.cfg.write_buffer_bytes / 2
+            && self.unshipped.load(Ordering::Relaxed) + bytes <= self.ship_threshold()
     }
 }
 
@@ -357,9 +358,9 @@ mod tests {
         }
         assert_eq!(v.stats().relocated_clusters, 0);
         let (buf, log) = logged_read(&v);
-        v.unshipped.fetch_add(32 << 20, Ordering::Relaxed);
+        v.unshipped.fetch_add(48 << 20, Ordering::Relaxed);
         v.relocate(0, &buf, log);
-        v.unshipped.fetch_sub(32 << 20, Ordering::Relaxed);
+        v.unshipped.fetch_sub(48 << 20, Ordering::Relaxed);
         assert_eq!(v.stats().relocated_clusters, 0);
         // A buffer whose bytes do not match the logged crcs is not written.
         let (mut buf, log) = logged_read(&v);
