@@ -584,6 +584,10 @@ impl Volume {
         let index = &self.shared.index;
         let marker = index.marker(self.id)?;
         let meta = self.meta.lock().clone();
+        // A replay that died while rewriting a tlog left its temporary copy.
+        for seq in list_seqs(&self.dir.join("tlogs"), ".tlog.tmp")? {
+            let _ = std::fs::remove_file(self.tlog_path(seq).with_extension("tlog.tmp"));
+        }
         let tlogs = list_seqs(&self.dir.join("tlogs"), ".tlog")?;
         let containers = list_seqs(&self.dir.join("containers"), ".sco")?;
         let mut open_files: HashMap<u64, File> = HashMap::new();
