@@ -301,8 +301,13 @@ pub fn engine_vm_config(vm: &str, size: &str) -> String {
 /// Runs `qemu-io` on a raw `url` with each of `cmds` as a `-c` command;
 /// panics with the output if it fails. Returns stdout and stderr.
 pub fn qemu_io<S: AsRef<str>>(url: &str, cmds: &[S]) -> String {
+    qemu_io_with(url, &[], cmds)
+}
+
+/// [`qemu_io`] with extra `qemu-io` options (e.g. `-t writeback`).
+pub fn qemu_io_with<S: AsRef<str>>(url: &str, opts: &[&str], cmds: &[S]) -> String {
     let mut c = Command::new(peer("qemu-io"));
-    c.arg("-f").arg("raw");
+    c.arg("-f").arg("raw").args(opts);
     for cmd in cmds {
         c.arg("-c").arg(cmd.as_ref());
     }
