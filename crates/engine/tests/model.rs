@@ -397,13 +397,18 @@ fn cases() -> u32 {
         .unwrap_or(12)
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(),
+/// The properties' settings: `n` cases, bounded shrinking, no files.
+fn settings(n: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases: n,
         max_shrink_iters: 200,
         failure_persistence: None,
         ..ProptestConfig::default()
-    })]
+    }
+}
+
+proptest! {
+    #![proptest_config(settings(cases()))]
 
     #[test]
     fn engine_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
@@ -412,12 +417,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases() / 2,
-        max_shrink_iters: 200,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(settings(cases() / 2))]
 
     #[test]
     fn admin_heavy_sequences_match_model(ops in proptest::collection::vec(admin_op(), 1..40)) {
@@ -426,12 +426,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases() / 2,
-        max_shrink_iters: 200,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(settings(cases() / 2))]
 
     #[test]
     fn rewrite_heavy_sequences_match_model(ops in proptest::collection::vec(rewrite_op(), 1..60)) {
