@@ -172,6 +172,12 @@ def overview():
     p.append(ts(L, "Backend errors", [
         (f"rate(depot_vpool_backend_errors_total{{{ps}}}[$__rate_interval])", "{{instance}} {{vpool}}"),
     ], unit="reqps"))
+    p.append(ts(L, "Clusters rewritten on flash", [
+        (f"rate(depot_vpool_rewritten_clusters_total{{{ps}}}[$__rate_interval])", "{{instance}} {{vpool}} in place"),
+        (f"rate(depot_vpool_relocated_clusters_total{{{ps}}}[$__rate_interval])", "{{instance}} {{vpool}} relocated"),
+    ], unit="cps",
+        desc="In place: whole-cluster rewrites of recent, unshipped data that reuse their slot instead of appending. "
+             "Relocated: fragmented reads rewritten contiguously."))
     p.append(ts(L, "Read cache", [
         (f"depot_vpool_read_cache_hit_ratio{{{ps}}}", "{{vpool}} hit ratio"),
     ], unit="percentunit", minv=0, maxv=1))

@@ -265,7 +265,14 @@ fn run_queries(api: SocketAddr, sources: &[PathBuf]) {
     .unwrap();
     let port = crate::common::free_port();
     let web: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = Command::new(prom)
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Command::new(prom)
         .arg(format!("--config.file={}", cfg.display()))
         .arg(format!(
             "--storage.tsdb.path={}",
@@ -276,27 +283,25 @@ fn run_queries(api: SocketAddr, sources: &[PathBuf]) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn prometheus");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+    let mut guard = Kill(child);
+    // Prometheus listens before its TSDB is open and answers 503 until then;
+    // `/-/ready` says when queries will be served.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if TcpStream::connect_timeout(&web, Duration::from_millis(200)).is_ok()
+            && http(web, "GET", "/-/ready", None).0 == 200
+        {
+            break;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prometheus did not become ready"
+        );
+        if let Ok(Some(st)) = guard.0.try_wait() {
+            panic!("prometheus exited: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    let _guard = {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect_timeout(&web, Duration::from_millis(200)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "prometheus did not start"
-            );
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!("prometheus exited: {st}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Kill(child)
-    };
     let query = |q: &str| -> serde_json::Value {
         let (st, body) = http(
             web,
