@@ -159,6 +159,20 @@ impl BlockDevice for FileDevice {
         Ok(())
     }
 
+    /// One positional write per piece: no gathering copy.
+    fn write_vectored(&self, lba: u64, pieces: &[&[u8]], fua: bool) -> BlockResult<()> {
+        let len = pieces.iter().map(|p| p.len()).sum();
+        let mut off = self.byte_range(lba, blocks_in(len, self.block_size)?)?;
+        for p in pieces {
+            self.file.write_all_at(p, off).map_err(map_write_err)?;
+            off += p.len() as u64;
+        }
+        if fua {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
     fn flush(&self) -> BlockResult<()> {
         self.file.sync_data()?;
         Ok(())

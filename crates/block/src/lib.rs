@@ -96,6 +96,18 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// the data is durable.
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> BlockResult<()>;
 
+    /// Writes the concatenation of `pieces` (whole blocks in all, each
+    /// piece any length) at `lba`, as [`write`](Self::write) would write
+    /// it gathered. Transports pass the data segments of the PDUs a write
+    /// arrived in, so a device that can store them as they are saves a
+    /// copy of the whole write. The default gathers them.
+    fn write_vectored(&self, lba: u64, pieces: &[&[u8]], fua: bool) -> BlockResult<()> {
+        match pieces {
+            [one] => self.write(lba, one, fua),
+            _ => self.write(lba, &pieces.concat(), fua),
+        }
+    }
+
     /// Makes every write that completed before this call durable.
     fn flush(&self) -> BlockResult<()>;
 

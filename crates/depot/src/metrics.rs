@@ -355,6 +355,17 @@ impl BlockDevice for MeteredDevice {
         r
     }
 
+    fn write_vectored(&self, lba: u64, pieces: &[&[u8]], fua: bool) -> BlockResult<()> {
+        let t = Instant::now();
+        let r = self.track(|| self.inner.write_vectored(lba, pieces, fua));
+        if r.is_ok() {
+            self.count_write(t, pieces.iter().map(|p| p.len() as u64).sum());
+        } else {
+            self.write_latency.observe(t.elapsed().as_secs_f64());
+        }
+        r
+    }
+
     fn try_read_nowait(&self, lba: u64, buf: &mut [u8]) -> BlockResult<bool> {
         let t = Instant::now();
         let len = buf.len() as u64;

@@ -102,6 +102,12 @@ const MEMTABLE_COMMIT_ENTRIES: usize = 1 << 19;
 /// ran at half the rate of appends), while an append only fills new pages.
 const REWRITE_MIN_CLUSTERS: usize = 16;
 
+/// Smallest run a vectored write is cut into (see `write_pieces`): pieces
+/// smaller than this are gathered with their neighbours, so a write that
+/// arrived in tiny PDUs is still stored as few large runs, each large
+/// enough to be rewritten in place.
+const VECTORED_RUN_MIN: usize = REWRITE_MIN_CLUSTERS * CLUSTER_SIZE;
+
 /// A snapshot as the API reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotInfo {
@@ -1889,10 +1895,47 @@ impl Volume {
     }
 
     fn write_bytes(&self, off: u64, data: &[u8], fua: bool) -> EngineResult<()> {
+        self.write_pieces(off, &[data], fua)
+    }
+
+    /// Writes the concatenation of `pieces` at byte `off`. It is cut at
+    /// cluster-aligned piece boundaries into runs of at least
+    /// [`VECTORED_RUN_MIN`] bytes; a run that is one piece is written from
+    /// the caller's buffer, only runs of several (small or unaligned)
+    /// pieces are gathered. Each run is one [`Volume::write_run`], so runs
+    /// of one write are not atomic with respect to each other (SCSI does
+    /// not promise that of a multi-block WRITE); a kill can leave some runs
+    /// written, which is allowed for a write that was never acknowledged.
+    fn write_pieces(&self, off: u64, pieces: &[&[u8]], fua: bool) -> EngineResult<()> {
         self.check_writable()?;
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
-        if data.is_empty() {
+        let (mut start, mut run_off, mut run_len, mut pos) = (0, off, 0usize, off);
+        for (i, p) in pieces.iter().enumerate() {
+            run_len += p.len();
+            pos += p.len() as u64;
+            let last = i + 1 == pieces.len();
+            if last || (pos.is_multiple_of(CLUSTER_SIZE_U64) && run_len >= VECTORED_RUN_MIN) {
+                match &pieces[start..=i] {
+                    [one] => self.write_run(run_off, one)?,
+                    several => self.write_run(run_off, &several.concat())?,
+                }
+                (start, run_off, run_len) = (i + 1, pos, 0);
+            }
+        }
+        if pieces.iter().all(|p| p.is_empty()) {
             return if fua { self.flush_all() } else { Ok(()) };
+        }
+        if fua {
+            self.barrier()?;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at byte `off` under the stripe and writer locks, all
+    /// or nothing with respect to concurrent writers; not durable.
+    fn write_run(&self, off: u64, data: &[u8]) -> EngineResult<()> {
+        if data.is_empty() {
+            return Ok(());
         }
         self.throttle();
         let len = data.len() as u64;
@@ -1961,9 +2004,6 @@ impl Volume {
             if tail_partial {
                 self.append(&mut w, last, &tail, &tail_sums)?;
             }
-        }
-        if fua {
-            self.barrier()?;
         }
         Ok(())
     }
@@ -3067,6 +3107,16 @@ impl BlockDevice for Volume {
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> BlockResult<()> {
         let (off, _) = self.byte_range(lba, data.len())?;
         self.write_bytes(off, data, fua).map_err(BlockError::from)
+    }
+
+    /// The pieces go to the container files as they are (see
+    /// `write_pieces`): a 1 MiB write that arrived in four PDUs is stored
+    /// without gathering it first.
+    fn write_vectored(&self, lba: u64, pieces: &[&[u8]], fua: bool) -> BlockResult<()> {
+        let len = pieces.iter().map(|p| p.len()).sum();
+        let (off, _) = self.byte_range(lba, len)?;
+        self.write_pieces(off, pieces, fua)
+            .map_err(BlockError::from)
     }
 
     fn flush(&self) -> BlockResult<()> {

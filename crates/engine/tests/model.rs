@@ -222,10 +222,18 @@ fn run(ops: Vec<Op>, slots: u64) -> Result<u64, TestCaseError> {
                 let i = vol as usize % m.vols.len();
                 let d = bytes(seed, lba, n);
                 let v = h.vol(&m.vols[i].name);
-                // Non-FUA writes try the non-blocking append first (seed
-                // picks which), falling back to `write` when it declines.
-                if fua || seed % 2 == 0 || !v.try_write_nowait(lba, &d).unwrap() {
-                    v.write(lba, &d, fua).unwrap();
+                // The seed picks the path: `write`; the non-blocking append
+                // (non-FUA), falling back to `write` when it declines; or
+                // `write_vectored` with the data cut at two byte offsets.
+                match seed % 4 {
+                    1 | 3 if !fua && v.try_write_nowait(lba, &d).unwrap() => {}
+                    2 => {
+                        let a = (seed as usize >> 2) % (d.len() + 1);
+                        let b = a + (seed as usize >> 12) % (d.len() - a + 1);
+                        v.write_vectored(lba, &[&d[..a], &d[a..b], &d[b..]], fua)
+                            .unwrap();
+                    }
+                    _ => v.write(lba, &d, fua).unwrap(),
                 }
                 let img = &mut m.vols[i].img;
                 img.data[lba as usize * BS..(lba + n) as usize * BS].copy_from_slice(&d);

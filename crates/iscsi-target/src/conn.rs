@@ -293,45 +293,31 @@ struct Task {
     charged: u64,
 }
 
-/// A write's data as it arrives. The common case, all of it in one PDU
-/// (immediate data, or one Data-Out), keeps that PDU's bytes without a
-/// copy; more pieces are gathered into one buffer that grows as data
-/// arrives (never reserved ahead of it beyond 1 MiB, so an announced 32 MiB
-/// transfer costs nothing until its data comes).
+/// A write's data as it arrives: the data segments of its PDUs, shared
+/// with the receive buffer, never copied here. The SCSI layer hands them to
+/// the device as they are ([`depot_scsi::DataOut`]); memory held is what
+/// arrived, which the connection's write budget bounds.
 #[derive(Default)]
 struct DataOut {
-    first: Bytes,
-    gathered: BytesMut,
+    pieces: Vec<Bytes>,
+    len: usize,
 }
 
 impl DataOut {
     fn len(&self) -> usize {
-        self.first.len() + self.gathered.len()
+        self.len
     }
 
-    fn push(&mut self, piece: &Bytes, expected: u32) {
-        if piece.is_empty() {
-            return;
+    fn push(&mut self, piece: &Bytes) {
+        if !piece.is_empty() {
+            self.len += piece.len();
+            self.pieces.push(piece.clone());
         }
-        if self.len() == 0 {
-            self.first = piece.clone();
-            return;
-        }
-        if !self.first.is_empty() {
-            self.gathered
-                .reserve((expected as usize).clamp(self.first.len() + piece.len(), 1 << 20));
-            self.gathered.extend_from_slice(&self.first);
-            self.first = Bytes::new();
-        }
-        self.gathered.extend_from_slice(piece);
     }
 
-    fn take(&mut self) -> Bytes {
-        if self.gathered.is_empty() {
-            std::mem::take(&mut self.first)
-        } else {
-            self.gathered.split().freeze()
-        }
+    fn take(&mut self) -> Vec<Bytes> {
+        self.len = 0;
+        std::mem::take(&mut self.pieces)
     }
 }
 
@@ -659,7 +645,7 @@ impl Session {
         }
         let mut data = DataOut::default();
         if !oversize {
-            data.push(&pdu.data, edtl);
+            data.push(&pdu.data);
         }
         let charged = u64::from(unsolicited_end);
         self.budget_used += charged;
@@ -846,8 +832,7 @@ impl Session {
         let Some(task) = self.tasks.get_mut(&itt) else {
             return Ok(());
         };
-        let edtl = task.edtl;
-        task.data.push(&pdu.data, edtl);
+        task.data.push(&pdu.data);
         self.advance(itt);
         Ok(())
     }
@@ -885,7 +870,7 @@ impl Session {
                 &Command {
                     nexus: &nexus,
                     cdb: &task.cdb,
-                    data_out: &data,
+                    data_out: depot_scsi::DataOut::new(&data),
                     expected_in,
                 },
             )
@@ -905,7 +890,7 @@ impl Session {
                 &Command {
                     nexus: &nexus,
                     cdb: &cdb,
-                    data_out: &data,
+                    data_out: depot_scsi::DataOut::new(&data),
                     expected_in,
                 },
             );

@@ -108,10 +108,77 @@ pub struct Command<'a> {
     pub cdb: &'a [u8],
     /// Data-out the transport collected (at most the expected transfer
     /// length; possibly less or more than the CDB describes).
-    pub data_out: &'a [u8],
+    pub data_out: DataOut<'a>,
     /// The initiator's expected data transfer length for data-in: at most this
     /// many bytes are returned.
     pub expected_in: u32,
+}
+
+/// A command's data-out as the transport received it: the data segments of
+/// its PDUs, in order, never gathered into one buffer on the way in. A
+/// 1 MiB WRITE arrives as several PDUs; writes hand the pieces to
+/// [`BlockDevice::write_vectored`](depot_block::BlockDevice::write_vectored)
+/// as they are, and only commands that parse a parameter list or compare
+/// data see it in one piece ([`DataOut::head`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DataOut<'a> {
+    pieces: &'a [Bytes],
+}
+
+impl<'a> DataOut<'a> {
+    /// Data-out made of `pieces`, in order (empty pieces are allowed).
+    pub fn new(pieces: &'a [Bytes]) -> Self {
+        DataOut { pieces }
+    }
+
+    /// Total length in bytes.
+    pub fn len(&self) -> usize {
+        self.pieces.iter().map(Bytes::len).sum()
+    }
+
+    /// Whether there is no data-out at all.
+    pub fn is_empty(&self) -> bool {
+        self.pieces.iter().all(Bytes::is_empty)
+    }
+
+    /// The first `n` bytes in one slice: borrowed when one piece holds them,
+    /// gathered otherwise; `None` when there are fewer than `n` bytes.
+    pub fn head(&self, n: usize) -> Option<std::borrow::Cow<'a, [u8]>> {
+        let mut nonempty = self.pieces.iter().filter(|p| !p.is_empty());
+        match nonempty.next() {
+            None => (n == 0).then_some(std::borrow::Cow::Borrowed(&[][..])),
+            Some(p) if p.len() >= n => Some(std::borrow::Cow::Borrowed(&p[..n])),
+            Some(_) => {
+                if self.len() < n {
+                    return None;
+                }
+                let mut out = Vec::with_capacity(n);
+                for p in self.pieces {
+                    let k = (n - out.len()).min(p.len());
+                    out.extend_from_slice(&p[..k]);
+                }
+                Some(std::borrow::Cow::Owned(out))
+            }
+        }
+    }
+
+    /// The first `n` bytes (at most [`len`](Self::len)) as slices of the
+    /// pieces, without copying; no empty slices.
+    pub fn slices(&self, n: usize) -> Vec<&'a [u8]> {
+        let mut left = n;
+        let mut out = Vec::with_capacity(self.pieces.len());
+        for p in self.pieces {
+            if left == 0 {
+                break;
+            }
+            let k = left.min(p.len());
+            if k > 0 {
+                out.push(&p[..k]);
+                left -= k;
+            }
+        }
+        out
+    }
 }
 
 /// What the transport sends back for a command.
@@ -149,4 +216,45 @@ pub enum TmfOutcome {
     Complete,
     /// The LUN does not exist.
     NoSuchLun,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces(parts: &[&[u8]]) -> Vec<Bytes> {
+        parts.iter().map(|p| Bytes::copy_from_slice(p)).collect()
+    }
+
+    #[test]
+    fn data_out_head_borrows_from_one_piece_and_gathers_across() {
+        let p = pieces(&[b"", b"abc", b"", b"defg", b"h"]);
+        let d = DataOut::new(&p);
+        assert_eq!(d.len(), 8);
+        assert!(!d.is_empty());
+        assert!(matches!(d.head(2), Some(std::borrow::Cow::Borrowed(b"ab"))));
+        assert!(matches!(
+            d.head(3),
+            Some(std::borrow::Cow::Borrowed(b"abc"))
+        ));
+        assert_eq!(d.head(5).as_deref(), Some(&b"abcde"[..]));
+        assert_eq!(d.head(8).as_deref(), Some(&b"abcdefgh"[..]));
+        assert_eq!(d.head(9), None);
+        assert_eq!(d.head(0).as_deref(), Some(&b""[..]));
+    }
+
+    #[test]
+    fn data_out_slices_cut_at_n_without_empty_pieces() {
+        let p = pieces(&[b"abc", b"", b"defg", b"h"]);
+        let d = DataOut::new(&p);
+        assert_eq!(d.slices(0), Vec::<&[u8]>::new());
+        assert_eq!(d.slices(3), vec![&b"abc"[..]]);
+        assert_eq!(d.slices(5), vec![&b"abc"[..], &b"de"[..]]);
+        assert_eq!(d.slices(100), vec![&b"abc"[..], &b"defg"[..], &b"h"[..]]);
+        let empty = DataOut::default();
+        assert!(empty.is_empty());
+        assert_eq!(empty.len(), 0);
+        assert_eq!(empty.head(0).as_deref(), Some(&b""[..]));
+        assert_eq!(empty.head(1), None);
+    }
 }

@@ -19,6 +19,7 @@
 //! - Persistent reservation changes are persisted (when a state path is
 //!   configured) before they take effect.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -204,6 +205,23 @@ fn dev_err(write: bool) -> impl Fn(BlockError) -> Sense {
 
 fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter().zip(b).position(|(x, y)| x != y)
+}
+
+/// The whole blocks of a write's data-out, as the transport's pieces.
+struct Payload<'a> {
+    pieces: Vec<&'a [u8]>,
+    len: usize,
+}
+
+impl<'a> Payload<'a> {
+    /// The data in one slice; a copy only when it came in several pieces.
+    fn gather(&self) -> Cow<'a, [u8]> {
+        match self.pieces.as_slice() {
+            [] => Cow::Borrowed(&[]),
+            [one] => Cow::Borrowed(*one),
+            many => Cow::Owned(many.concat()),
+        }
+    }
 }
 
 /// A logical unit: device server state over one block device.
@@ -438,12 +456,12 @@ impl LogicalUnit {
             return None;
         }
         let data = self.write_payload(cmd, io).ok()?;
-        if data.is_empty() {
+        if data.len == 0 {
             return None;
         }
-        let n = (data.len() / self.limits.block_size as usize) as u64;
+        let n = (data.len / self.limits.block_size as usize) as u64;
         let _guard = self.locks.try_shared(io.lba, n)?;
-        if !self.device.try_write_nowait(io.lba, data).ok()? {
+        if !self.device.try_write_nowait(io.lba, &data.gather()).ok()? {
             return None;
         }
         Some(Reply::good())
@@ -568,21 +586,25 @@ impl LogicalUnit {
     }
 
     /// The first `len` bytes of data-out as a parameter list.
-    fn params<'a>(cmd: &Command<'a>, len: u32) -> Result<&'a [u8], Sense> {
+    fn params<'a>(cmd: &Command<'a>, len: u32) -> Result<Cow<'a, [u8]>, Sense> {
         cmd.data_out
-            .get(..len as usize)
+            .head(len as usize)
             .ok_or_else(Sense::param_list_length)
     }
 
-    /// The whole blocks of data-out a write may use: at most what the CDB
-    /// describes; a partial trailing block is refused (nothing written).
-    fn write_data<'a>(&self, cmd: &Command<'a>, blocks: u32) -> Result<&'a [u8], Sense> {
+    /// The whole blocks of data-out a write may use, as the transport's
+    /// pieces: at most what the CDB describes; a partial trailing block is
+    /// refused (nothing written).
+    fn write_data<'a>(&self, cmd: &Command<'a>, blocks: u32) -> Result<Payload<'a>, Sense> {
         let needed = blocks as usize * self.limits.block_size as usize;
-        let avail = cmd.data_out.len().min(needed);
-        if !avail.is_multiple_of(self.limits.block_size as usize) {
+        let len = cmd.data_out.len().min(needed);
+        if !len.is_multiple_of(self.limits.block_size as usize) {
             return Err(Sense::illegal(asc::INVALID_FIELD_IN_IU));
         }
-        Ok(&cmd.data_out[..avail])
+        Ok(Payload {
+            pieces: cmd.data_out.slices(len),
+            len,
+        })
     }
 
     fn fua(&self, requested: bool) -> bool {
@@ -692,7 +714,7 @@ impl LogicalUnit {
                 sp, param_len, ten, ..
             } => {
                 let p = Self::params(cmd, param_len)?;
-                self.mode.select(p, ten, sp, self.limits.block_size)?;
+                self.mode.select(&p, ten, sp, self.limits.block_size)?;
                 Ok(Reply::good())
             }
             Cdb::Reserve => self.reserve(nexus),
@@ -738,7 +760,7 @@ impl LogicalUnit {
             )),
             Cdb::ExtendedCopy { param_len } => {
                 let p = Self::params(cmd, param_len)?;
-                xcopy::extended_copy(self, nexus, p)?;
+                xcopy::extended_copy(self, nexus, &p)?;
                 Ok(Reply::good())
             }
             Cdb::ReceiveCopyResults {
@@ -796,7 +818,7 @@ impl LogicalUnit {
     }
 
     /// A WRITE's checks and the whole blocks of data it carries.
-    fn write_payload<'a>(&self, cmd: &Command<'a>, io: BlockIo) -> Result<&'a [u8], Sense> {
+    fn write_payload<'a>(&self, cmd: &Command<'a>, io: BlockIo) -> Result<Payload<'a>, Sense> {
         self.check_range(io.lba, u64::from(io.blocks))?;
         self.check_transfer(io.blocks)?;
         self.check_writable()?;
@@ -805,22 +827,22 @@ impl LogicalUnit {
 
     fn write(&self, cmd: &Command<'_>, io: BlockIo, verify: bool) -> CmdResult {
         let data = self.write_payload(cmd, io)?;
-        if data.is_empty() {
+        if data.len == 0 {
             return Ok(Reply::good());
         }
-        let n = (data.len() / self.limits.block_size as usize) as u64;
+        let n = (data.len / self.limits.block_size as usize) as u64;
         {
             let _guard = self.locks.shared(io.lba, n);
             self.device
-                .write(io.lba, data, self.fua(io.fua || verify))
+                .write_vectored(io.lba, &data.pieces, self.fua(io.fua || verify))
                 .map_err(dev_err(true))?;
         }
         if verify {
-            let mut back = vec![0u8; data.len()];
+            let mut back = vec![0u8; data.len];
             self.device
                 .read(io.lba, &mut back)
                 .map_err(dev_err(false))?;
-            if let Some(off) = first_difference(&back, data) {
+            if let Some(off) = first_difference(&back, &data.gather()) {
                 return Err(Sense::miscompare(off as u64));
             }
         }
@@ -831,11 +853,12 @@ impl LogicalUnit {
         self.check_range(io.lba, u64::from(io.blocks))?;
         self.check_transfer(io.blocks)?;
         let bs = self.limits.block_size as usize;
-        let (expected, blocks): (&[u8], u64) = match bytchk {
-            0 => (&[], u64::from(io.blocks)),
+        let (expected, blocks): (Cow<'_, [u8]>, u64) = match bytchk {
+            0 => (Cow::Borrowed(&[]), u64::from(io.blocks)),
             1 => {
                 let d = self.write_data(cmd, io.blocks)?;
-                (d, (d.len() / bs) as u64)
+                let blocks = (d.len / bs) as u64;
+                (d.gather(), blocks)
             }
             _ => {
                 if io.blocks == 0 {
@@ -843,7 +866,7 @@ impl LogicalUnit {
                 }
                 let d = cmd
                     .data_out
-                    .get(..bs)
+                    .head(bs)
                     .ok_or_else(|| Sense::illegal(asc::INVALID_FIELD_IN_IU))?;
                 (d, u64::from(io.blocks))
             }
@@ -866,7 +889,7 @@ impl LogicalUnit {
                 }
                 3 => {
                     for block in buf[..len].chunks_exact(bs) {
-                        if let Some(off) = first_difference(block, expected) {
+                        if let Some(off) = first_difference(block, &expected) {
                             return Err(Sense::miscompare(off as u64));
                         }
                     }
@@ -883,14 +906,14 @@ impl LogicalUnit {
         self.check_transfer(io.blocks)?;
         self.check_writable()?;
         let data = self.write_data(cmd, io.blocks)?;
-        if data.is_empty() {
+        if data.len == 0 {
             return Ok(Reply::good());
         }
-        let n = (data.len() / self.limits.block_size as usize) as u64;
+        let n = (data.len / self.limits.block_size as usize) as u64;
         let _guard = self.locks.exclusive(io.lba, n);
-        let mut cur = vec![0u8; data.len()];
+        let mut cur = vec![0u8; data.len];
         self.device.read(io.lba, &mut cur).map_err(dev_err(false))?;
-        for (c, d) in cur.iter_mut().zip(data) {
+        for (c, d) in cur.iter_mut().zip(data.pieces.iter().copied().flatten()) {
             *c |= *d;
         }
         self.device
@@ -914,7 +937,11 @@ impl LogicalUnit {
         if io.blocks == 0 {
             return Ok(Reply::good());
         }
-        let (verify, write) = cmd.data_out.split_at(len);
+        let both = cmd
+            .data_out
+            .head(2 * len)
+            .ok_or_else(|| Sense::invalid_cdb_field(13, None))?;
+        let (verify, write) = both.split_at(len);
         let _guard = self.locks.exclusive(io.lba, u64::from(io.blocks));
         let mut cur = vec![0u8; len];
         self.device.read(io.lba, &mut cur).map_err(dev_err(false))?;
@@ -953,15 +980,13 @@ impl LogicalUnit {
             return Err(Sense::invalid_cdb_field(1, Some(3)));
         }
         let bs = self.limits.block_size as usize;
-        let zero_block;
-        let pattern: &[u8] = if ndob {
-            zero_block = vec![0u8; bs];
-            &zero_block
+        let pattern: Cow<'_, [u8]> = if ndob {
+            Cow::Owned(vec![0u8; bs])
         } else {
-            if cmd.data_out.len() != bs {
-                return Err(Sense::illegal(asc::INVALID_FIELD_IN_IU));
+            match cmd.data_out.head(bs) {
+                Some(p) if cmd.data_out.len() == bs => p,
+                _ => return Err(Sense::illegal(asc::INVALID_FIELD_IN_IU)),
             }
-            cmd.data_out
         };
         let blocks = u64::from(blocks);
         let _guard = self.locks.shared(lba, blocks);
@@ -1107,7 +1132,7 @@ impl LogicalUnit {
             service_action,
             scope,
             pr_type,
-            params,
+            params: &params,
             relative_port_id: cmd.nexus.relative_port_id,
             ptpl_capable: self.pr_store.persistent(),
         };

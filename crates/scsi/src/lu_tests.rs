@@ -8,7 +8,7 @@ use depot_block::{BlockDevice, MemDevice};
 use proptest::prelude::*;
 
 use super::*;
-use crate::{ScsiTarget, TmfOutcome};
+use crate::{DataOut, ScsiTarget, TmfOutcome};
 
 const BS: usize = 512;
 const BLOCKS: u64 = 1024;
@@ -46,11 +46,20 @@ fn rig() -> Rig {
     rig_with(LuConfig::new("SN0001", LuConfig::naa_from_id(42)))
 }
 
+/// Runs a command whose data-out arrives in three pieces cut at unaligned
+/// offsets, as a transport may deliver it: every command must see the
+/// same bytes as if they came in one piece.
 fn run(lu: &LogicalUnit, n: &Arc<Nexus>, cdb: &[u8], out: &[u8], expected_in: u32) -> Completion {
+    let (a, b) = (out.len() / 3, out.len() * 2 / 3);
+    let pieces = [
+        Bytes::copy_from_slice(&out[..a]),
+        Bytes::copy_from_slice(&out[a..b]),
+        Bytes::copy_from_slice(&out[b..]),
+    ];
     lu.execute(&Command {
         nexus: n,
         cdb,
-        data_out: out,
+        data_out: DataOut::new(&pieces),
         expected_in,
     })
 }
@@ -714,7 +723,7 @@ fn trun(t: &ScsiTarget, lun: u64, n: &Arc<Nexus>, cdb: &[u8], expected_in: u32) 
         &Command {
             nexus: n,
             cdb,
-            data_out: &[],
+            data_out: DataOut::default(),
             expected_in,
         },
     )
@@ -1028,10 +1037,11 @@ fn nowait(
     out: &[u8],
     expected_in: u32,
 ) -> Option<Completion> {
+    let pieces = [Bytes::copy_from_slice(out)];
     lu.try_execute_nowait(&Command {
         nexus: n,
         cdb,
-        data_out: out,
+        data_out: DataOut::new(&pieces),
         expected_in,
     })
 }
