@@ -96,7 +96,8 @@ pub struct VPoolConfig {
     /// Data is durable at every sync either way (the tlogs are the durable
     /// copy); between commits replay has more records to apply, and a
     /// commit writes each rewritten cluster once. FUA, SYNCHRONIZE CACHE,
-    /// shipping and admin operations always commit. Default 10 s.
+    /// shipping, rollback and scrub always commit (a snapshot leaves it to
+    /// the shipper). Default 10 s.
     pub index_commit_interval: Duration,
     /// Scrub rewrites containers whose live fraction is below this.
     pub scrub_live_ratio: f64,

@@ -9,8 +9,8 @@
 //! grabs the work under the writer lock and fdatasyncs the containers then
 //! the tlogs without holding it; every writer that arrived before the grab
 //! is covered by that one sync. A sync also commits the memtable and the
-//! replay marker to RocksDB when it is a hard barrier, precedes shipping or
-//! an admin operation, or the last commit is `index_commit_interval` old
+//! replay marker to RocksDB when it is FUA or flush, precedes shipping, a
+//! rollback or a scrub, or the last commit is `index_commit_interval` old
 //! (see `grab`); the memtable holds one entry per key, so rewrites between
 //! commits cost RocksDB nothing.
 //!
@@ -2221,8 +2221,10 @@ impl Volume {
     }
 
     /// Sync while already holding the writer lock (admin operations); a
-    /// hard barrier.
-    fn sync_locked(&self, w: &mut Writer) -> EngineResult<()> {
+    /// hard barrier. With `commit`, RocksDB also gets every write so far
+    /// (rollback and scrub work on the committed index); without, the
+    /// index commits on its own schedule, as after any sync.
+    fn sync_locked(&self, w: &mut Writer, commit: bool) -> EngineResult<()> {
         self.check_ok()?;
         w.freeze();
         let mut cs = self.commit.lock();
@@ -2231,7 +2233,7 @@ impl Volume {
         }
         cs.syncing = true;
         drop(cs);
-        let work = match self.grab(w, true) {
+        let work = match self.grab(w, commit) {
             Ok(wk) => wk,
             Err(e) => {
                 self.commit.lock().syncing = false;
@@ -2497,7 +2499,13 @@ impl Volume {
         }
         let mut w = self.writer.lock();
         self.seal(&mut w)?;
-        self.sync_locked(&mut w)?;
+        // Durable, not committed: the sealed segment's tlog carries the old
+        // generation, so replay files its records under it, and lookups of
+        // the snapshot see the memtable. Committing here would make the
+        // snapshot wait for up to `index_commit_interval` of writes (179 ms
+        // after a GiB of them); the shipper commits the segment soon after,
+        // since its generation is no longer the head's.
+        self.sync_locked(&mut w, false)?;
         let mut m = self.meta.lock();
         let old = m.clone();
         let snap = SnapshotMeta {
@@ -2663,7 +2671,7 @@ impl Volume {
         let _s = self.ship_lock.lock();
         let mut w = self.writer.lock();
         self.seal(&mut w)?;
-        self.sync_locked(&mut w)?;
+        self.sync_locked(&mut w, true)?;
         let mut m = self.meta.lock();
         let old_meta = m.clone();
         let old_head = w.generation;
@@ -2989,7 +2997,7 @@ impl Volume {
     pub(crate) fn cut(&self) -> EngineResult<(u64, u64, rocksdb::Snapshot<'_>)> {
         let mut w = self.writer.lock();
         self.seal(&mut w)?;
-        self.sync_locked(&mut w)?;
+        self.sync_locked(&mut w, true)?;
         let snap = self.shared.index.snapshot();
         Ok((w.next_tlog, w.next_container, snap))
     }
