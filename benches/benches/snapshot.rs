@@ -9,6 +9,9 @@
 //! Each timed iteration is preceded (untimed) by one 4 KiB write, so every
 //! snapshot has something to seal and sync, as it would in use. Groups:
 //! `snapshot_create/{small,large}` times `Volume::create_snapshot`;
+//! `snapshot_create/after_writes` times it on `large` right after a burst
+//! of 256 MiB of 1 MiB writes that the periodic sync made durable but the
+//! index has not committed yet (it must not wait for that commit);
 //! `clone_create/{small,large}` times `VPool::clone_volume` from a snapshot.
 //! Snapshots are deleted (untimed) every 32 and clones after each iteration,
 //! so the metadata stays at a realistic size.
@@ -48,6 +51,11 @@ fn env() -> Env {
         pool,
     }
 }
+
+/// Longer than the default `sync_interval` (1 s): the burst before an
+/// `after_writes` snapshot is durable by then, its index not committed
+/// (`index_commit_interval`, 10 s).
+const SYNC_SETTLE: Duration = Duration::from_millis(1200);
 
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
@@ -125,6 +133,30 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // Right after a burst of writes the periodic sync has made durable but
+    // not committed to the index: a snapshot must not wait for that commit.
+    let burst: u64 = if quick { 16 << 20 } else { 256 << 20 };
+    let mib = pattern(9, 1 << 20);
+    let (_, hot) = &vols[1];
+    let mut n = 0u64;
+    g.sample_size(10);
+    g.bench_function("after_writes", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                for i in 0..burst >> 20 {
+                    hot.write(i * 256, &mib, false).unwrap();
+                }
+                std::thread::sleep(SYNC_SETTLE);
+                let t = Instant::now();
+                hot.create_snapshot(&format!("w{n}")).unwrap();
+                total += t.elapsed();
+                hot.delete_snapshot(&format!("w{n}")).unwrap();
+                n += 1;
+            }
+            total
+        })
+    });
     g.finish();
 
     let mut g = c.benchmark_group("clone_create");

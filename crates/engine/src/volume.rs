@@ -292,7 +292,23 @@ struct CommitState {
     durable: u64,
     /// ... and up to this also in RocksDB.
     committed: u64,
+    /// A sync is making data durable (one at a time: group commit).
     syncing: bool,
+    /// A sync whose data is durable is committing its memtable to RocksDB
+    /// (one at a time, in order). Runs alongside the next `syncing`, so a
+    /// sync that needs no commit never waits for one.
+    committing: bool,
+}
+
+/// Whether a sync commits the index to RocksDB.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Commit {
+    /// Never (a snapshot: durable without waiting for a commit).
+    Skip,
+    /// When `index_commit_interval` or [`MEMTABLE_COMMIT_ENTRIES`] says so.
+    IfDue,
+    /// Always (FUA, flush, shipping, rollback, scrub).
+    Force,
 }
 
 type MemTable = BTreeMap<(u64, u32), Mapping>;
@@ -2065,10 +2081,12 @@ impl Volume {
     // ------------------------------------------------------------------- sync
 
     /// Grabs a sync's work under the writer lock. It commits the index when
-    /// asked to (hard barriers, shipping, admin operations), when the last
-    /// commit is `index_commit_interval` old, or when the memtable holds
-    /// [`MEMTABLE_COMMIT_ENTRIES`]; otherwise it only makes data durable.
-    fn grab(&self, w: &mut Writer, commit: bool) -> EngineResult<SyncWork> {
+    /// asked to (hard barriers, shipping, rollback, scrub) or, with
+    /// [`Commit::IfDue`], when the last commit is `index_commit_interval`
+    /// old or the memtable holds [`MEMTABLE_COMMIT_ENTRIES`]; and only if
+    /// no commit is under way (then the caller waits for it and grabs again).
+    /// Otherwise it only makes data durable.
+    fn grab(&self, w: &mut Writer, commit: Commit) -> EngineResult<SyncWork> {
         if let Some(t) = w.tlog.as_mut() {
             t.flush_buf()?;
         }
@@ -2086,9 +2104,14 @@ impl Volume {
             None => (w.next_tlog, 0),
         };
         let mut mem = self.memtable.write();
-        let due = commit
-            || w.last_commit.elapsed() >= self.shared.cfg.index_commit_interval
-            || mem.active.len() >= MEMTABLE_COMMIT_ENTRIES;
+        let due = match commit {
+            Commit::Skip => false,
+            Commit::IfDue => {
+                w.last_commit.elapsed() >= self.shared.cfg.index_commit_interval
+                    || mem.active.len() >= MEMTABLE_COMMIT_ENTRIES
+            }
+            Commit::Force => true,
+        };
         // A commit that failed left its table behind: the volume is failed
         // and nothing commits again until it is reopened.
         let commit = (due && mem.committing.is_none()).then(|| {
@@ -2119,7 +2142,50 @@ impl Volume {
         })
     }
 
-    fn do_sync(&self, work: &SyncWork) -> EngineResult<()> {
+    /// Runs grabbed work: the fdatasyncs, then (with the `syncing` flag
+    /// dropped, so the next group commit can start) the index commit.
+    /// Either failing fails the volume: after a failed fdatasync (EIO, or
+    /// ENOSPC from delayed allocation) the kernel may have dropped dirty
+    /// pages, and a failed commit leaves the memtable ahead of RocksDB;
+    /// nothing can be trusted until the pool is reopened and the logs
+    /// replayed.
+    fn run_sync(&self, work: SyncWork) -> EngineResult<()> {
+        let r = self.sync_data(&work);
+        {
+            let mut cs = self.commit.lock();
+            cs.syncing = false;
+            match &r {
+                Ok(()) => cs.durable = cs.durable.max(work.upto),
+                Err(_) => cs.committing = false,
+            }
+            self.commit_cv.notify_all();
+        }
+        if let Err(e) = r {
+            return Err(self.fail(e));
+        }
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        *self.last_sync.lock() = Instant::now();
+        let Some((table, marker)) = work.commit else {
+            return Ok(());
+        };
+        let r = self.commit_table(&table, &marker);
+        {
+            let mut cs = self.commit.lock();
+            cs.committing = false;
+            if r.is_ok() {
+                cs.committed = cs.committed.max(work.upto);
+            }
+            self.commit_cv.notify_all();
+        }
+        r.map_err(|e| self.fail(e))
+    }
+
+    fn fail(&self, e: EngineError) -> EngineError {
+        *self.failed.lock() = Some(e.to_string());
+        e
+    }
+
+    fn sync_data(&self, work: &SyncWork) -> EngineResult<()> {
         // Containers come before tlogs in `files` except the sealed ones;
         // syncing all data before any log is not required for correctness
         // (replay verifies data crcs) but keeps torn tails rare.
@@ -2131,44 +2197,41 @@ impl Volume {
             sync_dir(&self.dir.join("containers"))?;
             sync_dir(&self.dir.join("tlogs"))?;
         }
-        if let Some((table, marker)) = &work.commit {
-            // One entry per key, in key order.
-            let entries: Vec<Entry> = table.iter().map(|(&(c, g), &m)| (c, g, m)).collect();
-            {
-                // The index cache is updated under the same lock as the
-                // commit (see `crate::icache`).
-                let _g = self.index_lock.lock();
-                self.shared.index.commit(self.id, &entries, marker)?;
-                self.icache.lock().apply(&entries);
-            }
-            // RocksDB and the index cache answer for these entries now.
-            self.memtable.write().committing = None;
-        }
-        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
-        *self.last_sync.lock() = Instant::now();
         Ok(())
     }
 
-    fn finish_sync(&self, work: &SyncWork, r: EngineResult<()>) -> EngineResult<()> {
-        let mut cs = self.commit.lock();
-        cs.syncing = false;
-        if r.is_ok() {
-            cs.durable = cs.durable.max(work.upto);
-            if work.commit.is_some() {
-                cs.committed = cs.committed.max(work.upto);
+    /// Commits a grabbed memtable (its data is durable) with its marker.
+    fn commit_table(&self, table: &MemTable, marker: &Marker) -> EngineResult<()> {
+        // One entry per key, in key order.
+        let entries: Vec<Entry> = table.iter().map(|(&(c, g), &m)| (c, g, m)).collect();
+        {
+            // The index cache is updated under the same lock as the
+            // commit (see `crate::icache`).
+            let _g = self.index_lock.lock();
+            self.shared.index.commit(self.id, &entries, marker)?;
+            self.icache.lock().apply(&entries);
+        }
+        // RocksDB and the index cache answer for these entries now.
+        self.memtable.write().committing = None;
+        Ok(())
+    }
+
+    /// Starts grabbed work's bookkeeping: called with the writer lock and
+    /// `syncing` held, so no other sync sees the commit flag late.
+    fn begin(&self, w: &mut Writer, commit: Commit) -> EngineResult<SyncWork> {
+        match self.grab(w, commit) {
+            Ok(work) => {
+                if work.commit.is_some() {
+                    self.commit.lock().committing = true;
+                }
+                Ok(work)
+            }
+            Err(e) => {
+                self.commit.lock().syncing = false;
+                self.commit_cv.notify_all();
+                Err(e)
             }
         }
-        self.commit_cv.notify_all();
-        drop(cs);
-        if let Err(e) = &r {
-            // After a failed fdatasync (EIO, or ENOSPC from delayed
-            // allocation) the kernel may have dropped dirty pages, and a
-            // failed index commit leaves the memtable ahead of RocksDB:
-            // nothing after this point can be trusted until the pool is
-            // reopened and the logs replayed.
-            *self.failed.lock() = Some(e.to_string());
-        }
-        r
     }
 
     /// Makes every write with seq ≤ `target` durable (group commit).
@@ -2185,24 +2248,20 @@ impl Volume {
             if done(&cs) {
                 return Ok(());
             }
-            if cs.syncing {
+            // Wait for the group commit under way, or, with the data
+            // durable already, for the index commit under way (a new one
+            // cannot start before it ends).
+            if cs.syncing || (commit && cs.committing && cs.durable >= target) {
                 drop(w);
                 self.commit_cv.wait(&mut cs);
                 continue;
             }
             cs.syncing = true;
             drop(cs);
-            let work = match self.grab(&mut w, commit) {
-                Ok(wk) => wk,
-                Err(e) => {
-                    self.commit.lock().syncing = false;
-                    self.commit_cv.notify_all();
-                    return Err(e);
-                }
-            };
+            let mode = if commit { Commit::Force } else { Commit::IfDue };
+            let work = self.begin(&mut w, mode)?;
             drop(w);
-            let r = self.do_sync(&work);
-            self.finish_sync(&work, r)?;
+            self.run_sync(work)?;
         }
     }
 
@@ -2221,28 +2280,26 @@ impl Volume {
     }
 
     /// Sync while already holding the writer lock (admin operations); a
-    /// hard barrier. With `commit`, RocksDB also gets every write so far
-    /// (rollback and scrub work on the committed index); without, the
-    /// index commits on its own schedule, as after any sync.
-    fn sync_locked(&self, w: &mut Writer, commit: bool) -> EngineResult<()> {
+    /// hard barrier. [`Commit::Force`] also puts every write so far in
+    /// RocksDB (rollback and scrub work on the committed index), waiting
+    /// for a commit under way first; [`Commit::Skip`] leaves the index to
+    /// commit on its own schedule and waits for no commit.
+    fn sync_locked(&self, w: &mut Writer, commit: Commit) -> EngineResult<()> {
         self.check_ok()?;
         w.freeze();
         let mut cs = self.commit.lock();
-        while cs.syncing {
+        while cs.syncing || (commit == Commit::Force && cs.committing) {
             self.commit_cv.wait(&mut cs);
+        }
+        // A commit that failed meanwhile left its table behind; a forced
+        // sync would then commit nothing.
+        if let Some(f) = self.failed.lock().as_ref() {
+            return Err(EngineError::Failed(f.clone()));
         }
         cs.syncing = true;
         drop(cs);
-        let work = match self.grab(w, commit) {
-            Ok(wk) => wk,
-            Err(e) => {
-                self.commit.lock().syncing = false;
-                self.commit_cv.notify_all();
-                return Err(e);
-            }
-        };
-        let r = self.do_sync(&work);
-        self.finish_sync(&work, r)
+        let work = self.begin(w, commit)?;
+        self.run_sync(work)
     }
 
     fn flush_all(&self) -> EngineResult<()> {
@@ -2505,7 +2562,7 @@ impl Volume {
         // snapshot wait for up to `index_commit_interval` of writes (179 ms
         // after a GiB of them); the shipper commits the segment soon after,
         // since its generation is no longer the head's.
-        self.sync_locked(&mut w, false)?;
+        self.sync_locked(&mut w, Commit::Skip)?;
         let mut m = self.meta.lock();
         let old = m.clone();
         let snap = SnapshotMeta {
@@ -2671,7 +2728,7 @@ impl Volume {
         let _s = self.ship_lock.lock();
         let mut w = self.writer.lock();
         self.seal(&mut w)?;
-        self.sync_locked(&mut w, true)?;
+        self.sync_locked(&mut w, Commit::Force)?;
         let mut m = self.meta.lock();
         let old_meta = m.clone();
         let old_head = w.generation;
@@ -2997,7 +3054,7 @@ impl Volume {
     pub(crate) fn cut(&self) -> EngineResult<(u64, u64, rocksdb::Snapshot<'_>)> {
         let mut w = self.writer.lock();
         self.seal(&mut w)?;
-        self.sync_locked(&mut w, true)?;
+        self.sync_locked(&mut w, Commit::Force)?;
         let snap = self.shared.index.snapshot();
         Ok((w.next_tlog, w.next_container, snap))
     }
