@@ -119,6 +119,55 @@ fn snapshot_survives_a_crash_before_the_index_commits() {
     }
 }
 
+/// With a long `index_commit_interval`, writes alone stay in the memtable;
+/// once reads have walked it as many times as it has entries, the next
+/// periodic sync commits it (and the data reads the same afterwards).
+#[test]
+fn reads_of_the_memtable_make_a_commit_due() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.index_commit_interval = Duration::from_secs(3600);
+    cfg.sync_interval = Duration::from_millis(100);
+    cfg.container_bytes = 1024 * 4096;
+    let pool = open(&cfg, &rt);
+    let v = pool.create_volume("d", 8 << 20, 4096).unwrap();
+    for lba in 0..512u64 {
+        v.write(lba, &pattern(1, lba, 4096), false).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    let before = v.stats();
+    assert!(before.syncs > 0, "the periodic sync ran");
+    let mut buf = vec![0u8; 4096];
+    // Fewer hits than READ_COMMIT_MIN_HITS (4096): still no commit.
+    for i in 0..1000u64 {
+        v.read(i % 512, &mut buf).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        v.stats().index_commits,
+        before.index_commits,
+        "writes and a few reads"
+    );
+    for i in 0..4096u64 {
+        v.read(i % 512, &mut buf).unwrap();
+        assert!(buf == pattern(1, i % 512, 4096), "lba {}", i % 512);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while v.stats().index_commits == before.index_commits {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no commit after 5,096 memtable hits"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for lba in 0..512u64 {
+        v.read(lba, &mut buf).unwrap();
+        assert!(buf == pattern(1, lba, 4096), "lba {lba} after the commit");
+    }
+    pool.shutdown().unwrap();
+}
+
 #[test]
 fn restart_from_backend_alone() {
     let rt = runtime();
