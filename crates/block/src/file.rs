@@ -151,12 +151,7 @@ impl BlockDevice for FileDevice {
     }
 
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> BlockResult<()> {
-        let off = self.byte_range(lba, blocks_in(data.len(), self.block_size)?)?;
-        self.file.write_all_at(data, off).map_err(map_write_err)?;
-        if fua {
-            self.file.sync_data()?;
-        }
-        Ok(())
+        self.write_vectored(lba, &[data], fua)
     }
 
     /// One positional write per piece: no gathering copy.

@@ -345,14 +345,7 @@ impl BlockDevice for MeteredDevice {
     }
 
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> BlockResult<()> {
-        let t = Instant::now();
-        let r = self.track(|| self.inner.write(lba, data, fua));
-        if r.is_ok() {
-            self.count_write(t, data.len() as u64);
-        } else {
-            self.write_latency.observe(t.elapsed().as_secs_f64());
-        }
-        r
+        self.write_vectored(lba, &[data], fua)
     }
 
     fn write_vectored(&self, lba: u64, pieces: &[&[u8]], fua: bool) -> BlockResult<()> {
