@@ -12,6 +12,7 @@
 //! - [`cache`]: the content-addressed flash read cache.
 //! - `checksum`: the fast crc32c of cluster data on the read path.
 //! - `icache`: a volume's chunked in-memory cache of index lookups.
+//! - `ranges`: cluster range locks of one vDisk's writers.
 //! - [`volume`]: one vDisk — write/read paths, group commit, snapshots,
 //!   rollback, shipping, replay.
 //! - [`pool`]: the vPool — catalog, clones, workers, stats.
@@ -32,6 +33,7 @@ mod icache;
 pub mod index;
 pub mod meta;
 pub mod pool;
+pub(crate) mod ranges;
 pub mod scrub;
 pub mod volume;
 

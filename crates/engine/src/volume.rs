@@ -33,11 +33,11 @@
 //! on every path. `try_read_nowait` runs the same path but only from memory
 //! and page-cache-resident local containers (`preadv2(RWF_NOWAIT)`). A
 //! checksum failure that raced an in-place rewrite is read again (the
-//! `rewrites` seqlock), at last under the stripe locks.
+//! `rewrites` seqlock), at last under the range lock of its clusters.
 //!
 //! Lock order (never acquired in the other direction):
-//! `admin` → `ship_lock` → stripe locks → `writer` → `commit` → `index_lock`
-//! → `memtable` / `meta` / `files` / `icache`.
+//! `admin` → `ship_lock` → `ranges` → `writer` → `commit` →
+//! `index_lock` → `memtable` / `meta` / `files` / `icache`.
 //!
 //! Invariants:
 //! - An appended cluster's record is written after its data; an in-place
@@ -86,10 +86,10 @@ use crate::icache::{self, CHUNK_CLUSTERS, Chunk, IndexCache, Slot};
 use crate::index::{Entry, Index, Marker};
 use crate::meta::{SnapshotMeta, TlogRef, VolumeMeta};
 use crate::pool::Shared;
+use crate::ranges::RangeLocks;
 
 mod defrag;
 
-const STRIPES: usize = 64;
 /// Largest write `try_write_nowait` completes inline (bigger buffered
 /// copies are left to the blocking pool).
 const NOWAIT_WRITE_MAX: u64 = 128 * 1024;
@@ -390,7 +390,8 @@ pub struct Volume {
     commit_cv: Condvar,
     index_lock: Mutex<()>,
     icache: Mutex<IndexCache>,
-    stripes: Vec<Mutex<()>>,
+    /// Cluster ranges of writes in progress (see [`RangeLocks`]).
+    pub(crate) ranges: RangeLocks,
     files: Mutex<HashMap<u64, Arc<File>, icache::Build>>,
     ship_lock: Mutex<()>,
     admin: Mutex<()>,
@@ -490,6 +491,15 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// The error for runs that break [`Volume::write_runs`]' contract (a
+/// boundary inside a cluster); never expected from `write_pieces`.
+fn unaligned_runs(off: u64, runs: &[&[u8]]) -> EngineError {
+    let lens: Vec<usize> = runs.iter().map(|r| r.len()).collect();
+    EngineError::Failed(format!(
+        "write at byte {off} cut into runs of {lens:?} bytes with a boundary inside a cluster"
+    ))
+}
+
 /// (crc32c, xxh3-128) of each whole cluster of `data`.
 fn cluster_sums(data: &[u8]) -> Vec<(u32, u128)> {
     data.chunks_exact(CLUSTER_SIZE)
@@ -587,7 +597,7 @@ impl Volume {
             commit_cv: Condvar::new(),
             index_lock: Mutex::new(()),
             icache: Mutex::new(IndexCache::default()),
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            ranges: RangeLocks::default(),
             files: Mutex::new(HashMap::default()),
             ship_lock: Mutex::new(()),
             admin: Mutex::new(()),
@@ -1540,13 +1550,14 @@ impl Volume {
             // few tries the read excludes writers of its clusters.
             let seen = self.rewrites.load(Ordering::SeqCst);
             let mut log = defrag::ReadLog::for_read(buf.len());
-            let _stripes = (attempt >= 4 && !buf.is_empty()).then(|| {
+            let _range = (attempt >= 4 && !buf.is_empty()).then(|| {
                 let end = off + buf.len() as u64;
-                self.lock_stripes(off / CLUSTER_SIZE_U64, (end - 1) / CLUSTER_SIZE_U64)
+                self.ranges
+                    .lock(off / CLUSTER_SIZE_U64, (end - 1) / CLUSTER_SIZE_U64)
             });
             match self.read_span(off, buf, false, log.as_mut()) {
                 Ok(true) => {
-                    drop(_stripes);
+                    drop(_range);
                     if let Some(log) = log {
                         self.relocate(off, buf, log);
                     }
@@ -1566,23 +1577,6 @@ impl Volume {
     }
 
     // ------------------------------------------------------------------ write
-
-    /// Indexes of the stripe locks covering clusters `first..=last`, in
-    /// increasing order (the one lock order every writer uses).
-    fn stripes_of(first: u64, last: u64) -> impl Iterator<Item = usize> {
-        let mut want = [false; STRIPES];
-        let n = (last - first + 1).min(STRIPES as u64);
-        for c in first..first + n {
-            want[(c % STRIPES as u64) as usize] = true;
-        }
-        (0..STRIPES).filter(move |i| want[*i])
-    }
-
-    fn lock_stripes(&self, first: u64, last: u64) -> Vec<parking_lot::MutexGuard<'_, ()>> {
-        Self::stripes_of(first, last)
-            .map(|i| self.stripes[i].lock())
-            .collect()
-    }
 
     fn throttle(&self) {
         let cap = self.shared.cfg.write_buffer_bytes;
@@ -1778,7 +1772,7 @@ impl Volume {
     /// Where the `n` clusters from `first` could be rewritten in place: the
     /// first slot, if their own head mappings are `n` consecutive plain
     /// slots of one container. Looked up before the writer lock; the
-    /// caller's stripe locks keep the mappings until [`Volume::rewrite`]
+    /// caller's range lock keeps the mappings until [`Volume::rewrite`]
     /// re-checks the slots under it. `None` with `nowait` also when the
     /// lookup would block.
     fn rewrite_target(&self, first: u64, n: usize, nowait: bool) -> EngineResult<Option<Location>> {
@@ -1939,108 +1933,141 @@ impl Volume {
     /// cluster-aligned piece boundaries into runs of at least
     /// [`VECTORED_RUN_MIN`] bytes; a run that is one piece is written from
     /// the caller's buffer, only runs of several (small or unaligned)
-    /// pieces are gathered. Each run is one [`Volume::write_run`], so runs
-    /// of one write are not atomic with respect to each other (SCSI does
-    /// not promise that of a multi-block WRITE); a kill can leave some runs
-    /// written, which is allowed for a write that was never acknowledged.
+    /// pieces are gathered. The runs go in with one [`Volume::write_runs`].
     fn write_pieces(&self, off: u64, pieces: &[&[u8]], fua: bool) -> EngineResult<()> {
         self.check_writable()?;
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
-        let (mut start, mut run_off, mut run_len, mut pos) = (0, off, 0usize, off);
+        let mut gathered: Vec<Vec<u8>> = Vec::new();
+        let mut cuts = Vec::new();
+        let (mut start, mut run_len, mut pos) = (0, 0usize, off);
         for (i, p) in pieces.iter().enumerate() {
             run_len += p.len();
             pos += p.len() as u64;
             let last = i + 1 == pieces.len();
             if last || (pos.is_multiple_of(CLUSTER_SIZE_U64) && run_len >= VECTORED_RUN_MIN) {
-                match &pieces[start..=i] {
-                    [one] => self.write_run(run_off, one)?,
-                    several => self.write_run(run_off, &several.concat())?,
+                if i > start {
+                    gathered.push(pieces[start..=i].concat());
                 }
-                (start, run_off, run_len) = (i + 1, pos, 0);
+                cuts.push((start, i));
+                (start, run_len) = (i + 1, 0);
             }
         }
-        if pieces.iter().all(|p| p.is_empty()) {
+        let mut gathered = gathered.iter();
+        let runs: Vec<&[u8]> = cuts
+            .iter()
+            .filter_map(|&(a, b)| {
+                if a == b {
+                    Some(pieces[a])
+                } else {
+                    gathered.next().map(Vec::as_slice)
+                }
+            })
+            .filter(|r| !r.is_empty())
+            .collect();
+        if runs.is_empty() {
             return if fua { self.flush_all() } else { Ok(()) };
         }
+        self.write_runs(off, &runs)?;
         if fua {
             self.barrier()?;
         }
         Ok(())
     }
 
-    /// Writes `data` at byte `off` under the stripe and writer locks, all
-    /// or nothing with respect to concurrent writers; not durable.
-    fn write_run(&self, off: u64, data: &[u8]) -> EngineResult<()> {
-        if data.is_empty() {
+    /// Writes the concatenation of `runs` at byte `off` under its range
+    /// lock and the writer lock, all or nothing with respect to
+    /// concurrent writers; not durable. Runs are non-empty, and every
+    /// boundary between two runs is cluster-aligned, so only the first run
+    /// can start inside a cluster and only the last can end inside one.
+    fn write_runs(&self, off: u64, runs: &[&[u8]]) -> EngineResult<()> {
+        let len: u64 = runs.iter().map(|r| r.len() as u64).sum();
+        let (Some(first_run), Some(last_run)) = (runs.first(), runs.last()) else {
+            return Ok(());
+        };
+        if len == 0 {
             return Ok(());
         }
         self.throttle();
-        let len = data.len() as u64;
+        let end = off + len;
         let first = off / CLUSTER_SIZE_U64;
-        let last = (off + len - 1) / CLUSTER_SIZE_U64;
-        let _stripes = self.lock_stripes(first, last);
-        // Read-modify-write edges, before taking the writer lock.
+        let last = (end - 1) / CLUSTER_SIZE_U64;
+        let _range = self.ranges.lock(first, last);
+        // Read-modify-write edges, before the writer lock.
         let mut head = [0u8; CLUSTER_SIZE];
         let mut tail = [0u8; CLUSTER_SIZE];
         let head_partial =
             !off.is_multiple_of(CLUSTER_SIZE_U64) || (first == last && len < CLUSTER_SIZE_U64);
-        let tail_partial = last != first && !(off + len).is_multiple_of(CLUSTER_SIZE_U64);
+        let tail_partial = last != first && !end.is_multiple_of(CLUSTER_SIZE_U64);
         if head_partial {
             self.read_cluster(first, &mut head)?;
             let from = (off - first * CLUSTER_SIZE_U64) as usize;
-            let n = (CLUSTER_SIZE - from).min(data.len());
-            head[from..from + n].copy_from_slice(&data[..n]);
+            let n = (CLUSTER_SIZE - from).min(len as usize);
+            let src = first_run
+                .get(..n)
+                .ok_or_else(|| unaligned_runs(off, runs))?;
+            head[from..from + n].copy_from_slice(src);
         }
         if tail_partial {
             self.read_cluster(last, &mut tail)?;
-            let n = ((off + len) - last * CLUSTER_SIZE_U64) as usize;
-            tail[..n].copy_from_slice(&data[data.len() - n..]);
+            let n = (end - last * CLUSTER_SIZE_U64) as usize;
+            let src = last_run
+                .len()
+                .checked_sub(n)
+                .and_then(|at| last_run.get(at..))
+                .ok_or_else(|| unaligned_runs(off, runs))?;
+            tail[..n].copy_from_slice(src);
+        }
+        // The whole clusters [c, full_end), as (first cluster, bytes) per
+        // run.
+        let c = if head_partial { first + 1 } else { first };
+        let full_end = if tail_partial { last } else { last + 1 };
+        let (lo, hi) = (c * CLUSTER_SIZE_U64, full_end * CLUSTER_SIZE_U64);
+        let mut segments = Vec::with_capacity(runs.len());
+        let mut at = off;
+        for r in runs {
+            let (a, b) = (at.max(lo), (at + r.len() as u64).min(hi));
+            if a < b {
+                let bytes = &r[(a - at) as usize..(b - at) as usize];
+                if !a.is_multiple_of(CLUSTER_SIZE_U64) || !bytes.len().is_multiple_of(CLUSTER_SIZE)
+                {
+                    return Err(unaligned_runs(off, runs));
+                }
+                segments.push((a / CLUSTER_SIZE_U64, bytes));
+            }
+            at += r.len() as u64;
         }
         // Checksums and content hashes are computed before the writer lock,
-        // so concurrent writers hash in parallel.
-        let mut c = first;
-        let mut pos = 0usize;
-        if head_partial {
-            c += 1;
-            pos = (CLUSTER_SIZE_U64 - off % CLUSTER_SIZE_U64) as usize;
-        }
-        let full_end = if tail_partial { last } else { last + 1 };
-        let full = if c < full_end {
-            let n = ((full_end - c) * CLUSTER_SIZE_U64) as usize;
-            &data[pos..pos + n]
-        } else {
-            &[][..]
-        };
+        // so concurrent writers hash in parallel; each piece of up to a
+        // chunk gets the slot it could be rewritten in (looked up before
+        // the writer lock too).
         let edge = |partial: bool, b: &[u8]| if partial { cluster_sums(b) } else { Vec::new() };
         let head_sums = edge(head_partial, &head);
-        let full_sums = cluster_sums(full);
         let tail_sums = edge(tail_partial, &tail);
-        // The whole clusters in pieces of up to a chunk, each with the slot
-        // it could be rewritten in (looked up before the writer lock).
-        let piece = CHUNK_CLUSTERS as usize;
-        let mut targets = Vec::with_capacity(full_sums.len().div_ceil(piece));
-        for (i, sums) in full_sums.chunks(piece).enumerate() {
-            targets.push(self.rewrite_target(c + (i * piece) as u64, sums.len(), false)?);
+        let piece = CHUNK_CLUSTERS as usize * CLUSTER_SIZE;
+        let mut work = Vec::new();
+        for &(c0, bytes) in &segments {
+            for (i, part) in bytes.chunks(piece).enumerate() {
+                let at = c0 + (i * CHUNK_CLUSTERS as usize) as u64;
+                let sums = cluster_sums(part);
+                let target = self.rewrite_target(at, sums.len(), false)?;
+                work.push((at, part, sums, target));
+            }
         }
-        {
-            let mut w = self.writer.lock();
-            if head_partial {
-                self.append(&mut w, first, &head, &head_sums)?;
+        let mut w = self.writer.lock();
+        if head_partial {
+            self.append(&mut w, first, &head, &head_sums)?;
+        }
+        for (at, bytes, sums, target) in &work {
+            let done = match target {
+                Some(loc) => self.rewrite(&mut w, *at, *loc, bytes, sums)?,
+                None => false,
+            };
+            if !done {
+                self.append(&mut w, *at, bytes, sums)?;
             }
-            for (i, (sums, target)) in full_sums.chunks(piece).zip(&targets).enumerate() {
-                let at = c + (i * piece) as u64;
-                let bytes = &full[i * piece * CLUSTER_SIZE..][..sums.len() * CLUSTER_SIZE];
-                let done = match target {
-                    Some(loc) => self.rewrite(&mut w, at, *loc, bytes, sums)?,
-                    None => false,
-                };
-                if !done {
-                    self.append(&mut w, at, bytes, sums)?;
-                }
-            }
-            if tail_partial {
-                self.append(&mut w, last, &tail, &tail_sums)?;
-            }
+        }
+        if tail_partial {
+            self.append(&mut w, last, &tail, &tail_sums)?;
         }
         Ok(())
     }
@@ -2063,13 +2090,9 @@ impl Volume {
         }
         let first = off / CLUSTER_SIZE_U64;
         let n = len / CLUSTER_SIZE_U64;
-        let mut stripes = Vec::with_capacity(n.min(STRIPES as u64) as usize);
-        for i in Self::stripes_of(first, first + n - 1) {
-            match self.stripes[i].try_lock() {
-                Some(g) => stripes.push(g),
-                None => return Ok(false),
-            }
-        }
+        let Some(range) = self.ranges.try_lock(first, first + n - 1) else {
+            return Ok(false);
+        };
         let sums = cluster_sums(data);
         let target = self.rewrite_target(first, n as usize, true)?;
         let Some(mut w) = self.writer.try_lock() else {
@@ -2079,7 +2102,7 @@ impl Volume {
             && self.rewrite(&mut w, first, loc, data, &sums)?
         {
             drop(w);
-            drop(stripes);
+            drop(range);
             self.counters.writes.fetch_add(1, Ordering::Relaxed);
             return Ok(true);
         }
@@ -2094,7 +2117,7 @@ impl Volume {
         }
         self.append(&mut w, first, data, &sums)?;
         drop(w);
-        drop(stripes);
+        drop(range);
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }
@@ -3010,7 +3033,7 @@ impl Volume {
         }
         let mut cands = BTreeSet::new();
         self.candidates(first_full, end_full, &mut cands)?;
-        let _stripes = self.lock_stripes(0, STRIPES as u64 - 1);
+        let _range = self.ranges.lock(first_full, end_full - 1);
         let mut todo = Vec::new();
         for c in cands {
             if self.resolve(c)?.is_some() {
@@ -3192,7 +3215,7 @@ impl BlockDevice for Volume {
 
     /// Completes a non-FUA write only when it is a plain append: whole
     /// clusters (no read-modify-write), at most [`NOWAIT_WRITE_MAX`] bytes,
-    /// the write buffer below its cap, every stripe lock and the writer
+    /// the write buffer below its cap, its cluster range and the writer
     /// lock free, and room in the already-open container (so no file is
     /// created and nothing is sealed inline). The data then goes into the
     /// page cache with one buffered `pwrite`, exactly as `write` would do

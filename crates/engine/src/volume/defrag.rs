@@ -10,7 +10,7 @@
 //! - only this volume's own data of the *head* generation, stored plain:
 //!   never a parent's (clone chain) cluster, never one an older (snapshot)
 //!   generation maps — copying those would duplicate data a snapshot keeps;
-//! - never against a guest write: the stripe locks of the range are taken
+//! - never against a guest write: the range lock of the clusters is taken
 //!   with `try_lock` (any contention skips), then the writer lock, and every
 //!   cluster's current own mapping must still be exactly the location that
 //!   was read (same generation = the writer's, container, slot, crc, hash);
@@ -161,13 +161,9 @@ impl Volume {
         let (Some(&(first, _)), Some(&(last, _))) = (todo.first(), todo.last()) else {
             return;
         };
-        let mut stripes = Vec::new();
-        for i in Self::stripes_of(first, last) {
-            match self.stripes[i].try_lock() {
-                Some(g) => stripes.push(g),
-                None => return,
-            }
-        }
+        let Some(range) = self.ranges.try_lock(first, last) else {
+            return;
+        };
         let Some(mut w) = self.writer.try_lock_for(WRITER_WAIT) else {
             return;
         };
@@ -190,7 +186,7 @@ impl Volume {
             moved += (hi - lo) as u64;
         }
         drop(w);
-        drop(stripes);
+        drop(range);
         if moved > 0 {
             self.counters.relocated.fetch_add(moved, Ordering::Relaxed);
         }
@@ -352,8 +348,8 @@ mod tests {
         let (pool, v) = scattered(dir.path(), &rt);
         let (buf, log) = logged_read(&v);
         {
-            // A writer holds one stripe of the range.
-            let _held = v.stripes[7].lock();
+            // A writer holds one cluster of the range.
+            let _held = v.ranges.lock(7, 7);
             v.relocate(0, &buf, log);
         }
         assert_eq!(v.stats().relocated_clusters, 0);
