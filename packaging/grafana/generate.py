@@ -163,6 +163,11 @@ def overview():
         (f"depot_vpool_write_buffer_fill_ratio{{{ps}}}", "{{instance}} {{vpool}}"),
     ], unit="percentunit", minv=0, maxv=1,
         desc="Unshipped data over the write buffers; writes are throttled when it reaches 100%."))
+    p.append(ts(L, "Writes waiting for uploads", [
+        (f"rate(depot_vpool_write_throttle_seconds_total{{{ps}}}[$__rate_interval])", "{{instance}} {{vpool}}"),
+    ], unit="none",
+        desc="Writes waiting at any moment because their vDisk's write buffer is full (seconds waited per second). "
+             "Fill is a pool average; one busy vDisk can throttle while it stays low."))
     p.append(ts(L, "Upload lag", [
         (f"depot_vpool_ship_pending_bytes{{{ps}}}", "{{instance}} {{vpool}} pending"),
     ], unit="bytes", desc="Bytes written but not yet on the backend."))

@@ -1183,6 +1183,10 @@ impl Manager {
                     &m.vpool_rewritten.with_label_values(&l),
                     s.rewritten_clusters,
                 );
+                Metrics::set_counter_f64(
+                    &m.vpool_throttle_seconds.with_label_values(&l),
+                    s.throttle_wait.as_secs_f64(),
+                );
                 m.vpool_hit_ratio
                     .with_label_values(&l)
                     .set(s.read_cache_hit_ratio);

@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use depot_block::{BlockDevice, BlockResult, Provisioning};
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric family of the daemon.
@@ -53,6 +53,8 @@ pub struct Metrics {
     pub vpool_relocated: IntCounterVec,
     /// Clusters rewritten in place.
     pub vpool_rewritten: IntCounterVec,
+    /// Per vPool: time writes waited because a write buffer was full.
+    pub vpool_throttle_seconds: CounterVec,
     /// Sessions per target.
     pub sessions: IntGaugeVec,
 }
@@ -189,6 +191,17 @@ impl Metrics {
                 "Clusters rewritten in place (recent data, not yet shipped).",
                 &pool,
             ),
+            vpool_throttle_seconds: reg(
+                &r,
+                CounterVec::new(
+                    Opts::new(
+                        "depot_vpool_write_throttle_seconds_total",
+                        "Time writes waited for uploads because their vDisk's write buffer was full, summed over writes.",
+                    ),
+                    &pool,
+                )
+                .expect("valid metric"),
+            ),
             sessions: igv(
                 "depot_target_sessions",
                 "Logged-in iSCSI sessions per VM target.",
@@ -250,10 +263,19 @@ impl Metrics {
         let _ = self.vpool_uploaded.remove_label_values(&l);
         let _ = self.vpool_relocated.remove_label_values(&l);
         let _ = self.vpool_rewritten.remove_label_values(&l);
+        let _ = self.vpool_throttle_seconds.remove_label_values(&l);
     }
 
     /// Raises a counter to an absolute value sampled from elsewhere.
     pub fn set_counter(c: &IntCounter, value: u64) {
+        let cur = c.get();
+        if value > cur {
+            c.inc_by(value - cur);
+        }
+    }
+
+    /// Raises a float counter to an absolute value sampled from elsewhere.
+    pub fn set_counter_f64(c: &Counter, value: f64) {
         let cur = c.get();
         if value > cur {
             c.inc_by(value - cur);

@@ -176,6 +176,9 @@ pub struct VPoolStats {
     pub relocated_clusters: u64,
     /// Clusters the open volumes rewrote in place, since they were opened.
     pub rewritten_clusters: u64,
+    /// Time the open volumes' writers waited for uploads because their
+    /// write buffer was full, summed over writers, since they were opened.
+    pub throttle_wait: Duration,
 }
 
 /// A vPool. See the module docs.
@@ -602,6 +605,7 @@ impl VPool {
         let misses = c.misses.load(Ordering::Relaxed);
         let b = &self.shared.backend.counters;
         let vols = self.shared.volumes();
+        let vol_stats: Vec<_> = vols.iter().map(|v| v.stats()).collect();
         let put_bytes = b.put_bytes.load(Ordering::Relaxed);
         VPoolStats {
             read_cache_hits: hits,
@@ -624,8 +628,9 @@ impl VPool {
             backend_bytes_estimate: put_bytes
                 .saturating_sub(self.reclaimed.load(Ordering::Relaxed)),
             volumes_open: vols.len(),
-            relocated_clusters: vols.iter().map(|v| v.relocated_clusters()).sum(),
-            rewritten_clusters: vols.iter().map(|v| v.stats().rewritten_clusters).sum(),
+            relocated_clusters: vol_stats.iter().map(|s| s.relocated_clusters).sum(),
+            rewritten_clusters: vol_stats.iter().map(|s| s.rewritten_clusters).sum(),
+            throttle_wait: vol_stats.iter().map(|s| s.throttle_wait).sum(),
         }
     }
 

@@ -153,6 +153,8 @@ pub struct VolumeStats {
     pub index_commits: u64,
     /// Times a writer had to wait for uploads (write buffer full).
     pub throttled: u64,
+    /// Time writers spent waiting for uploads, summed over writers.
+    pub throttle_wait: Duration,
     /// Pieces reads were served in: one per run of consecutive slots read
     /// with one positioned read (or ranged GET), one per cluster read on
     /// its own; unmapped clusters do not count. A fragmented 1 MiB read
@@ -182,6 +184,7 @@ struct Counters {
     syncs: AtomicU64,
     commits: AtomicU64,
     throttled: AtomicU64,
+    throttle_us: AtomicU64,
     read_runs: AtomicU64,
     relocated: AtomicU64,
     rewritten: AtomicU64,
@@ -1584,11 +1587,17 @@ impl Volume {
             return;
         }
         self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let mut g = self.throttle_lock.lock();
         while self.unshipped.load(Ordering::Relaxed) > cap && !self.closed.load(Ordering::Relaxed) {
             self.shared.wake_shipper();
             self.throttle_cv.wait_for(&mut g, Duration::from_millis(50));
         }
+        drop(g);
+        let waited = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.counters
+            .throttle_us
+            .fetch_add(waited, Ordering::Relaxed);
     }
 
     fn ensure_tlog(&self, w: &mut Writer) -> EngineResult<()> {
@@ -2942,6 +2951,7 @@ impl Volume {
             syncs: self.counters.syncs.load(Ordering::Relaxed),
             index_commits: self.counters.commits.load(Ordering::Relaxed),
             throttled: self.counters.throttled.load(Ordering::Relaxed),
+            throttle_wait: Duration::from_micros(self.counters.throttle_us.load(Ordering::Relaxed)),
             read_runs: self.counters.read_runs.load(Ordering::Relaxed),
             relocated_clusters: self.counters.relocated.load(Ordering::Relaxed),
             rewritten_clusters: self.counters.rewritten.load(Ordering::Relaxed),

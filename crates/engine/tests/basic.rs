@@ -419,6 +419,9 @@ fn backend_outage_throttles_never_fails_and_loses_nothing() {
     assert!(pool.stats().backend_errors > 0);
     let st = v.stats();
     assert!(st.throttled > 0);
+    // The writer was held for at least the outage above.
+    assert!(st.throttle_wait >= Duration::from_millis(400), "{st:?}");
+    assert_eq!(pool.stats().throttle_wait, st.throttle_wait);
     assert_eq!(st.unshipped_bytes, 0);
     pool.abandon();
     drop((v, pool));

@@ -192,11 +192,6 @@ impl Volume {
         }
     }
 
-    /// Clusters relocated on read since the volume was opened.
-    pub(crate) fn relocated_clusters(&self) -> u64 {
-        self.counters.relocated.load(Ordering::Relaxed)
-    }
-
     /// Whether relocating `clusters` clusters now is allowed: open, healthy,
     /// writable, and the write buffer stays below the shipping threshold.
     fn may_relocate(&self, clusters: usize) -> bool {
