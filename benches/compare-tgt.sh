@@ -34,6 +34,7 @@ bench_tools tgt
 TGT_PORT=3262
 TGT_CTRL=7
 DEPOT_PORT=3263
+DEPOT_API_PORT=3264
 TGT_IQN=iqn.2026-11.bench.tgt:lun
 cleanup() {
   tgtadm -C $TGT_CTRL --lld iscsi --op delete --force --mode target --tid 1 >/dev/null 2>&1 || true
@@ -67,7 +68,7 @@ size = "$SIZE"
 kind = "raw"
 EOF
 NO_COLOR=1 "$DEPOT" serve --config "$OUT/depot.toml" --data-dir "$OUT/depot-data" \
-  --iscsi-listen 127.0.0.1:$DEPOT_PORT --api-listen 127.0.0.1:0 >"$OUT/depot.log" 2>&1 &
+  --iscsi-listen 127.0.0.1:$DEPOT_PORT --api-listen 127.0.0.1:$DEPOT_API_PORT >"$OUT/depot.log" 2>&1 &
 DEPOT_PID=$!
 for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$DEPOT_PORT) 2>/dev/null && break; sleep 0.1; done
 
@@ -78,6 +79,13 @@ URL[raw]="iscsi://127.0.0.1:$DEPOT_PORT/iqn.2026-11.io.depot:bench/1"; PID[raw]=
 TARGETS="tgt engine raw"
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# The engine's own counters after each of its jobs (write-buffer throttling,
+# in-place and relocated clusters), so the table can say why a write run
+# was slow.
+engine_metrics() {
+  python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
+    "http://127.0.0.1:$DEPOT_API_PORT/metrics" >"$1" || true
+}
 fio_job() { # target name rw bs qd runtime
   local t=$1 name=$2 rw=$3 bs=$4 qd=$5 rt=$6
   local esc=${URL[$t]//:/\\:}
@@ -89,6 +97,8 @@ fio_job() { # target name rw bs qd runtime
     --output="$OUT/$t-$name-$REP.json" >/dev/null
   after=$(ticks "${PID[$t]}")
   echo "$(( after - before ))" >"$OUT/$t-$name-$REP.ticks"
+  [ "$t" = engine ] && engine_metrics "$OUT/engine-$name-$REP.metrics"
+  return 0
 }
 
 # The machine's page-cache write cost, for reading the write rows: a
@@ -108,6 +118,7 @@ for t in $TARGETS; do
   "$FIO" --name=fill --ioengine=libiscsi --filename="$esc" --rw=write --bs=1M --iodepth=8 \
     --size="$SIZE" --output-format=json --output="$OUT/$t-fill.json" >/dev/null
 done
+engine_metrics "$OUT/engine-fill.metrics"
 
 JOBS="randread-4k-qd32:randread:4k:32 randwrite-4k-qd32:randwrite:4k:32 randread-4k-qd1:randread:4k:1 seqread-1m-qd8:read:1M:8 seqwrite-1m-qd8:write:1M:8"
 for REP in $(seq "$REPEAT"); do
@@ -172,6 +183,39 @@ checks = [
 new_mbs, cached_mbs = open(f"{out}/page-cache-probe").read().split()
 print()
 print(f"page cache (dd 1 MiB blocks, no sync): new pages {new_mbs} MB/s, cached pages {cached_mbs} MB/s")
+
+# What the engine's counters moved by during each of its runs.
+def counters(path):
+    want = {"depot_vpool_write_throttle_seconds_total": "throttled",
+            "depot_vpool_rewritten_clusters_total": "in_place",
+            "depot_vpool_relocated_clusters_total": "relocated"}
+    got = {}
+    try:
+        for line in open(path):
+            name = line.partition("{")[0].partition(" ")[0]
+            if name in want:
+                got[want[name]] = got.get(want[name], 0.0) + float(line.rsplit(" ", 1)[-1])
+    except (OSError, ValueError):
+        pass
+    return got
+prev = counters(f"{out}/engine-fill.metrics")
+rows = []
+for rep in range(1, repeat + 1):
+    for j in jobs:
+        cur = counters(f"{out}/engine-{j}-{rep}.metrics")
+        d = {k: cur.get(k, 0.0) - prev.get(k, 0.0) for k in ("throttled", "in_place", "relocated")}
+        if cur:
+            prev = cur
+        if any(v > 0 for v in d.values()):
+            rows.append((j, rep, d, one("engine", j, rep)["mbs"]))
+if rows:
+    print()
+    print("engine counters per run (from its /metrics; throttled = seconds writes waited for a full write buffer, summed over writes)")
+    print()
+    print("| job | repeat | MB/s | throttled s | MiB in place | MiB relocated |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for j, rep, d, mbs in rows:
+        print(f"| {j} | {rep} | {mbs:.0f} | {d['throttled']:.1f} | {d['in_place'] * 4096 / 2**20:.0f} | {d['relocated'] * 4096 / 2**20:.0f} |")
 print()
 print("| target | this run | met |")
 print("|---|---:|---|")
