@@ -1183,7 +1183,7 @@ impl Manager {
                     &m.vpool_rewritten.with_label_values(&l),
                     s.rewritten_clusters,
                 );
-                Metrics::set_counter_f64(
+                Metrics::set_counter(
                     &m.vpool_throttle_seconds.with_label_values(&l),
                     s.throttle_wait.as_secs_f64(),
                 );

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use depot_block::{BlockDevice, BlockResult, Provisioning};
+use prometheus::core::{Atomic, GenericCounter};
 use prometheus::{
-    Counter, CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -266,19 +267,14 @@ impl Metrics {
         let _ = self.vpool_throttle_seconds.remove_label_values(&l);
     }
 
-    /// Raises a counter to an absolute value sampled from elsewhere.
-    pub fn set_counter(c: &IntCounter, value: u64) {
+    /// Raises a counter (integer or float) to an absolute value sampled
+    /// from elsewhere.
+    pub fn set_counter<P: Atomic>(c: &GenericCounter<P>, value: P::T) {
         let cur = c.get();
         if value > cur {
-            c.inc_by(value - cur);
-        }
-    }
-
-    /// Raises a float counter to an absolute value sampled from elsewhere.
-    pub fn set_counter_f64(c: &Counter, value: f64) {
-        let cur = c.get();
-        if value > cur {
-            c.inc_by(value - cur);
+            let mut delta = value;
+            delta -= cur;
+            c.inc_by(delta);
         }
     }
 

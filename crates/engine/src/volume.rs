@@ -61,6 +61,7 @@
 //!   under it (see `crate::icache`), so it never serves a mapping older
 //!   than RocksDB's; a committed memtable is dropped only after that.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -1946,33 +1947,24 @@ impl Volume {
     fn write_pieces(&self, off: u64, pieces: &[&[u8]], fua: bool) -> EngineResult<()> {
         self.check_writable()?;
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
-        let mut gathered: Vec<Vec<u8>> = Vec::new();
-        let mut cuts = Vec::new();
+        let mut owned: Vec<Cow<'_, [u8]>> = Vec::new();
         let (mut start, mut run_len, mut pos) = (0, 0usize, off);
         for (i, p) in pieces.iter().enumerate() {
             run_len += p.len();
             pos += p.len() as u64;
             let last = i + 1 == pieces.len();
             if last || (pos.is_multiple_of(CLUSTER_SIZE_U64) && run_len >= VECTORED_RUN_MIN) {
-                if i > start {
-                    gathered.push(pieces[start..=i].concat());
+                let run = match &pieces[start..=i] {
+                    [one] => Cow::Borrowed(*one),
+                    several => Cow::Owned(several.concat()),
+                };
+                if !run.is_empty() {
+                    owned.push(run);
                 }
-                cuts.push((start, i));
                 (start, run_len) = (i + 1, 0);
             }
         }
-        let mut gathered = gathered.iter();
-        let runs: Vec<&[u8]> = cuts
-            .iter()
-            .filter_map(|&(a, b)| {
-                if a == b {
-                    Some(pieces[a])
-                } else {
-                    gathered.next().map(Vec::as_slice)
-                }
-            })
-            .filter(|r| !r.is_empty())
-            .collect();
+        let runs: Vec<&[u8]> = owned.iter().map(|r| &**r).collect();
         if runs.is_empty() {
             return if fua { self.flush_all() } else { Ok(()) };
         }
