@@ -90,6 +90,11 @@ fio_job() { # target name rw bs qd runtime
   local t=$1 name=$2 rw=$3 bs=$4 qd=$5 rt=$6
   local esc=${URL[$t]//:/\\:}
   local before after
+  # Every job starts with no dirty pages: without this, a job pays for the
+  # writeback of whatever ran before it (the kernel flushes dirty pages 30 s
+  # after they were written, well into later jobs), and the engine, which
+  # always runs right after tgt, would write while tgt's writes flush.
+  sync
   before=$(ticks "${PID[$t]}")
   "$FIO" --name="$name" --ioengine=libiscsi --filename="$esc" --rw="$rw" --bs="$bs" \
     --iodepth="$qd" --numjobs=1 --size="$SIZE" --time_based --runtime="$rt" --ramp_time=1 \
