@@ -1183,6 +1183,7 @@ impl Manager {
                     &m.vpool_rewritten.with_label_values(&l),
                     s.rewritten_clusters,
                 );
+                Metrics::set_counter(&m.vpool_dropped.with_label_values(&l), s.dropped_clusters);
                 Metrics::set_counter(
                     &m.vpool_throttle_seconds.with_label_values(&l),
                     s.throttle_wait.as_secs_f64(),

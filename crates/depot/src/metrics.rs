@@ -54,6 +54,7 @@ pub struct Metrics {
     pub vpool_relocated: IntCounterVec,
     /// Clusters rewritten in place.
     pub vpool_rewritten: IntCounterVec,
+    pub vpool_dropped: IntCounterVec,
     /// Per vPool: time writes waited because a write buffer was full.
     pub vpool_throttle_seconds: CounterVec,
     /// Sessions per target.
@@ -192,6 +193,11 @@ impl Metrics {
                 "Clusters rewritten in place (recent data, not yet shipped).",
                 &pool,
             ),
+            vpool_dropped: icv(
+                "depot_vpool_page_cache_dropped_clusters_total",
+                "Superseded clusters dropped from the page cache.",
+                &pool,
+            ),
             vpool_throttle_seconds: reg(
                 &r,
                 CounterVec::new(
@@ -264,6 +270,7 @@ impl Metrics {
         let _ = self.vpool_uploaded.remove_label_values(&l);
         let _ = self.vpool_relocated.remove_label_values(&l);
         let _ = self.vpool_rewritten.remove_label_values(&l);
+        let _ = self.vpool_dropped.remove_label_values(&l);
         let _ = self.vpool_throttle_seconds.remove_label_values(&l);
     }
 

@@ -96,9 +96,10 @@ pub struct VPoolConfig {
     /// Data is durable at every sync either way (the tlogs are the durable
     /// copy); between commits replay has more records to apply, and a
     /// commit writes each rewritten cluster once. FUA, SYNCHRONIZE CACHE,
-    /// shipping, rollback and scrub always commit (a snapshot leaves it to
-    /// the shipper), and so does the periodic sync once reads have hit the
-    /// memtable as many times as it has entries. Default 10 s.
+    /// rollback and scrub always commit (a snapshot and shipping leave it
+    /// to the next regular commit), and so does the periodic sync once
+    /// reads have hit the memtable as many times as it has entries.
+    /// Default 10 s.
     pub index_commit_interval: Duration,
     /// Scrub rewrites containers whose live fraction is below this.
     pub scrub_live_ratio: f64,

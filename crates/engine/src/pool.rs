@@ -176,6 +176,9 @@ pub struct VPoolStats {
     pub relocated_clusters: u64,
     /// Clusters the open volumes rewrote in place, since they were opened.
     pub rewritten_clusters: u64,
+    /// Superseded clusters the open volumes dropped from the page cache,
+    /// since they were opened.
+    pub dropped_clusters: u64,
     /// Time the open volumes' writers waited for uploads because their
     /// write buffer was full, summed over writers, since they were opened.
     pub throttle_wait: Duration,
@@ -630,6 +633,7 @@ impl VPool {
             volumes_open: vols.len(),
             relocated_clusters: vol_stats.iter().map(|s| s.relocated_clusters).sum(),
             rewritten_clusters: vol_stats.iter().map(|s| s.rewritten_clusters).sum(),
+            dropped_clusters: vol_stats.iter().map(|s| s.dropped_clusters).sum(),
             throttle_wait: vol_stats.iter().map(|s| s.throttle_wait).sum(),
         }
     }

@@ -9,11 +9,15 @@
 //! grabs the work under the writer lock and fdatasyncs the containers then
 //! the tlogs without holding it; every writer that arrived before the grab
 //! is covered by that one sync. A sync also commits the memtable and the
-//! replay marker to RocksDB when it is FUA or flush, precedes shipping, a
-//! rollback or a scrub, the last commit is `index_commit_interval` old, or
-//! reads have walked the memtable as many times as it has entries (see
-//! `grab`, `read_commit_due`); the memtable holds one entry per key, so
-//! rewrites between commits cost RocksDB nothing.
+//! replay marker to RocksDB when it is FUA or flush, precedes a rollback
+//! or a scrub, the last commit is `index_commit_interval` old, or reads
+//! have walked the memtable as many times as it has entries (see `grab`,
+//! `read_commit_due`); the memtable holds one entry per key, so rewrites
+//! between commits cost RocksDB nothing. Shipping does not commit: a
+//! shipped segment's local tlog is deleted once a commit covers it
+//! (`drop_applied_tlogs`). A cluster appended again while its previous
+//! mapping is in the memtable leaves a dead slot, dropped from the page
+//! cache once a sync made it clean (`drop_dead_pages`).
 //!
 //! In-place rewrites: a slot is *mutable* while it is at or above the frozen
 //! watermark (container, slot) and its container's segment has not begun to
@@ -170,6 +174,8 @@ pub struct VolumeStats {
     /// Slots adopted by replay after an unclean stop (bytes matched no
     /// record; see `replay_local`).
     pub adopted_clusters: u64,
+    /// Superseded clusters dropped from the page cache (`drop_dead_pages`).
+    pub dropped_clusters: u64,
     /// Number of snapshots.
     pub snapshots: usize,
     /// Whether the volume is a template.
@@ -190,6 +196,7 @@ struct Counters {
     relocated: AtomicU64,
     rewritten: AtomicU64,
     adopted: AtomicU64,
+    pages_dropped: AtomicU64,
 }
 
 struct OpenContainer {
@@ -265,6 +272,10 @@ struct Writer {
     mutable: HashMap<u64, Arc<File>, icache::Build>,
     /// Sealed containers and tlogs written in place since the last grab.
     touched: Vec<Arc<File>>,
+    /// Slots whose cluster was appended again since the last grab (found
+    /// in the active memtable), at most [`DEAD_SLOTS_MAX`]: their page
+    /// cache is dropped once a sync made them clean (`drop_dead_pages`).
+    dead: Vec<(u64, u32)>,
 }
 
 impl Writer {
@@ -296,6 +307,8 @@ struct SyncWork {
     commit: Option<(Arc<MemTable>, Marker)>,
     upto: u64,
     dir_sync: bool,
+    /// `Writer::dead` at the grab: clean once this sync's fdatasyncs end.
+    dead: Vec<(u64, u32)>,
 }
 
 #[derive(Default)]
@@ -319,7 +332,7 @@ enum Commit {
     Skip,
     /// When `index_commit_interval` or [`MEMTABLE_COMMIT_ENTRIES`] says so.
     IfDue,
-    /// Always (FUA, flush, shipping, rollback, scrub).
+    /// Always (FUA, flush, rollback, scrub).
     Force,
 }
 
@@ -405,6 +418,13 @@ pub struct Volume {
     failed: Mutex<Option<String>>,
     closed: AtomicBool,
     last_sync: Mutex<Instant>,
+    /// Superseded slots made clean by a sync, for the ticker to drop from
+    /// the page cache.
+    dead_clean: Mutex<Vec<(u64, u32)>>,
+    /// Local tlogs of shipped segments with the write sequence number the
+    /// ship's sync covered: deleted once an index commit covers it and
+    /// RocksDB's WAL is synced (`drop_applied_tlogs`).
+    shipped_tlogs: Mutex<Vec<(u64, u64)>>,
     counters: Counters,
     /// Seqlock of in-place rewrites: odd while one is between its data
     /// write and its memtable update. A read whose checksum fails while
@@ -494,6 +514,29 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
         libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
+
+/// Asks the kernel to drop `len` bytes at `offset` of `file` from the page
+/// cache (`posix_fadvise(POSIX_FADV_DONTNEED)`): clean pages are freed,
+/// dirty ones stay. Errors are ignored; it is a hint.
+fn drop_cached(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(n)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return;
+    };
+    // SAFETY: posix_fadvise only reads its integer arguments; the
+    // descriptor belongs to `file`, borrowed (so open) for the call.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), off, n, libc::POSIX_FADV_DONTNEED);
+    }
+}
+
+/// Most superseded slots remembered between syncs (16 bytes each); beyond
+/// it their pages are left to the kernel's reclaim.
+const DEAD_SLOTS_MAX: usize = 1 << 18;
 
 /// The error for runs that break [`Volume::write_runs`]' contract (a
 /// boundary inside a cluster); never expected from `write_pieces`.
@@ -591,6 +634,7 @@ impl Volume {
                 frozen: (u64::MAX, u32::MAX),
                 mutable: HashMap::default(),
                 touched: Vec::new(),
+                dead: Vec::new(),
             }),
             meta: Mutex::new(meta),
             // The previous incarnation may have died between a metadata
@@ -611,6 +655,8 @@ impl Volume {
             failed: Mutex::new(None),
             closed: AtomicBool::new(false),
             last_sync: Mutex::new(Instant::now()),
+            dead_clean: Mutex::new(Vec::new()),
+            shipped_tlogs: Mutex::new(Vec::new()),
             counters: Counters::default(),
             rewrites: AtomicU64::new(0),
             memtable_hits: AtomicU64::new(0),
@@ -695,7 +741,14 @@ impl Volume {
             let skip = usize::try_from(marker.records_applied(seq))
                 .unwrap_or(usize::MAX)
                 .min(recs.len());
-            let tail = self.check_slots(seq, &recs, skip, marker.frozen, &mut open_files)?;
+            let tail = if seq < meta.shipped.next_tlog {
+                // Shipped: `ship_one` made every record durable and its
+                // slot final first, and the containers may be evicted
+                // since; the records hold as they are.
+                recs[skip..].to_vec()
+            } else {
+                self.check_slots(seq, &recs, skip, marker.frozen, &mut open_files)?
+            };
             let rewritten = tail.len() != recs.len() - skip
                 || tail.iter().zip(&recs[skip..]).any(|(a, b)| a != b);
             if rewritten {
@@ -1761,7 +1814,11 @@ impl Volume {
                 .encode(&mut rec);
                 t.buf.extend_from_slice(&rec);
                 w.write_seq += 1;
-                mem.active.insert((cluster, generation), m);
+                if let Some(Mapping::Data(old)) = mem.active.insert((cluster, generation), m)
+                    && w.dead.len() < DEAD_SLOTS_MAX
+                {
+                    w.dead.push((old.container, old.slot));
+                }
                 cluster += 1;
             }
             drop(mem);
@@ -2126,7 +2183,7 @@ impl Volume {
     // ------------------------------------------------------------------- sync
 
     /// Grabs a sync's work under the writer lock. It commits the index when
-    /// asked to (hard barriers, shipping, rollback, scrub) or, with
+    /// asked to (hard barriers, rollback, scrub) or, with
     /// [`Commit::IfDue`], when the last commit is `index_commit_interval`
     /// old or the memtable holds [`MEMTABLE_COMMIT_ENTRIES`]; and only if
     /// no commit is under way (then the caller waits for it and grabs again).
@@ -2185,6 +2242,7 @@ impl Volume {
             commit,
             upto: w.write_seq,
             dir_sync,
+            dead: std::mem::take(&mut w.dead),
         })
     }
 
@@ -2195,8 +2253,16 @@ impl Volume {
     /// pages, and a failed commit leaves the memtable ahead of RocksDB;
     /// nothing can be trusted until the pool is reopened and the logs
     /// replayed.
-    fn run_sync(&self, work: SyncWork) -> EngineResult<()> {
+    fn run_sync(&self, mut work: SyncWork) -> EngineResult<()> {
         let r = self.sync_data(&work);
+        if r.is_ok() && !work.dead.is_empty() {
+            let mut d = self.dead_clean.lock();
+            if d.is_empty() {
+                *d = std::mem::take(&mut work.dead);
+            } else if d.len() < DEAD_SLOTS_MAX {
+                d.append(&mut work.dead);
+            }
+        }
         {
             let mut cs = self.commit.lock();
             cs.syncing = false;
@@ -2397,7 +2463,41 @@ impl Volume {
             let mut w = self.writer.lock();
             self.seal(&mut w)?;
         }
-        Ok(())
+        let dead = std::mem::take(&mut *self.dead_clean.lock());
+        self.drop_dead_pages(dead);
+        self.drop_applied_tlogs()
+    }
+
+    /// Drops superseded slots from the page cache, runs of consecutive
+    /// slots at a time (`POSIX_FADV_DONTNEED`; the slots are clean, so the
+    /// pages are freed at once). Only a cache hint: a racing reader that
+    /// still holds the old mapping reads the bytes from disk. The point is
+    /// the pages: a log-structured write takes a new page-cache page per
+    /// cluster, and a page freed here is the next append's, where a page
+    /// the kernel has not handed out lately can cost many times the copy
+    /// (a host fault per page in a VM whose free memory is reported back
+    /// to the host; docs/BENCHMARKS.md).
+    fn drop_dead_pages(&self, mut dead: Vec<(u64, u32)>) {
+        if dead.is_empty() {
+            return;
+        }
+        dead.sort_unstable();
+        dead.dedup();
+        let mut i = 0;
+        while i < dead.len() {
+            let (c, first) = dead[i];
+            let mut n = 1;
+            while i + n < dead.len() && dead[i + n] == (c, first + n as u32) {
+                n += 1;
+            }
+            i += n;
+            if let Some(f) = self.container_file(c) {
+                drop_cached(&f, slot_offset(first), n as u64 * CLUSTER_SIZE_U64);
+            }
+        }
+        self.counters
+            .pages_dropped
+            .fetch_add(dead.len() as u64, Ordering::Relaxed);
     }
 
     // ------------------------------------------------------------- shipping
@@ -2476,7 +2576,9 @@ impl Volume {
         };
         // The segment's containers and tlog are final from here on (its
         // in-place records went to that tlog), then durable. Other
-        // segments stay mutable.
+        // segments stay mutable. The index is not committed for it: the
+        // local tlog stays until a regular commit covers it (replay
+        // applies a shipped tlog's records as they are).
         let target = {
             let mut w = self.writer.lock();
             for &c in &seg.containers {
@@ -2487,7 +2589,7 @@ impl Volume {
             }
             w.write_seq
         };
-        self.sync_to(target, true)?;
+        self.sync_to(target, false)?;
         let be = &self.shared.backend;
         for &c in &seg.containers {
             // A sealed container is never written again (module docs), so a
@@ -2555,12 +2657,33 @@ impl Volume {
             Ordering::Relaxed,
         );
         self.throttle_cv.notify_all();
-        // The tlog is fully applied (synced above): drop the local copy once
-        // RocksDB's WAL is durable.
-        self.shared.index.sync_wal()?;
-        let _ = std::fs::remove_file(self.tlog_path(seg.tlog));
+        // The metadata that calls the segment shipped is durable
+        // (`persist_meta_quiet` syncs), so replay will trust the tlog's
+        // records without the containers evicted here.
+        self.shipped_tlogs.lock().push((seg.tlog, target));
+        self.drop_applied_tlogs()?;
         self.evict_local(self.shared.cfg.keep_shipped_bytes);
         Ok(true)
+    }
+
+    /// Deletes the local tlogs of shipped segments that an index commit
+    /// covers, after syncing RocksDB's WAL (the commit itself is not
+    /// synced: until then the tlog is the durable copy).
+    fn drop_applied_tlogs(&self) -> EngineResult<()> {
+        let committed = self.commit.lock().committed;
+        let mut pending = self.shipped_tlogs.lock();
+        if !pending.iter().any(|&(_, upto)| upto <= committed) {
+            return Ok(());
+        }
+        self.shared.index.sync_wal()?;
+        pending.retain(|&(seq, upto)| {
+            if upto > committed {
+                return true;
+            }
+            let _ = std::fs::remove_file(self.tlog_path(seq));
+            false
+        });
+        Ok(())
     }
 
     /// Deletes the oldest shipped local containers beyond `keep` bytes.
@@ -2617,8 +2740,8 @@ impl Volume {
         // generation, so replay files its records under it, and lookups of
         // the snapshot see the memtable. Committing here would make the
         // snapshot wait for up to `index_commit_interval` of writes (179 ms
-        // after a GiB of them); the shipper commits the segment soon after,
-        // since its generation is no longer the head's.
+        // after a GiB of them); the next regular commit puts the records
+        // in RocksDB.
         self.sync_locked(&mut w, Commit::Skip)?;
         let mut m = self.meta.lock();
         let old = m.clone();
@@ -2948,6 +3071,7 @@ impl Volume {
             relocated_clusters: self.counters.relocated.load(Ordering::Relaxed),
             rewritten_clusters: self.counters.rewritten.load(Ordering::Relaxed),
             adopted_clusters: self.counters.adopted.load(Ordering::Relaxed),
+            dropped_clusters: self.counters.pages_dropped.load(Ordering::Relaxed),
             snapshots: m.snapshots.len(),
             template: m.template,
         }

@@ -79,8 +79,116 @@ fn flushed_writes_survive_crash_and_local_restart() {
     pool.shutdown().unwrap();
 }
 
+/// Entries of a volume's flash subdirectory (`containers`, `tlogs`).
+fn local_files(root: &std::path::Path, v: &depot_engine::Volume, sub: &str) -> usize {
+    let d = flash(root)
+        .join("vols")
+        .join(format!("{:016x}", v.id()))
+        .join(sub);
+    std::fs::read_dir(d).unwrap().count()
+}
+
+/// Shipping does not commit the index: a shipped segment's local tlog
+/// stays the durable copy of its records until a regular commit covers
+/// them. A crash after its containers were evicted must still find every
+/// write (on the backend), and replay then deletes the tlog.
+#[test]
+fn shipped_writes_survive_eviction_and_a_crash_before_the_index_commits() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.keep_shipped_bytes = 0; // every shipped container leaves flash
+    cfg.index_commit_interval = Duration::from_secs(3600);
+    let last = |lba: u64| (0..300u64).filter(|i| i % 200 == lba).max().unwrap();
+    {
+        let pool = open(&cfg, &rt);
+        let v = pool.create_volume("s", 4 << 20, 4096).unwrap();
+        for i in 0..300u64 {
+            v.write(i % 200, &pattern(i, i % 200, 4096), false).unwrap();
+        }
+        let commits = v.stats().index_commits;
+        v.sync_to_backend().unwrap();
+        assert_eq!(v.stats().index_commits, commits, "shipping committed");
+        assert_eq!(local_files(dir.path(), &v, "containers"), 0);
+        assert!(local_files(dir.path(), &v, "tlogs") > 0, "tlogs kept");
+        pool.abandon(); // no shutdown sync: like a crash
+    }
+    let pool = open(&cfg, &rt);
+    let v = pool.open_volume("s").unwrap();
+    assert_eq!(
+        local_files(dir.path(), &v, "tlogs"),
+        0,
+        "replay applied them"
+    );
+    let mut buf = vec![0u8; 4096];
+    for lba in 0..200u64 {
+        v.read(lba, &mut buf).unwrap();
+        assert!(buf == pattern(last(lba), lba, 4096), "lba {lba}");
+    }
+    pool.shutdown().unwrap();
+}
+
+/// Once a regular commit covers a shipped segment, its local tlog goes.
+#[test]
+fn a_commit_deletes_the_local_tlogs_of_shipped_segments() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.index_commit_interval = Duration::from_secs(3600);
+    let pool = open(&cfg, &rt);
+    let v = pool.create_volume("s", 4 << 20, 4096).unwrap();
+    for lba in 0..100u64 {
+        v.write(lba, &pattern(1, lba, 4096), false).unwrap();
+    }
+    v.sync_to_backend().unwrap();
+    assert!(local_files(dir.path(), &v, "tlogs") > 0);
+    v.flush().unwrap(); // a hard barrier commits the index
+    let t0 = std::time::Instant::now();
+    while local_files(dir.path(), &v, "tlogs") > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "tlogs never deleted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pool.shutdown().unwrap();
+}
+
+/// A cluster appended again while its previous mapping is in the memtable
+/// leaves its old slot dead; once a sync made it clean, the ticker drops
+/// it from the page cache. Reads are unaffected.
+#[test]
+fn superseded_clusters_are_dropped_from_the_page_cache() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.index_commit_interval = Duration::from_secs(3600);
+    let pool = open(&cfg, &rt);
+    let v = pool.create_volume("p", 4 << 20, 4096).unwrap();
+    for lba in 0..40u64 {
+        v.write(lba, &pattern(1, lba, 4096), false).unwrap();
+    }
+    for lba in 0..24u64 {
+        v.write(lba, &pattern(2, lba, 4096), false).unwrap();
+    }
+    let t0 = std::time::Instant::now();
+    while v.stats().dropped_clusters < 24 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", v.stats());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500)); // more ticks
+    assert_eq!(v.stats().dropped_clusters, 24, "only the superseded slots");
+    let mut buf = vec![0u8; 4096];
+    for lba in 0..40u64 {
+        v.read(lba, &mut buf).unwrap();
+        let tag = if lba < 24 { 2 } else { 1 };
+        assert!(buf == pattern(tag, lba, 4096), "lba {lba}");
+    }
+    pool.shutdown().unwrap();
+}
+
 /// A snapshot is durable the moment it returns, though the index commits
-/// later (the shipper commits it when it ships the sealed segment): a
+/// later (at the next regular commit, after the sealed segment ships): a
 /// crash right after must replay the pre-snapshot writes into the
 /// snapshot. Each round crashes at once after a snapshot, usually before
 /// the woken shipper gets there.
