@@ -196,7 +196,7 @@ struct Counters {
     relocated: AtomicU64,
     rewritten: AtomicU64,
     adopted: AtomicU64,
-    pages_dropped: AtomicU64,
+    dropped: AtomicU64,
 }
 
 struct OpenContainer {
@@ -2483,21 +2483,24 @@ impl Volume {
         }
         dead.sort_unstable();
         dead.dedup();
+        let mut dropped = 0u64;
         let mut i = 0;
         while i < dead.len() {
             let (c, first) = dead[i];
-            let mut n = 1;
-            while i + n < dead.len() && dead[i + n] == (c, first + n as u32) {
+            let mut n = 1u64;
+            while dead
+                .get(i + n as usize)
+                .is_some_and(|&(c2, s)| c2 == c && u64::from(s) == u64::from(first) + n)
+            {
                 n += 1;
             }
-            i += n;
+            i += n as usize;
             if let Some(f) = self.container_file(c) {
-                drop_cached(&f, slot_offset(first), n as u64 * CLUSTER_SIZE_U64);
+                drop_cached(&f, slot_offset(first), n * CLUSTER_SIZE_U64);
+                dropped += n;
             }
         }
-        self.counters
-            .pages_dropped
-            .fetch_add(dead.len() as u64, Ordering::Relaxed);
+        self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
     }
 
     // ------------------------------------------------------------- shipping
@@ -3071,7 +3074,7 @@ impl Volume {
             relocated_clusters: self.counters.relocated.load(Ordering::Relaxed),
             rewritten_clusters: self.counters.rewritten.load(Ordering::Relaxed),
             adopted_clusters: self.counters.adopted.load(Ordering::Relaxed),
-            dropped_clusters: self.counters.pages_dropped.load(Ordering::Relaxed),
+            dropped_clusters: self.counters.dropped.load(Ordering::Relaxed),
             snapshots: m.snapshots.len(),
             template: m.template,
         }
