@@ -54,6 +54,7 @@ pub struct Metrics {
     pub vpool_relocated: IntCounterVec,
     /// Clusters rewritten in place.
     pub vpool_rewritten: IntCounterVec,
+    /// Superseded clusters dropped from the page cache.
     pub vpool_dropped: IntCounterVec,
     /// Per vPool: time writes waited because a write buffer was full.
     pub vpool_throttle_seconds: CounterVec,
