@@ -496,29 +496,20 @@ struct Resolved<'a> {
 /// Bytes of an open container handed to writeback at a time.
 const WRITEBACK_STEP: u64 = 4 << 20;
 
-/// Asks the kernel to start writing `len` bytes at `offset` of `file` back
-/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): asynchronous, durability
-/// unchanged. Errors are ignored; the next fdatasync reports real ones.
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let (Ok(off), Ok(n)) = (
-        libc::off64_t::try_from(offset),
-        libc::off64_t::try_from(len),
-    ) else {
-        return;
-    };
-    // SAFETY: sync_file_range only reads its integer arguments; the
-    // descriptor belongs to `file`, borrowed (so open) for the call.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE);
-    }
+/// A page-cache hint for a byte range of a container file.
+#[derive(Clone, Copy)]
+enum RangeHint {
+    /// Start writing the range back (`sync_file_range(SYNC_FILE_RANGE_WRITE)`):
+    /// asynchronous, durability unchanged.
+    StartWriteback,
+    /// Drop the range from the page cache (`posix_fadvise(POSIX_FADV_DONTNEED)`):
+    /// clean pages are freed, dirty ones stay.
+    DropCached,
 }
 
-/// Asks the kernel to drop `len` bytes at `offset` of `file` from the page
-/// cache (`posix_fadvise(POSIX_FADV_DONTNEED)`): clean pages are freed,
-/// dirty ones stay. Errors are ignored; it is a hint.
-fn drop_cached(file: &File, offset: u64, len: u64) {
+/// Gives the kernel `hint` for `len` bytes at `offset` of `file`. Errors
+/// are ignored: these are hints, and the next fdatasync reports real ones.
+fn range_hint(file: &File, offset: u64, len: u64, hint: RangeHint) {
     use std::os::fd::AsRawFd;
     let (Ok(off), Ok(n)) = (
         libc::off64_t::try_from(offset),
@@ -526,11 +517,19 @@ fn drop_cached(file: &File, offset: u64, len: u64) {
     ) else {
         return;
     };
-    // SAFETY: posix_fadvise only reads its integer arguments; the
-    // descriptor belongs to `file`, borrowed (so open) for the call.
+    let fd = file.as_raw_fd();
+    // SAFETY: both calls only read their integer arguments; the descriptor
+    // belongs to `file`, borrowed (so open) for the call.
     #[allow(unsafe_code)]
     unsafe {
-        libc::posix_fadvise(file.as_raw_fd(), off, n, libc::POSIX_FADV_DONTNEED);
+        match hint {
+            RangeHint::StartWriteback => {
+                libc::sync_file_range(fd, off, n, libc::SYNC_FILE_RANGE_WRITE);
+            }
+            RangeHint::DropCached => {
+                libc::posix_fadvise(fd, off, n, libc::POSIX_FADV_DONTNEED);
+            }
+        }
     }
 }
 
@@ -1789,7 +1788,12 @@ impl Volume {
             let (before, after) = (slot_offset(first_slot), slot_offset(oc.next_slot));
             if before / WRITEBACK_STEP != after / WRITEBACK_STEP {
                 let end = after / WRITEBACK_STEP * WRITEBACK_STEP;
-                start_writeback(&oc.file, end.saturating_sub(WRITEBACK_STEP), WRITEBACK_STEP);
+                range_hint(
+                    &oc.file,
+                    end.saturating_sub(WRITEBACK_STEP),
+                    WRITEBACK_STEP,
+                    RangeHint::StartWriteback,
+                );
             }
             let full = oc.next_slot >= slots;
             let Some(t) = w.tlog.as_mut() else {
@@ -2484,19 +2488,16 @@ impl Volume {
         dead.sort_unstable();
         dead.dedup();
         let mut dropped = 0u64;
-        let mut i = 0;
-        while i < dead.len() {
-            let (c, first) = dead[i];
-            let mut n = 1u64;
-            while dead
-                .get(i + n as usize)
-                .is_some_and(|&(c2, s)| c2 == c && u64::from(s) == u64::from(first) + n)
-            {
-                n += 1;
-            }
-            i += n as usize;
+        for run in dead.chunk_by(|a, b| a.0 == b.0 && a.1.checked_add(1) == Some(b.1)) {
+            let (c, first) = run[0];
+            let n = run.len() as u64;
             if let Some(f) = self.container_file(c) {
-                drop_cached(&f, slot_offset(first), n * CLUSTER_SIZE_U64);
+                range_hint(
+                    &f,
+                    slot_offset(first),
+                    n * CLUSTER_SIZE_U64,
+                    RangeHint::DropCached,
+                );
                 dropped += n;
             }
         }

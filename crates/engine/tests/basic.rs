@@ -81,11 +81,9 @@ fn flushed_writes_survive_crash_and_local_restart() {
 
 /// Entries of a volume's flash subdirectory (`containers`, `tlogs`).
 fn local_files(root: &std::path::Path, v: &depot_engine::Volume, sub: &str) -> usize {
-    let d = flash(root)
-        .join("vols")
-        .join(format!("{:016x}", v.id()))
-        .join(sub);
-    std::fs::read_dir(d).unwrap().count()
+    std::fs::read_dir(vol_dir(root, v).join(sub))
+        .unwrap()
+        .count()
 }
 
 /// Shipping does not commit the index: a shipped segment's local tlog
@@ -741,10 +739,7 @@ fn corrupt_local_container_falls_back_or_reports_integrity() {
     v.write(0, &pattern(1, 0, 4096), true).unwrap();
     v.sync_to_backend().unwrap(); // container 0 shipped, kept locally
     v.write(1, &pattern(2, 1, 4096), true).unwrap(); // container 1: flash only
-    let cdir = flash(dir.path())
-        .join("vols")
-        .join(format!("{:016x}", v.id()))
-        .join("containers");
+    let cdir = vol_dir(dir.path(), &v).join("containers");
     for seq in [0u64, 1] {
         let p = cdir.join(format!("{seq:016x}.sco"));
         let mut d = std::fs::read(&p).unwrap();

@@ -28,10 +28,6 @@ fn cfg(dir: &Path) -> VPoolConfig {
     c
 }
 
-fn vol_dir(dir: &Path, v: &Volume) -> PathBuf {
-    flash(dir).join("vols").join(format!("{:016x}", v.id()))
-}
-
 fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()

@@ -43,6 +43,11 @@ pub fn flash(root: &Path) -> PathBuf {
     root.join("flash")
 }
 
+/// A volume's flash directory (its `containers` and `tlogs`).
+pub fn vol_dir(root: &Path, v: &depot_engine::Volume) -> PathBuf {
+    flash(root).join("vols").join(format!("{:016x}", v.id()))
+}
+
 /// Deterministic block contents: every byte derived from (tag, lba, i).
 pub fn pattern(tag: u64, lba: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
