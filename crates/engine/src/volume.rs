@@ -533,6 +533,80 @@ fn range_hint(file: &File, offset: u64, len: u64, hint: RangeHint) {
     }
 }
 
+/// Writes the concatenation of `parts` at `offset` of `file`, with one
+/// `pwritev` unless the kernel writes short. One write per append matters
+/// beyond the syscall: the page cache sizes a new folio by the write that
+/// creates it, so a 1 MiB append written as four 256 KiB pieces left four
+/// times as many small folios, and every later cache-hot read of them
+/// walked a deeper page-cache tree (docs/BENCHMARKS.md).
+fn write_all_parts_at(file: &File, parts: &[&[u8]], mut offset: u64) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind, IoSlice};
+    use std::os::fd::AsRawFd;
+    let mut slices: Vec<IoSlice<'_>> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| IoSlice::new(p))
+        .collect();
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        let count = bufs.len().min(IOV_MAX);
+        let off = libc::off64_t::try_from(offset)
+            .map_err(|_| Error::new(ErrorKind::InvalidInput, "file offset out of range"))?;
+        // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and the
+        // `count` slices it points at are borrowed for the call; the kernel
+        // only reads them. The descriptor belongs to `file`, borrowed (so
+        // open) for the call.
+        #[allow(unsafe_code)]
+        let n = unsafe {
+            libc::pwritev64(
+                file.as_raw_fd(),
+                bufs.as_ptr().cast::<libc::iovec>(),
+                count as libc::c_int,
+                off,
+            )
+        };
+        match usize::try_from(n) {
+            Ok(0) => return Err(Error::from(ErrorKind::WriteZero)),
+            Ok(n) => {
+                offset += n as u64;
+                IoSlice::advance_slices(&mut bufs, n);
+            }
+            Err(_) => {
+                let e = Error::last_os_error();
+                if e.kind() != ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Most iovecs one `pwritev` takes (Linux's `UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
+
+/// Splits the first `n` bytes off the front of `parts` (fewer if `parts`
+/// holds fewer).
+fn take_front<'a>(parts: &mut &[&'a [u8]], head: &mut &'a [u8], mut n: usize) -> Vec<&'a [u8]> {
+    let mut out = Vec::new();
+    while n > 0 {
+        if head.is_empty() {
+            let Some((first, rest)) = parts.split_first() else {
+                break;
+            };
+            *head = first;
+            *parts = rest;
+            continue;
+        }
+        let k = n.min(head.len());
+        let (now, later) = head.split_at(k);
+        out.push(now);
+        *head = later;
+        n -= k;
+    }
+    out
+}
+
 /// Most superseded slots remembered between syncs (16 bytes each); beyond
 /// it their pages are left to the kernel's reclaim.
 const DEAD_SLOTS_MAX: usize = 1 << 18;
@@ -1753,31 +1827,44 @@ impl Volume {
     fn append(
         &self,
         w: &mut Writer,
-        mut cluster: u64,
+        cluster: u64,
         data: &[u8],
         sums: &[(u32, u128)],
     ) -> EngineResult<()> {
-        if sums.len() * CLUSTER_SIZE != data.len() {
+        self.append_parts(w, cluster, &[data], sums)
+    }
+
+    /// [`Volume::append`] of the concatenation of `parts`, written with one
+    /// vectored write per container it lands in.
+    fn append_parts(
+        &self,
+        w: &mut Writer,
+        mut cluster: u64,
+        parts: &[&[u8]],
+        sums: &[(u32, u128)],
+    ) -> EngineResult<()> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if sums.len() * CLUSTER_SIZE != total {
             return Err(EngineError::Failed(
                 "cluster checksums do not match the data".into(),
             ));
         }
         let slots = self.shared.cfg.container_slots();
-        let mut rest = data;
+        let (mut rest, mut head): (&[&[u8]], &[u8]) = (parts, &[]);
         let mut sums = sums;
-        while !rest.is_empty() {
+        while !sums.is_empty() {
             self.ensure_container(w)?;
             let generation = w.generation;
             let Some(oc) = w.container.as_mut() else {
                 return Err(EngineError::Failed("no open container".into()));
             };
             let room = (slots - oc.next_slot) as usize;
-            let k = room.min(rest.len() / CLUSTER_SIZE);
-            let (now, later) = rest.split_at(k * CLUSTER_SIZE);
+            let k = room.min(sums.len());
+            let now = take_front(&mut rest, &mut head, k * CLUSTER_SIZE);
             let (now_sums, later_sums) = sums.split_at(k);
             let first_slot = oc.next_slot;
             let cseq = oc.seq;
-            let r = oc.file.write_all_at(now, slot_offset(first_slot));
+            let r = write_all_parts_at(&oc.file, &now, slot_offset(first_slot));
             if let Err(e) = r {
                 return Err(EngineError::io("appending to a container", e));
             }
@@ -1834,7 +1921,6 @@ impl Volume {
             if full {
                 self.seal(w)?;
             }
-            rest = later;
             sums = later_sums;
         }
         Ok(())
@@ -2119,14 +2205,29 @@ impl Volume {
         if head_partial {
             self.append(&mut w, first, &head, &head_sums)?;
         }
+        // Consecutive pieces that are not rewritten in place go in as one
+        // append (one write), in order with the rewrites.
+        let (mut from, mut parts, mut part_sums) = (0u64, Vec::<&[u8]>::new(), Vec::new());
         for (at, bytes, sums, target) in &work {
-            let done = match target {
-                Some(loc) => self.rewrite(&mut w, *at, *loc, bytes, sums)?,
-                None => false,
-            };
-            if !done {
-                self.append(&mut w, *at, bytes, sums)?;
+            let contiguous = from + part_sums.len() as u64 == *at;
+            if (target.is_some() || !contiguous) && !part_sums.is_empty() {
+                self.append_parts(&mut w, from, &parts, &part_sums)?;
+                parts.clear();
+                part_sums.clear();
             }
+            if let Some(loc) = target
+                && self.rewrite(&mut w, *at, *loc, bytes, sums)?
+            {
+                continue;
+            }
+            if part_sums.is_empty() {
+                from = *at;
+            }
+            parts.push(bytes);
+            part_sums.extend_from_slice(sums);
+        }
+        if !part_sums.is_empty() {
+            self.append_parts(&mut w, from, &parts, &part_sums)?;
         }
         if tail_partial {
             self.append(&mut w, last, &tail, &tail_sums)?;
@@ -3412,6 +3513,35 @@ mod tests {
             crc: tag,
             hash: u128::from(tag),
         })
+    }
+
+    #[test]
+    fn take_front_cuts_parts_at_any_byte() {
+        let (a, b, c) = (&[1u8, 2, 3][..], &[][..], &[4u8, 5, 6, 7, 8][..]);
+        let all = [a, b, c];
+        let (mut rest, mut head): (&[&[u8]], &[u8]) = (&all, &[]);
+        assert_eq!(take_front(&mut rest, &mut head, 4), vec![a, &c[..1]]);
+        assert_eq!(take_front(&mut rest, &mut head, 0), Vec::<&[u8]>::new());
+        assert_eq!(take_front(&mut rest, &mut head, 2), vec![&c[1..3]]);
+        // Asking for more than is left takes what is left.
+        assert_eq!(take_front(&mut rest, &mut head, 9), vec![&c[3..]]);
+        assert!(rest.is_empty() && head.is_empty());
+    }
+
+    #[test]
+    fn parts_are_written_as_their_concatenation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = File::create(&path).unwrap();
+        let data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        // More parts than one pwritev takes, some empty.
+        let parts: Vec<&[u8]> = data.chunks(2).flat_map(|c| [c, &[][..]]).collect();
+        assert!(parts.len() > IOV_MAX);
+        write_all_parts_at(&file, &parts, 100).unwrap();
+        let back = std::fs::read(&path).unwrap();
+        assert_eq!(back.len(), 3100);
+        assert!(back[..100].iter().all(|&b| b == 0));
+        assert_eq!(&back[100..], &data[..]);
     }
 
     proptest! {
