@@ -585,8 +585,10 @@ fn write_all_parts_at(file: &File, parts: &[&[u8]], mut offset: u64) -> std::io:
 /// Most iovecs one `pwritev` takes (Linux's `UIO_MAXIOV`).
 const IOV_MAX: usize = 1024;
 
-/// Splits the first `n` bytes off the front of `parts` (fewer if `parts`
-/// holds fewer).
+/// Takes the first `n` bytes (fewer if fewer are left) off the front of
+/// `head` followed by `parts`, as slices in order. `head` is the
+/// unconsumed rest of a part already taken from `parts`; both are advanced
+/// past what is returned.
 fn take_front<'a>(parts: &mut &[&'a [u8]], head: &mut &'a [u8], mut n: usize) -> Vec<&'a [u8]> {
     let mut out = Vec::new();
     while n > 0 {
