@@ -8,7 +8,9 @@
 #
 # --smoke: 2-second jobs, one repeat, 64 MiB LUNs (CI runs this so the script
 # cannot rot; its numbers mean nothing). DEPOT_BIN=path uses that binary
-# instead of building a release one.
+# instead of building a release one. The LUNs' data is deleted at exit; the
+# fio results, engine metrics and logs stay in DIR (default: a new
+# /tmp/depot-bench.XXXXXX).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +43,9 @@ cleanup() {
   tgtadm -C $TGT_CTRL --lld iscsi --op delete --mode system >/dev/null 2>&1 || true
   [ -n "${TGT_PID:-}" ] && kill -9 "$TGT_PID" 2>/dev/null || true
   [ -n "${DEPOT_PID:-}" ] && kill -TERM "$DEPOT_PID" 2>/dev/null && wait "$DEPOT_PID" 2>/dev/null || true
+  # The LUNs' data (GiBs: tgt's image, Depot's flash and backend) goes; the
+  # results, metrics and logs stay in $OUT.
+  rm -rf "$OUT/tgt/lun1.img" "$OUT/depot-data"
 }
 trap cleanup EXIT
 
