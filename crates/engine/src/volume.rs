@@ -78,6 +78,7 @@ use bytes::Bytes;
 use depot_block::{BlockDevice, BlockError, BlockResult, Provisioning, blocks_in};
 use parking_lot::{Condvar, Mutex, RwLock};
 use rocksdb::WriteBatch;
+use smallvec::SmallVec;
 
 use crate::backend;
 use crate::checksum;
@@ -419,7 +420,8 @@ pub struct Volume {
     closed: AtomicBool,
     last_sync: Mutex<Instant>,
     /// Superseded slots made clean by a sync, for the ticker to drop from
-    /// the page cache.
+    /// the page cache; at most [`DEAD_SLOTS_MAX`] however far the ticker
+    /// lags.
     dead_clean: Mutex<Vec<(u64, u32)>>,
     /// Local tlogs of shipped segments with the write sequence number the
     /// ship's sync covered: deleted once an index commit covers it and
@@ -539,10 +541,12 @@ fn range_hint(file: &File, offset: u64, len: u64, hint: RangeHint) {
 /// creates it, so a 1 MiB append written as four 256 KiB pieces left four
 /// times as many small folios, and every later cache-hot read of them
 /// walked a deeper page-cache tree (docs/BENCHMARKS.md).
+/// No heap allocation for up to [`INLINE_PARTS`] parts (a 4 KiB append is
+/// one).
 fn write_all_parts_at(file: &File, parts: &[&[u8]], mut offset: u64) -> std::io::Result<()> {
     use std::io::{Error, ErrorKind, IoSlice};
     use std::os::fd::AsRawFd;
-    let mut slices: Vec<IoSlice<'_>> = parts
+    let mut slices: SmallVec<[IoSlice<'_>; INLINE_PARTS]> = parts
         .iter()
         .filter(|p| !p.is_empty())
         .map(|p| IoSlice::new(p))
@@ -585,12 +589,20 @@ fn write_all_parts_at(file: &File, parts: &[&[u8]], mut offset: u64) -> std::io:
 /// Most iovecs one `pwritev` takes (Linux's `UIO_MAXIOV`).
 const IOV_MAX: usize = 1024;
 
+/// Parts of one append kept on the stack (a 1 MiB command arrives in four
+/// Data-Out segments from libiscsi and open-iscsi).
+const INLINE_PARTS: usize = 8;
+
 /// Takes the first `n` bytes (fewer if fewer are left) off the front of
 /// `head` followed by `parts`, as slices in order. `head` is the
 /// unconsumed rest of a part already taken from `parts`; both are advanced
 /// past what is returned.
-fn take_front<'a>(parts: &mut &[&'a [u8]], head: &mut &'a [u8], mut n: usize) -> Vec<&'a [u8]> {
-    let mut out = Vec::new();
+fn take_front<'a>(
+    parts: &mut &[&'a [u8]],
+    head: &mut &'a [u8],
+    mut n: usize,
+) -> SmallVec<[&'a [u8]; INLINE_PARTS]> {
+    let mut out = SmallVec::new();
     while n > 0 {
         if head.is_empty() {
             let Some((first, rest)) = parts.split_first() else {
@@ -2364,11 +2376,8 @@ impl Volume {
         let r = self.sync_data(&work);
         if r.is_ok() && !work.dead.is_empty() {
             let mut d = self.dead_clean.lock();
-            if d.is_empty() {
-                *d = std::mem::take(&mut work.dead);
-            } else if d.len() < DEAD_SLOTS_MAX {
-                d.append(&mut work.dead);
-            }
+            work.dead.truncate(DEAD_SLOTS_MAX.saturating_sub(d.len()));
+            d.append(&mut work.dead);
         }
         {
             let mut cs = self.commit.lock();
@@ -3522,11 +3531,12 @@ mod tests {
         let (a, b, c) = (&[1u8, 2, 3][..], &[][..], &[4u8, 5, 6, 7, 8][..]);
         let all = [a, b, c];
         let (mut rest, mut head): (&[&[u8]], &[u8]) = (&all, &[]);
-        assert_eq!(take_front(&mut rest, &mut head, 4), vec![a, &c[..1]]);
-        assert_eq!(take_front(&mut rest, &mut head, 0), Vec::<&[u8]>::new());
-        assert_eq!(take_front(&mut rest, &mut head, 2), vec![&c[1..3]]);
+        let mut take = |n| take_front(&mut rest, &mut head, n).to_vec();
+        assert_eq!(take(4), vec![a, &c[..1]]);
+        assert_eq!(take(0), Vec::<&[u8]>::new());
+        assert_eq!(take(2), vec![&c[1..3]]);
         // Asking for more than is left takes what is left.
-        assert_eq!(take_front(&mut rest, &mut head, 9), vec![&c[3..]]);
+        assert_eq!(take(9), vec![&c[3..]]);
         assert!(rest.is_empty() && head.is_empty());
     }
 
