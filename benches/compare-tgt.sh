@@ -122,6 +122,28 @@ CACHED_MBS=$(dd_mbs if=/dev/zero of="$OUT/probe.img" bs=1M count="$PROBE_MB" con
 rm -f "$OUT/probe.img"
 echo "$NEW_MBS $CACHED_MBS" >"$OUT/page-cache-probe"
 
+# Proactive reclaim: some VMs run a DAMON "pageout" scheme that reclaims
+# memory left untouched for a while (the development VM's pages out memory
+# idle for 60 s, up to 128 MiB/s), so cached LUN data can leave the page
+# cache between repeats and freed pages come back through the host. Bytes
+# it paged out during the run go into the report; "-" when no such scheme
+# runs or its counters cannot be read.
+damon_paged_out() {
+  local total=0 found=0 k s v
+  for k in /sys/kernel/mm/damon/admin/kdamonds/*/; do
+    [ "$(cat "$k/state" 2>/dev/null)" = on ] || continue
+    echo update_schemes_stats >"$k/state" 2>/dev/null || continue
+    for s in "$k"contexts/*/schemes/*/; do
+      [ "$(cat "$s/action" 2>/dev/null)" = pageout ] || continue
+      v=$(cat "$s/stats/sz_applied" 2>/dev/null) || continue
+      found=1
+      total=$(( total + v ))
+    done
+  done
+  if [ "$found" = 1 ]; then echo "$total"; else echo -; fi
+}
+DAMON_BEFORE=$(damon_paged_out)
+
 # Fill every LUN once so reads hit written data, not holes.
 for t in $TARGETS; do
   esc=${URL[$t]//:/\\:}
@@ -140,6 +162,13 @@ for REP in $(seq "$REPEAT"); do
     done
   done
 done
+
+DAMON_AFTER=$(damon_paged_out)
+if [ "$DAMON_BEFORE" != - ] && [ "$DAMON_AFTER" != - ]; then
+  echo $(( (DAMON_AFTER - DAMON_BEFORE) >> 20 )) >"$OUT/damon-paged-out-mib"
+else
+  echo - >"$OUT/damon-paged-out-mib"
+fi
 
 python3 - "$OUT" "$REPEAT" "$RUNTIME" <<'PY'
 import json, os, statistics, sys
@@ -193,6 +222,11 @@ checks = [
 new_mbs, cached_mbs = open(f"{out}/page-cache-probe").read().split()
 print()
 print(f"page cache (dd 1 MiB blocks, no sync): new pages {new_mbs} MB/s, cached pages {cached_mbs} MB/s")
+damon = open(f"{out}/damon-paged-out-mib").read().strip()
+if damon == "-":
+    print("proactive reclaim: no DAMON pageout scheme running")
+else:
+    print(f"proactive reclaim: DAMON pageout paged out {damon} MiB during the run")
 
 # What the engine's counters moved by during each of its runs.
 def counters(path):
