@@ -3,8 +3,9 @@
 # machine: Debian's RocksDB (linked by the rocksdb crate 0.21), libclang for
 # bindgen, libiscsi-bin (iscsi-test-cu), qemu-block-extra from
 # bookworm-backports (must match the preinstalled qemu-utils 10), tgt for
-# side-by-side runs, fio rebuilt with the libiscsi engine, and moto_server
-# (S3) in a Python venv.
+# side-by-side runs, fio rebuilt with the libiscsi engine, moto_server (S3)
+# in a Python venv, and QEMU with a small Debian guest running the Linux
+# kernel initiator (scripts/initiator-guest.sh).
 #
 # Apt sources are derived from the mirror already configured in
 # /etc/apt/sources.list.d/debian.sources; no host is named here.
@@ -49,9 +50,13 @@ $SUDO apt-get install -y -q --no-install-recommends \
 # promtool (from Debian's prometheus) checks packaging/prometheus/ in the
 # dashboards system test.
 $SUDO apt-get install -y -q --no-install-recommends prometheus >/dev/null
-# qemu-block-extra must come from backports to match qemu-utils 10.
+# qemu-block-extra must come from backports to match qemu-utils 10, and so
+# must qemu-system-x86 (it boots the kernel-initiator test's guest).
 $SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports \
-  qemu-utils qemu-block-extra >/dev/null
+  qemu-utils qemu-block-extra qemu-system-x86 >/dev/null
+# The kernel-initiator test's guest (Debian 12 with open-iscsi), built once.
+$SUDO apt-get install -y -q --no-install-recommends mmdebstrap socat e2fsprogs >/dev/null
+bash "$(dirname "$0")/initiator-guest.sh"
 
 # fio with the libiscsi ioengine (Debian's binary lacks it).
 FIO_PREFIX=${FIO_PREFIX:-${XDG_CACHE_HOME:-$HOME/.cache}/depot-tools/fio}

@@ -1,6 +1,7 @@
 //! Black-box system tests: a real `depot serve` process on 127.0.0.1, driven
 //! by real initiators (libiscsi's iscsi-test-cu, qemu-img/qemu-io over
-//! `iscsi://`, fio's libiscsi engine) and by raw sockets for hostile input.
+//! `iscsi://`, fio's libiscsi engine, the Linux kernel initiator in a QEMU
+//! guest) and by raw sockets for hostile input.
 //!
 //! The peers are installed by `scripts/install-deps.sh`; a missing peer fails
 //! the test with that hint rather than skipping it.
@@ -12,4 +13,5 @@ mod dashboards;
 mod durability;
 mod fio;
 mod hostile;
+mod kernel;
 mod qemu;
