@@ -8,16 +8,18 @@
 # Depot under test.
 #
 # Cached in $DEPOT_INITIATOR_GUEST (default ~/.cache/depot-tools/initiator-guest)
-# and rebuilt only when the boot program changes. Packages come from the
+# and rebuilt only when the boot program or this script changes. Packages come from the
 # mirror configured in /etc/apt/sources.list.d/debian.sources. Needs root
 # (or sudo) for mmdebstrap; about 3 minutes.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+SELF=$(readlink -f "$0")
+cd "$(dirname "$SELF")/.."
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
 DIR=${DEPOT_INITIATOR_GUEST:-${XDG_CACHE_HOME:-$HOME/.cache}/depot-tools/initiator-guest}
 PROGRAM=tests/system/guest/initiator-test.sh
-stamp=$(sha256sum "$PROGRAM" | cut -c1-16)
+# The guest is rebuilt when its boot program or this script changes.
+stamp=$(cat "$PROGRAM" "$SELF" | sha256sum | cut -c1-16)
 if [ -f "$DIR/built-$stamp" ] && [ -f "$DIR/root.img" ]; then
   echo "initiator guest up to date in $DIR"
   exit 0
@@ -30,7 +32,7 @@ cp "$PROGRAM" "$work/initiator-test.sh"
 $SUDO mmdebstrap --quiet --variant=minbase \
   --include=linux-image-amd64,systemd-sysv,udev,kmod,iproute2,open-iscsi,e2fsprogs \
   --customize-hook="copy-in $work/initiator-test.sh /usr/local/bin" \
-  --customize-hook='printf "[Unit]\nAfter=multi-user.target\n[Service]\nType=oneshot\nExecStart=/usr/local/bin/initiator-test.sh\n[Install]\nWantedBy=multi-user.target\n" >"$1/etc/systemd/system/initiator-test.service" && chroot "$1" systemctl enable initiator-test.service' \
+  --customize-hook='printf "[Unit]\nAfter=multi-user.target\n[Service]\nType=oneshot\nExecStart=/usr/local/bin/initiator-test.sh\n[Install]\nWantedBy=multi-user.target\n" >"$1/etc/systemd/system/initiator-test.service" && chroot "$1" systemctl enable --quiet initiator-test.service' \
   --customize-hook='echo "/dev/vda / ext4 defaults 0 1" >"$1/etc/fstab"' \
   bookworm "$work/rootfs" "$mirror"
 rm -f "$DIR"/built-* "$DIR/root.img"
