@@ -206,6 +206,15 @@ impl Drop for Depot {
     }
 }
 
+/// Where `scripts/install-deps.sh` puts the peers it builds:
+/// `$XDG_CACHE_HOME/depot-tools`, else `~/.cache/depot-tools`.
+pub fn tools_cache() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .map(|c| c.join("depot-tools"))
+}
+
 /// Path of a required peer program, or a panic that says how to get it.
 pub fn peer(name: &str) -> PathBuf {
     let candidates: Vec<PathBuf> = match name {
@@ -214,8 +223,8 @@ pub fn peer(name: &str) -> PathBuf {
             if let Ok(p) = std::env::var("DEPOT_FIO") {
                 v.push(PathBuf::from(p));
             }
-            if let Ok(home) = std::env::var("HOME") {
-                v.push(Path::new(&home).join(".cache/depot-tools/fio/bin/fio"));
+            if let Some(tools) = tools_cache() {
+                v.push(tools.join("fio/bin/fio"));
             }
             v
         }

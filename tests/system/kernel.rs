@@ -14,18 +14,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{Depot, engine_vm_config, peer, run_timeout};
+use crate::common::{Depot, engine_vm_config, peer, run_timeout, tools_cache};
 
-/// The built guest: `$DEPOT_INITIATOR_GUEST` or
-/// `~/.cache/depot-tools/initiator-guest`.
+/// The built guest: `$DEPOT_INITIATOR_GUEST`, else `initiator-guest` in
+/// the tools cache (where `scripts/initiator-guest.sh` puts it).
 fn guest_dir() -> PathBuf {
     let dir = std::env::var_os("DEPOT_INITIATOR_GUEST")
         .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| Path::new(&h).join(".cache/depot-tools/initiator-guest"))
-        })
-        .expect("HOME or DEPOT_INITIATOR_GUEST must be set");
+        .or_else(|| tools_cache().map(|t| t.join("initiator-guest")))
+        .expect("HOME, XDG_CACHE_HOME or DEPOT_INITIATOR_GUEST must be set");
     for f in ["vmlinuz", "initrd.img", "root.img"] {
         assert!(
             dir.join(f).is_file(),
