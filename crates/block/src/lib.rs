@@ -129,6 +129,19 @@ pub trait BlockDevice: Send + Sync + 'static {
         Ok(false)
     }
 
+    /// [`try_write_nowait`](Self::try_write_nowait) of the concatenation
+    /// of `pieces`, as [`write_vectored`](Self::write_vectored) is to
+    /// [`write`](Self::write): transports pass the data segments a write
+    /// arrived in. The default passes one piece through and declines
+    /// several, so a device that completes writes inline overrides it to
+    /// store the pieces as they are.
+    fn try_write_vectored_nowait(&self, lba: u64, pieces: &[&[u8]]) -> BlockResult<bool> {
+        match pieces {
+            [one] => self.try_write_nowait(lba, one),
+            _ => Ok(false),
+        }
+    }
+
     /// Whether the device is thin-provisioned: `unmap` releases space and
     /// `provisioning` answers truthfully.
     fn thin_provisioned(&self) -> bool {

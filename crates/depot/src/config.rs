@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+use depot_engine::name::check_name;
+
 use crate::ServeArgs;
 use crate::model::VDiskKind;
 use crate::size;
@@ -218,23 +220,6 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
         .try_deserialize()
         .context("invalid configuration")?;
     validate(raw)
-}
-
-/// Checks a name used in IQNs and paths: 1-64 of `[a-z0-9.-]`, starting
-/// with a letter or digit.
-pub fn check_name(kind: &str, name: &str) -> anyhow::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && name.as_bytes()[0].is_ascii_alphanumeric();
-    if !ok {
-        bail!(
-            "invalid {kind} name {name:?}: use 1-64 characters a-z, 0-9, '-', '.', starting with a letter or digit"
-        );
-    }
-    Ok(())
 }
 
 fn validate(raw: FileConfig) -> anyhow::Result<Config> {

@@ -28,11 +28,11 @@ use depot_scsi::{LogicalUnit, LuConfig, Registry, ScsiTarget};
 use tokio::runtime::Handle;
 
 use crate::catalog::Catalog;
-use crate::config::check_name;
 use crate::error::{DepotError, DepotResult};
 use crate::identity::Identity;
 use crate::metrics::{MeteredDevice, Metrics};
 use crate::model::*;
+use depot_engine::name::check_name;
 
 /// A vDisk being served.
 struct LiveDisk {

@@ -4,7 +4,7 @@
 //!
 //! Invariants: records hold secrets (S3 keys, CHAP secrets); views never do.
 //! Names are the identity of every object (validated with
-//! [`crate::config::check_name`]); vDisk names are unique across the node so
+//! [`depot_engine::name::check_name`]); vDisk names are unique across the node so
 //! `VDISK@SNAPSHOT` needs no VM to resolve.
 
 use std::path::PathBuf;

@@ -146,7 +146,7 @@ impl VPoolConfig {
 
     /// Checks the configuration is usable.
     pub fn validate(&self) -> EngineResult<()> {
-        crate::pool::check_name(&self.name, "vPool name")?;
+        crate::name::check_name("vPool", &self.name)?;
         if self.container_bytes < 2 * CLUSTER_SIZE_U64
             || !self.container_bytes.is_multiple_of(CLUSTER_SIZE_U64)
             || self.container_bytes > (1 << 36)

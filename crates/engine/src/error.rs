@@ -92,6 +92,12 @@ pub enum EngineError {
     ShutDown,
 }
 
+impl From<crate::name::NameError> for EngineError {
+    fn from(e: crate::name::NameError) -> Self {
+        EngineError::InvalidArgument(e.to_string())
+    }
+}
+
 /// Result alias for engine calls.
 pub type EngineResult<T> = Result<T, EngineError>;
 

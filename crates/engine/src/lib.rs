@@ -5,6 +5,7 @@
 //!
 //! Layout:
 //! - [`config`]: vPool configuration and validation.
+//! - [`name`]: the one naming rule for vPools, VMs, vDisks and snapshots.
 //! - [`format`]: every byte format on flash and on the backend (spec:
 //!   docs/engine-formats.md).
 //! - [`index`]: the RocksDB index and metadata keys.
@@ -32,6 +33,7 @@ pub mod format;
 mod icache;
 pub mod index;
 pub mod meta;
+pub mod name;
 pub mod pool;
 pub(crate) mod ranges;
 pub mod scrub;

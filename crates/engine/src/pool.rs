@@ -36,26 +36,8 @@ use crate::format::{
 use crate::icache::{CHUNK_BYTES, MAX_CHUNKS};
 use crate::index::{Entry, Index, Marker};
 use crate::meta::{CatalogEntry, ChildRef, META_VERSION, ParentRef, Shipped, VolumeMeta};
+use crate::name::check_name;
 use crate::volume::Volume;
-
-/// Validates a vDisk / snapshot / pool name: 1–128 of `[A-Za-z0-9._@-]`,
-/// not starting with `.` or `-`.
-pub fn check_name(name: &str, what: &str) -> EngineResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && !name.starts_with('-')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
-    if ok {
-        Ok(())
-    } else {
-        Err(EngineError::InvalidArgument(format!(
-            "{what} {name:?} must be 1-128 of [A-Za-z0-9._@-], not starting with '.' or '-'"
-        )))
-    }
-}
 
 /// State shared by the pool, its volumes and its workers.
 pub struct Shared {
@@ -285,7 +267,7 @@ impl VPool {
         block_size: u32,
     ) -> EngineResult<Arc<Volume>> {
         self.check_open()?;
-        check_name(name, "vDisk name")?;
+        check_name("vDisk", name)?;
         if block_size != 512 && block_size != 4096 {
             return Err(EngineError::InvalidArgument(format!(
                 "block size {block_size} must be 512 or 4096"
@@ -373,7 +355,7 @@ impl VPool {
     /// had been shipped; see docs/engine-formats.md "Recovery point").
     pub fn open_volume(&self, name: &str) -> EngineResult<Arc<Volume>> {
         self.check_open()?;
-        check_name(name, "vDisk name")?;
+        check_name("vDisk", name)?;
         self.open_inner(name, 0)
     }
 
@@ -497,7 +479,7 @@ impl VPool {
         new_name: &str,
     ) -> EngineResult<Arc<Volume>> {
         self.check_open()?;
-        check_name(new_name, "vDisk name")?;
+        check_name("vDisk", new_name)?;
         let _a = self.shared.admin.lock();
         let p = self.open_inner(parent, 0)?;
         let snap = match snapshot {

@@ -2835,7 +2835,7 @@ impl Volume {
 
     /// Creates a snapshot in O(1): seals, syncs and starts a new generation.
     pub fn create_snapshot(&self, name: &str) -> EngineResult<SnapshotInfo> {
-        crate::pool::check_name(name, "snapshot name")?;
+        crate::name::check_name("snapshot", name)?;
         if name.starts_with('@') {
             return Err(EngineError::InvalidArgument(
                 "snapshot names starting with '@' are reserved".into(),
