@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Depot's build and system tests need on a fresh Debian 12
 # machine: Debian's RocksDB (linked by the rocksdb crate 0.21), libclang for
-# bindgen, libiscsi-bin (iscsi-test-cu), qemu-block-extra from
+# bindgen, protoc for the etcd client, etcd 3.4 for the cluster tests, libiscsi-bin (iscsi-test-cu), qemu-block-extra from
 # bookworm-backports (must match the preinstalled qemu-utils 10), tgt for
 # side-by-side runs, fio rebuilt with the libiscsi engine, moto_server (S3)
 # in a Python venv, and QEMU with a small Debian guest running the Linux
@@ -36,9 +36,11 @@ SRC
 fi
 $SUDO apt-get update -q >/dev/null
 # What building Depot needs (the rocksdb crate links Debian's librocksdb and
-# runs bindgen, which needs libclang).
+# runs bindgen, which needs libclang; the etcd client compiles etcd's
+# protobuf definitions with protoc and its well-known types).
 $SUDO apt-get install -y -q --no-install-recommends \
-  librocksdb-dev clang libclang-dev pkg-config gcc >/dev/null
+  librocksdb-dev clang libclang-dev pkg-config gcc \
+  protobuf-compiler libprotobuf-dev >/dev/null
 if [ "${1:-}" = "--build-only" ]; then
   echo "build deps ok"
   exit 0
@@ -47,6 +49,9 @@ fi
 $SUDO apt-get install -y -q --no-install-recommends \
   libiscsi-bin libiscsi-dev tgt \
   dpkg-dev gcc make zlib1g-dev bc python3 >/dev/null
+# etcd 3.4 (server and etcdctl): the cluster tests start a 3-member etcd on
+# loopback.
+$SUDO apt-get install -y -q --no-install-recommends etcd-server etcd-client >/dev/null
 # promtool (from Debian's prometheus) checks packaging/prometheus/ in the
 # dashboards system test.
 $SUDO apt-get install -y -q --no-install-recommends prometheus >/dev/null
