@@ -229,7 +229,7 @@ async fn renew(
                 status.send_replace(LeaseStatus::Live);
                 next = sent + period;
                 renewals += 1;
-                if renewals % 16 == 0 {
+                if renewals.is_multiple_of(16) {
                     // Membership changes are rare; keep the probe list fresh.
                     let _ = store.refresh_members().await;
                 }
