@@ -65,16 +65,28 @@ impl BlockDevice for Volume {
         }
     }
 
-    /// Completes a non-FUA write only when it is a plain append: whole
+    /// Completes a non-FUA write only when it needs no waiting: whole
     /// clusters (no read-modify-write), at most `NOWAIT_WRITE_MAX` (128 KiB),
     /// the write buffer below its cap, its cluster range and the writer
-    /// lock free, and room in the already-open container (so no file is
-    /// created and nothing is sealed inline). The data then goes into the
-    /// page cache with one buffered `pwrite`, exactly as `write` would do
-    /// it. Declines (`Ok(false)`, nothing written) otherwise.
+    /// lock free, and either slots it may rewrite in place or room in the
+    /// already-open container (so no file is created and nothing is sealed
+    /// inline). The data then goes into the page cache with one buffered
+    /// write, exactly as `write` would do it. Declines (`Ok(false)`,
+    /// nothing written) otherwise. One piece of
+    /// [`try_write_vectored_nowait`](BlockDevice::try_write_vectored_nowait).
     fn try_write_nowait(&self, lba: u64, data: &[u8]) -> BlockResult<bool> {
-        let (off, len) = self.byte_range(lba, data.len())?;
-        self.try_append_nowait(off, data, len)
+        self.try_write_vectored_nowait(lba, &[data])
+    }
+
+    /// [`try_write_nowait`](BlockDevice::try_write_nowait) of the
+    /// concatenation of `pieces`, stored as they are: one vectored write
+    /// (`pwritev`) into the open container or the rewritten slots, no
+    /// gathering. Only a cluster cut between two pieces is copied, to
+    /// checksum it.
+    fn try_write_vectored_nowait(&self, lba: u64, pieces: &[&[u8]]) -> BlockResult<bool> {
+        let len = pieces.iter().map(|p| p.len()).sum();
+        let (off, len) = self.byte_range(lba, len)?;
+        self.try_append_nowait(off, pieces, len)
             .map_err(BlockError::from)
     }
 

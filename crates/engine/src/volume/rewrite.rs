@@ -23,6 +23,7 @@ use crate::format::{
 };
 use crate::icache::CHUNK_CLUSTERS;
 
+use super::segments::write_all_parts_at;
 use super::{Volume, Writer, plain};
 
 /// Smallest run of whole clusters rewritten in place. Smaller writes
@@ -68,8 +69,9 @@ impl Volume {
     }
 
     /// Overwrites whole clusters from `first` in their own slots, starting
-    /// at `at` (from [`Volume::rewrite_target`]), if those slots are still
-    /// mutable; `Ok(false)`: nothing was written, append instead.
+    /// at `at` (from [`Volume::rewrite_target`]), with the concatenation of
+    /// `parts` (one vectored write), if those slots are still mutable;
+    /// `Ok(false)`: nothing was written, append instead.
     ///
     /// Order (module docs): the records reach the tlog file of the
     /// container's segment first, then the data its slots, then the
@@ -80,12 +82,12 @@ impl Volume {
         w: &mut Writer,
         first: u64,
         at: Location,
-        data: &[u8],
+        parts: &[&[u8]],
         sums: &[(u32, u128)],
     ) -> EngineResult<bool> {
         let n = sums.len();
         if n == 0
-            || n * CLUSTER_SIZE != data.len()
+            || n * CLUSTER_SIZE != parts.iter().map(|p| p.len()).sum::<usize>()
             || (at.container, at.slot) < w.frozen
             || w.generation != self.head_gen.load(Ordering::Acquire)
         {
@@ -140,7 +142,7 @@ impl Volume {
         };
         self.rewrites.fetch_add(1, Ordering::SeqCst);
         let r = r.and_then(|()| {
-            file.write_all_at(data, slot_offset(at.slot))
+            write_all_parts_at(&file, parts, slot_offset(at.slot))
                 .map_err(|e| EngineError::io("rewriting container slots", e))
         });
         if let Err(e) = r {

@@ -60,11 +60,30 @@ fn unaligned_runs(off: u64, runs: &[&[u8]]) -> EngineError {
     ))
 }
 
-/// (crc32c, xxh3-128) of each whole cluster of `data`.
-pub(super) fn cluster_sums(data: &[u8]) -> Vec<(u32, u128)> {
-    data.chunks_exact(CLUSTER_SIZE)
-        .map(|c| (checksum::crc32c(c), content_hash(c)))
-        .collect()
+/// (crc32c, xxh3-128) of each whole cluster of the concatenation of
+/// `parts` (a short tail is ignored). A cluster inside one part is hashed
+/// where it is; only a cluster cut between parts is copied (into a stack
+/// buffer) first.
+pub(super) fn cluster_sums(parts: &[&[u8]]) -> Vec<(u32, u128)> {
+    let sum = |c: &[u8]| (checksum::crc32c(c), content_hash(c));
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(total / CLUSTER_SIZE);
+    let (mut rest, mut head): (&[&[u8]], &[u8]) = (parts, &[]);
+    loop {
+        match take_front(&mut rest, &mut head, CLUSTER_SIZE).as_slice() {
+            [one] if one.len() == CLUSTER_SIZE => out.push(sum(one)),
+            cut if cut.iter().map(|p| p.len()).sum::<usize>() == CLUSTER_SIZE => {
+                let mut c = [0u8; CLUSTER_SIZE];
+                let mut at = 0;
+                for p in cut {
+                    c[at..at + p.len()].copy_from_slice(p);
+                    at += p.len();
+                }
+                out.push(sum(&c));
+            }
+            _ => return out,
+        }
+    }
 }
 
 impl Volume {
@@ -392,7 +411,13 @@ impl Volume {
         // so concurrent writers hash in parallel; each piece of up to a
         // chunk gets the slot it could be rewritten in (looked up before
         // the writer lock too).
-        let edge = |partial: bool, b: &[u8]| if partial { cluster_sums(b) } else { Vec::new() };
+        let edge = |partial: bool, b: &[u8]| {
+            if partial {
+                cluster_sums(&[b])
+            } else {
+                Vec::new()
+            }
+        };
         let head_sums = edge(head_partial, &head);
         let tail_sums = edge(tail_partial, &tail);
         let piece = CHUNK_CLUSTERS as usize * CLUSTER_SIZE;
@@ -400,7 +425,7 @@ impl Volume {
         for &(c0, bytes) in &segments {
             for (i, part) in bytes.chunks(piece).enumerate() {
                 let at = c0 + (i * CHUNK_CLUSTERS as usize) as u64;
-                let sums = cluster_sums(part);
+                let sums = cluster_sums(&[part]);
                 let target = self.rewrite_target(at, sums.len(), false)?;
                 work.push((at, part, sums, target));
             }
@@ -420,7 +445,7 @@ impl Volume {
                 part_sums.clear();
             }
             if let Some(loc) = target
-                && self.rewrite(&mut w, *at, *loc, bytes, sums)?
+                && self.rewrite(&mut w, *at, *loc, &[*bytes], sums)?
             {
                 continue;
             }
@@ -439,9 +464,18 @@ impl Volume {
         Ok(())
     }
 
-    /// See `try_write_nowait` in the `BlockDevice` impl.
-    pub(super) fn try_append_nowait(&self, off: u64, data: &[u8], len: u64) -> EngineResult<bool> {
-        if data.is_empty()
+    /// Writes the concatenation of `pieces` (`len` bytes) at byte `off`
+    /// if that needs no waiting, taking the pieces as they are: in place
+    /// (one vectored write into the slots) or as an append into the open
+    /// container (one vectored write, as `append_parts` always does). See
+    /// `try_write_vectored_nowait` in the `BlockDevice` impl.
+    pub(super) fn try_append_nowait(
+        &self,
+        off: u64,
+        pieces: &[&[u8]],
+        len: u64,
+    ) -> EngineResult<bool> {
+        if len == 0
             || len > NOWAIT_WRITE_MAX
             || !off.is_multiple_of(CLUSTER_SIZE_U64)
             || !len.is_multiple_of(CLUSTER_SIZE_U64)
@@ -460,13 +494,13 @@ impl Volume {
         let Some(range) = self.ranges.try_lock(first, first + n - 1) else {
             return Ok(false);
         };
-        let sums = cluster_sums(data);
+        let sums = cluster_sums(pieces);
         let target = self.rewrite_target(first, n as usize, true)?;
         let Some(mut w) = self.writer.try_lock() else {
             return Ok(false);
         };
         if let Some(loc) = target
-            && self.rewrite(&mut w, first, loc, data, &sums)?
+            && self.rewrite(&mut w, first, loc, pieces, &sums)?
         {
             drop(w);
             drop(range);
@@ -482,10 +516,45 @@ impl Volume {
         if w.tlog.is_none() || room <= n {
             return Ok(false);
         }
-        self.append(&mut w, first, data, &sums)?;
+        self.append_parts(&mut w, first, pieces, &sums)?;
         drop(w);
         drop(range);
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_sums_of_pieces_are_those_of_their_concatenation() {
+        let data: Vec<u8> = (0..5 * CLUSTER_SIZE + 100)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let want: Vec<(u32, u128)> = data
+            .chunks_exact(CLUSTER_SIZE)
+            .map(|c| (checksum::crc32c(c), content_hash(c)))
+            .collect();
+        assert_eq!(cluster_sums(&[&data]), want);
+        for cuts in [
+            vec![1],
+            vec![CLUSTER_SIZE],
+            vec![1000, 5000, 5000, 5001, 12_000],
+            vec![0, 4095, 4097, 8192, 20_479],
+        ] {
+            let mut pieces: Vec<&[u8]> = Vec::new();
+            let mut at = 0;
+            for c in cuts {
+                pieces.push(&data[at..c]);
+                at = c;
+            }
+            pieces.push(&data[at..]);
+            let lens: Vec<usize> = pieces.iter().map(|p| p.len()).collect();
+            assert_eq!(cluster_sums(&pieces), want, "pieces of {lens:?} bytes");
+        }
+        assert!(cluster_sums(&[]).is_empty());
+        assert!(cluster_sums(&[&data[..100]]).is_empty());
     }
 }
