@@ -2,8 +2,8 @@
 //! configuration, the flash directory, the RocksDB index, the backend, the
 //! read cache, the shipper's wake-up signal and the shutdown flag.
 //!
-//! It names no volume: the pool keeps the map of open volumes (see
-//! `crate::pool`), so volumes depend on this module and never on the pool.
+//! It names no volume: the pool keeps the map of open volumes, so
+//! volumes depend on this module and never on the pool.
 //!
 //! Invariants:
 //! - One `Shared` per vPool, created by `VPool::open` and held in an `Arc`

@@ -15,7 +15,7 @@
 //! file as an object by hard-linking it into the backend directory (plus a
 //! directory fsync) instead of copying it through `object_store`. This is
 //! only sound because the engine never writes a container file again once it
-//! is sealed (see `crate::volume`); the object and the flash copy are then one
+//! is sealed (see the volume module); the object and the flash copy are then one
 //! immutable inode, and unlinking either name leaves the other intact.
 
 use std::ops::Range;

@@ -21,6 +21,7 @@ use crate::icache::{CHUNK_CLUSTERS, Chunk, Slot};
 
 use super::Volume;
 
+/// One memtable: (cluster, generation) → mapping.
 pub(super) type MemTable = BTreeMap<(u64, u32), Mapping>;
 
 /// Mappings not yet in RocksDB. Writes go to `active`; a committing sync

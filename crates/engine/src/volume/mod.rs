@@ -68,20 +68,21 @@
 //! Layout: `impl Volume` is spread over the child modules, one
 //! responsibility each; this module keeps the struct, the small types they
 //! share and the accessors. The children's `use super::…` imports stand in
-//! the order below, each using only earlier ones:
+//! the order below, each using only earlier ones (their methods call each
+//! other both ways: they are one type's):
 //! - `segments`: flash files — container and tlog names and headers, the
 //!   open container and tlog, sealed segments, vectored positioned writes,
 //!   page-cache hints, container handles and scrub's local containers.
 //! - `lookup`: the memtables and the lookups (memtable → index cache →
 //!   RocksDB → parent chain).
-//! - `replay`: building a volume and the local replay of its tlogs.
-//! - `restore`: rebuilding a volume's index from the backend.
 //! - `defrag`: relocation on read.
 //! - `read`: the read path.
 //! - `rewrite`: in-place rewrites.
 //! - `write`: the write path (throttle, appends, sealing, non-blocking
 //!   writes).
 //! - `sync`: group commit, index commits and the background tick.
+//! - `replay`: building a volume and the local replay of its tlogs.
+//! - `restore`: rebuilding a volume's index from the backend.
 //! - `ship`: shipping segments and manifests to the backend.
 //! - `snapshot`: snapshots, rollback, resize, templates and scrub's cut.
 //! - `unmap`: unmap and provisioning.
@@ -216,7 +217,8 @@ struct Writer {
     dir_dirty: bool,
     write_seq: u64,
     /// When the index was last committed (a soft sync commits only every
-    /// `index_commit_interval` or above [`MEMTABLE_COMMIT_ENTRIES`](sync::MEMTABLE_COMMIT_ENTRIES)).
+    /// `index_commit_interval` or above
+    /// [`MEMTABLE_COMMIT_ENTRIES`](sync::MEMTABLE_COMMIT_ENTRIES)).
     last_commit: Instant,
     segments: VecDeque<Segment>,
     shipped_local: VecDeque<(u64, u64)>,
@@ -230,8 +232,9 @@ struct Writer {
     /// Sealed containers and tlogs written in place since the last grab.
     touched: Vec<Arc<File>>,
     /// Slots whose cluster was appended again since the last grab (found
-    /// in the active memtable), at most [`DEAD_SLOTS_MAX`](write::DEAD_SLOTS_MAX): their page
-    /// cache is dropped once a sync made them clean (`drop_dead_pages`).
+    /// in the active memtable), at most
+    /// [`DEAD_SLOTS_MAX`](write::DEAD_SLOTS_MAX): their page cache is
+    /// dropped once a sync made them clean (`drop_dead_pages`).
     dead: Vec<(u64, u32)>,
 }
 
@@ -257,8 +260,8 @@ impl Writer {
     }
 }
 
-/// A vDisk. Implements [`BlockDevice`](depot_block::BlockDevice); clone and snapshot management is on
-/// the inherent methods.
+/// A vDisk. Implements [`BlockDevice`](depot_block::BlockDevice); clone and
+/// snapshot management is on the inherent methods.
 pub struct Volume {
     pub(crate) shared: Arc<Shared>,
     pub(crate) id: u64,
@@ -289,8 +292,8 @@ pub struct Volume {
     closed: AtomicBool,
     last_sync: Mutex<Instant>,
     /// Superseded slots made clean by a sync, for the ticker to drop from
-    /// the page cache; at most [`DEAD_SLOTS_MAX`](write::DEAD_SLOTS_MAX) however far the ticker
-    /// lags.
+    /// the page cache; at most [`DEAD_SLOTS_MAX`](write::DEAD_SLOTS_MAX)
+    /// however far the ticker lags.
     dead_clean: Mutex<Vec<(u64, u32)>>,
     /// Local tlogs of shipped segments with the write sequence number the
     /// ship's sync covered: deleted once an index commit covers it and

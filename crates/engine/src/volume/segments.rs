@@ -30,6 +30,7 @@ use crate::format::{TLOG_HEADER_SIZE, TLOG_RECORD_SIZE};
 
 use super::Volume;
 
+/// The container appends go to (one per volume at a time).
 pub(super) struct OpenContainer {
     pub(super) seq: u64,
     pub(super) file: Arc<File>,
@@ -37,6 +38,8 @@ pub(super) struct OpenContainer {
     pub(super) opened: Instant,
 }
 
+/// The tlog records go to: `buf` holds records not yet written to `file`,
+/// which has `on_file` records after its header.
 pub(super) struct OpenTlog {
     pub(super) opened: Instant,
     pub(super) seq: u64,
@@ -48,6 +51,7 @@ pub(super) struct OpenTlog {
 }
 
 impl OpenTlog {
+    /// Writes the buffered records to the file (not synced).
     pub(super) fn flush_buf(&mut self) -> EngineResult<()> {
         if self.buf.is_empty() {
             return Ok(());
@@ -64,7 +68,7 @@ impl OpenTlog {
 
 /// A sealed tlog and the containers it references, waiting to ship.
 #[derive(Debug, Clone)]
-pub(crate) struct Segment {
+pub(super) struct Segment {
     pub(super) tlog: u64,
     pub(super) generation: u32,
     pub(super) containers: Vec<u64>,
@@ -80,6 +84,7 @@ pub(crate) struct Segment {
     pub(super) records: u64,
 }
 
+/// Makes `dir`'s entries durable (`fsync` of the directory).
 pub(super) fn sync_dir(dir: &Path) -> EngineResult<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -95,6 +100,8 @@ fn parse_seq(name: &str, ext: &str) -> Option<u64> {
     u64::from_str_radix(stem, 16).ok()
 }
 
+/// Sequence numbers of the files in `dir` named `<16 hex digits><ext>`,
+/// ascending; none if `dir` does not exist.
 pub(super) fn list_seqs(dir: &Path, ext: &str) -> EngineResult<Vec<u64>> {
     let mut out = Vec::new();
     let rd = match std::fs::read_dir(dir) {

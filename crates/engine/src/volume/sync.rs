@@ -37,6 +37,8 @@ pub(super) const MEMTABLE_COMMIT_ENTRIES: usize = 1 << 19;
 /// ([`Volume::read_commit_due`]).
 const READ_COMMIT_MIN_HITS: u64 = 4096;
 
+/// A sync's work, grabbed under the writer lock ([`Volume::grab`]) and run
+/// without it ([`Volume::run_sync`]).
 pub(super) struct SyncWork {
     pub(super) files: Vec<Arc<File>>,
     /// The memtable to commit with its replay marker; `None`: the sync
@@ -48,6 +50,8 @@ pub(super) struct SyncWork {
     pub(super) dead: Vec<(u64, u32)>,
 }
 
+/// Where group commit stands (the volume's `commit` mutex, with
+/// `commit_cv` for waiters).
 #[derive(Default)]
 pub(super) struct CommitState {
     /// Every write with a sequence number up to this is durable on flash.
