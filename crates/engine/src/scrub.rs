@@ -22,6 +22,9 @@
 //! after it, old objects are unreferenced. Either way the next scrub's
 //! step 5 deletes whatever is unreferenced, so nothing leaks and no live data
 //! is lost.
+//!
+//! [`ScrubReport`] counts what a scrub or a background checkpoint did; the
+//! pool sums it over its volumes and its own orphan sweep.
 
 use std::collections::{HashMap, HashSet};
 

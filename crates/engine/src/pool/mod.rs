@@ -1,12 +1,9 @@
 //! The vPool: one backend, one flash directory, one RocksDB index and one
 //! read cache shared by its vDisks, plus the background workers.
 //!
-//! Workers (std threads owned by the pool, joined on shutdown):
-//! - the *shipper* uploads sealed segments of every volume, in order, retrying
-//!   with backoff forever (a slow or dead backend throttles writers through
-//!   the write-buffer cap; it never fails them);
-//! - the *ticker* makes uncommitted index updates durable every
-//!   `sync_interval` and seals containers older than `ship_interval`.
+//! Workers (std threads owned by the pool, joined on shutdown) ship sealed
+//! segments, tick every volume (periodic sync, sealing) and write background
+//! checkpoints; see `workers`.
 //!
 //! Catalog: `catalog/<name>` on the backend maps a name to a volume id; the
 //! local RocksDB keeps the same mapping for the volumes this node has opened.
@@ -20,7 +17,7 @@
 //!   with its workers;
 //! - `volumes`: the vDisk API — create, open (a local restart, or a restore
 //!   from the backend), clone, delete, list;
-//! - `workers`: the worker threads.
+//! - `workers`: the worker threads (shipper, ticker, checkpointer).
 //!
 //! Invariants:
 //! - Pool-level admin work (create, clone, delete, scrub, checkpoints) is
