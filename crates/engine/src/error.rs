@@ -146,12 +146,6 @@ impl EngineError {
     }
 }
 
-impl From<rocksdb::Error> for EngineError {
-    fn from(e: rocksdb::Error) -> Self {
-        EngineError::Index(e.into_string())
-    }
-}
-
 impl From<EngineError> for BlockError {
     fn from(e: EngineError) -> Self {
         match e {

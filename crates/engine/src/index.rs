@@ -9,6 +9,9 @@
 //!   replay from the marker recovers them.
 //! - A lookup at generation `g` returns the newest entry with generation ≤ `g`
 //!   (`seek_for_prev`), which is what makes snapshots O(1).
+//! - No RocksDB type leaves this module: writes go through [`IndexBatch`],
+//!   point-in-time reads through [`IndexSnapshot`], errors become
+//!   [`EngineError::Index`].
 
 use std::path::{Path, PathBuf};
 
@@ -241,25 +244,12 @@ impl Index {
         }
     }
 
-    /// Adds a metadata write to a batch.
-    pub fn put_meta(b: &mut WriteBatch, meta: &VolumeMeta) -> EngineResult<()> {
-        let v = serde_json::to_vec(meta)
-            .map_err(|e| EngineError::corrupt("volume metadata", e.to_string()))?;
-        b.put(keys::per_volume(keys::META, meta.id), v);
-        Ok(())
-    }
-
-    /// Adds a replay marker to a batch: every tlog before `applied` is
-    /// applied, nothing is mutable.
-    pub fn put_applied(b: &mut WriteBatch, vol: u64, applied: (u64, u64)) {
-        b.put(
-            keys::per_volume(keys::APPLIED, vol),
-            Marker::at(applied, (0, 0)).encode(),
-        );
-    }
-
     /// Writes a batch durably (metadata changes).
-    pub fn write_sync(&self, b: WriteBatch) -> EngineResult<()> {
+    pub fn write_sync(&self, b: IndexBatch) -> EngineResult<()> {
+        self.write_batch_sync(b.0)
+    }
+
+    fn write_batch_sync(&self, b: WriteBatch) -> EngineResult<()> {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(b, &wo)?;
@@ -267,8 +257,8 @@ impl Index {
     }
 
     /// Writes a batch without sync.
-    pub fn write(&self, b: WriteBatch) -> EngineResult<()> {
-        self.db.write(b)?;
+    pub fn write(&self, b: IndexBatch) -> EngineResult<()> {
+        self.db.write(b.0)?;
         Ok(())
     }
 
@@ -283,11 +273,6 @@ impl Index {
             Some(_) => Err(EngineError::corrupt("name entry", "bad length")),
             None => Ok(None),
         }
-    }
-
-    /// Adds a name entry to a batch.
-    pub fn put_name(b: &mut WriteBatch, name: &str, id: u64) {
-        b.put(keys::name(name), id.to_le_bytes());
     }
 
     /// All locally known volume names.
@@ -319,7 +304,7 @@ impl Index {
         b.delete(keys::per_volume(keys::META, vol));
         b.delete(keys::per_volume(keys::APPLIED, vol));
         b.delete(keys::name(name));
-        self.write_sync(b)
+        self.write_batch_sync(b)
     }
 
     /// Calls `f(cluster, generation, mapping)` for every entry of `vol` with
@@ -336,18 +321,8 @@ impl Index {
     }
 
     /// A point-in-time view (for checkpoints).
-    pub fn snapshot(&self) -> rocksdb::Snapshot<'_> {
-        self.db.snapshot()
-    }
-
-    /// Scans a snapshot like [`Index::scan`].
-    pub fn scan_snapshot(
-        snap: &rocksdb::Snapshot<'_>,
-        vol: u64,
-        mut f: impl FnMut(u64, u32, Mapping) -> bool,
-    ) -> EngineResult<()> {
-        let mut it = snap.raw_iterator();
-        scan_iter(&mut it, vol, 0, u64::MAX, &mut f)
+    pub fn snapshot(&self) -> IndexSnapshot<'_> {
+        IndexSnapshot(self.db.snapshot())
     }
 
     /// Makes the RocksDB WAL durable (before local tlogs are deleted).
@@ -359,6 +334,81 @@ impl Index {
     /// Raw access for batch construction helpers.
     pub fn get_raw(&self, key: &[u8]) -> EngineResult<Option<Vec<u8>>> {
         Ok(self.db.get(key)?)
+    }
+}
+
+/// Index writes applied atomically by [`Index::write`] or
+/// [`Index::write_sync`]: metadata, names, replay markers and entries. Wraps
+/// RocksDB's write batch so that no RocksDB type leaves this module.
+#[derive(Default)]
+pub struct IndexBatch(WriteBatch);
+
+impl std::fmt::Debug for IndexBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexBatch")
+            .field("writes", &self.0.len())
+            .finish()
+    }
+}
+
+impl IndexBatch {
+    /// Adds a metadata write.
+    pub fn put_meta(&mut self, meta: &VolumeMeta) -> EngineResult<()> {
+        let v = serde_json::to_vec(meta)
+            .map_err(|e| EngineError::corrupt("volume metadata", e.to_string()))?;
+        self.0.put(keys::per_volume(keys::META, meta.id), v);
+        Ok(())
+    }
+
+    /// Adds a replay marker: every tlog before `applied` is applied,
+    /// nothing is mutable.
+    pub fn put_applied(&mut self, vol: u64, applied: (u64, u64)) {
+        self.0.put(
+            keys::per_volume(keys::APPLIED, vol),
+            Marker::at(applied, (0, 0)).encode(),
+        );
+    }
+
+    /// Adds a name entry.
+    pub fn put_name(&mut self, name: &str, id: u64) {
+        self.0.put(keys::name(name), id.to_le_bytes());
+    }
+
+    /// Adds (or replaces) the index entry of `cluster` at `generation`.
+    pub fn put_entry(&mut self, vol: u64, cluster: u64, generation: u32, m: Mapping) {
+        self.0
+            .put(keys::index(vol, cluster, generation), m.encode_value());
+    }
+
+    /// Removes the index entry of `cluster` at `generation`.
+    pub fn delete_entry(&mut self, vol: u64, cluster: u64, generation: u32) {
+        self.0.delete(keys::index(vol, cluster, generation));
+    }
+}
+
+/// A point-in-time view of the index ([`Index::snapshot`]): what scrub's
+/// cut reads while writers go on. Wraps a RocksDB snapshot.
+pub struct IndexSnapshot<'a>(rocksdb::Snapshot<'a>);
+
+impl std::fmt::Debug for IndexSnapshot<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IndexSnapshot")
+    }
+}
+
+impl IndexSnapshot<'_> {
+    /// Calls `f(cluster, generation, mapping)` for every entry of `vol` in
+    /// the view, in key order, like [`Index::scan`]; `f` returns false to
+    /// stop.
+    pub fn scan(&self, vol: u64, mut f: impl FnMut(u64, u32, Mapping) -> bool) -> EngineResult<()> {
+        let mut it = self.0.raw_iterator();
+        scan_iter(&mut it, vol, 0, u64::MAX, &mut f)
+    }
+}
+
+impl From<rocksdb::Error> for EngineError {
+    fn from(e: rocksdb::Error) -> Self {
+        EngineError::Index(e.into_string())
     }
 }
 

@@ -3,21 +3,27 @@
 //! transaction log), whose index lives in RocksDB, and whose data ships to an
 //! object backend (local directory or S3) for capacity and durability.
 //!
-//! Layout:
-//! - [`config`]: vPool configuration and validation.
+//! Layout, in the order the modules depend on each other (each uses only
+//! modules above it; no import circle):
 //! - [`name`]: the one naming rule for vPools, VMs, vDisks and snapshots.
-//! - [`format`]: every byte format on flash and on the backend (spec:
+//! - [`error`]: typed engine errors and their mapping onto block errors.
+//! - [`format`](mod@format): every byte format on flash and on the backend (spec:
 //!   docs/engine-formats.md).
-//! - [`index`]: the RocksDB index and metadata keys.
-//! - [`backend`]: blocking, retrying object-store facade + fault injection.
-//! - [`cache`]: the content-addressed flash read cache.
+//! - [`config`]: vPool configuration and validation.
+//! - [`meta`]: volume metadata (the manifest) and catalog entries.
 //! - `checksum`: the fast crc32c of cluster data on the read path.
+//! - [`index`]: the RocksDB index and metadata keys; no RocksDB type leaves
+//!   it.
+//! - [`backend`]: blocking, retrying object-store facade + fault injection;
+//!   [`backend::keys`] is the object-key layout.
+//! - [`cache`]: the content-addressed flash read cache.
 //! - `icache`: a volume's chunked in-memory cache of index lookups.
 //! - `ranges`: cluster range locks of one vDisk's writers.
+//! - `shared`: the state a vPool shares with its volumes and workers.
 //! - [`volume`]: one vDisk — write/read paths, group commit, snapshots,
-//!   rollback, shipping, replay.
+//!   rollback, shipping, replay and restore.
+//! - [`scrub`]: garbage collection of backend space, checkpoints.
 //! - [`pool`]: the vPool — catalog, clones, workers, stats.
-//! - [`scrub`]: garbage collection of backend space.
 //!
 //! Durability contract: a write with FUA, or any write followed by a
 //! successful flush, survives `kill -9` and power loss of the flash node; a
@@ -37,10 +43,12 @@ pub mod name;
 pub mod pool;
 pub(crate) mod ranges;
 pub mod scrub;
+mod shared;
 pub mod volume;
 
 pub use backend::FaultInjector;
 pub use config::{BackendConfig, RetryPolicy, VPoolConfig};
 pub use error::{EngineError, EngineResult};
-pub use pool::{ScrubReport, VPool, VPoolStats};
+pub use pool::{VPool, VPoolStats};
+pub use scrub::ScrubReport;
 pub use volume::{SnapshotInfo, Volume, VolumeStats};

@@ -22,29 +22,46 @@
 //! after it, old objects are unreferenced. Either way the next scrub's
 //! step 5 deletes whatever is unreferenced, so nothing leaks and no live data
 //! is lost.
+//!
+//! [`ScrubReport`] counts what a scrub or a background checkpoint did; the
+//! pool sums it over its volumes and its own orphan sweep.
 
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
-use rocksdb::WriteBatch;
 
-use crate::backend;
+use crate::backend::keys::{self, VolumeObject};
 use crate::checksum;
 use crate::error::{EngineError, EngineResult};
 use crate::format::{
     CLUSTER_SIZE, CLUSTER_SIZE_U64, CONTAINER_VERSION, CheckpointEntry, CheckpointWriter,
-    ContainerHeader, Location, Mapping, keys, slot_offset,
+    ContainerHeader, Location, Mapping, slot_offset,
 };
-use crate::index::Index;
-use crate::pool::ScrubReport;
+use crate::index::IndexBatch;
 use crate::volume::Volume;
 
-fn seq_of(key: &str, dir: &str) -> Option<u64> {
-    let rest = key.rsplit_once(dir)?.1;
-    if rest.len() != 16 {
-        return None;
-    }
-    u64::from_str_radix(rest, 16).ok()
+/// What a scrub did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubReport {
+    /// Volumes scrubbed.
+    pub volumes: usize,
+    /// Containers whose live clusters were copied into new containers.
+    pub containers_rewritten: usize,
+    /// Container objects deleted from the backend.
+    pub containers_deleted: usize,
+    /// Live clusters copied.
+    pub clusters_moved: u64,
+    /// Backend bytes released.
+    pub bytes_reclaimed: u64,
+    /// Tlog objects deleted (folded into a checkpoint).
+    pub tlogs_deleted: usize,
+    /// Checkpoints written.
+    pub checkpoints_written: usize,
+    /// Unreferenced objects (from interrupted scrubs, deletes, uploads)
+    /// deleted.
+    pub orphans_deleted: usize,
+    /// Volumes that could not be scrubbed, with the reason.
+    pub errors: Vec<String>,
 }
 
 struct Builder {
@@ -84,7 +101,7 @@ fn scrub_inner(vol: &Volume, report: &mut ScrubReport, rewrite_sparse: bool) -> 
     let mut live: HashMap<u64, u32> = HashMap::new();
     let mut streamed = None;
     if rewrite_sparse {
-        Index::scan_snapshot(&snap, id, |c, g, m| {
+        snap.scan(id, |c, g, m| {
             entries.push((c, g, m));
             true
         })?;
@@ -95,7 +112,7 @@ fn scrub_inner(vol: &Volume, report: &mut ScrubReport, rewrite_sparse: bool) -> 
         }
     } else {
         let mut w = CheckpointWriter::new(id, cut_tlog);
-        Index::scan_snapshot(&snap, id, |cluster, generation, mapping| {
+        snap.scan(id, |cluster, generation, mapping| {
             if let Mapping::Data(l) = mapping {
                 *live.entry(l.container).or_default() += 1;
             }
@@ -109,13 +126,13 @@ fn scrub_inner(vol: &Volume, report: &mut ScrubReport, rewrite_sparse: bool) -> 
         streamed = Some(w);
     }
     drop(snap);
-    let prefix = backend::volume_prefix(id);
+    let prefix = keys::volume_prefix(id);
     let objects = be.list(&prefix)?;
     let ratio = shared.cfg.scrub_live_ratio;
     let mut rewrite: HashSet<u64> = HashSet::new();
     let mut sizes: HashMap<u64, u64> = HashMap::new();
     for (k, size) in &objects {
-        let Some(seq) = seq_of(k, "/sco/") else {
+        let Some((_, VolumeObject::Container(seq))) = keys::parse_volume_object(k) else {
             continue;
         };
         sizes.insert(seq, *size);
@@ -144,7 +161,7 @@ fn scrub_inner(vol: &Volume, report: &mut ScrubReport, rewrite_sparse: bool) -> 
     let mut builder: Option<Builder> = None;
     let finish = |b: Builder, report: &mut ScrubReport| -> EngineResult<()> {
         be.put(
-            &backend::container_key(id, b.seq),
+            &keys::container(id, b.seq),
             Bytes::from(b.data.clone()),
             false,
         )?;
@@ -239,15 +256,11 @@ fn scrub_inner(vol: &Volume, report: &mut ScrubReport, rewrite_sparse: bool) -> 
         .chain(reloc.values().map(|&(c, _)| c))
         .collect();
     let ck_seq = vol.meta.lock().shipped.checkpoint.map_or(0, |(s, _)| s + 1);
-    be.put(
-        &backend::checkpoint_key(id, ck_seq),
-        Bytes::from(body),
-        false,
-    )?;
+    be.put(&keys::checkpoint(id, ck_seq), Bytes::from(body), false)?;
     report.checkpoints_written += 1;
     if !reloc.is_empty() {
         let _ig = vol.index_guard();
-        let mut b = WriteBatch::default();
+        let mut b = IndexBatch::default();
         for &(c, g, m) in &entries {
             let new = relocate(m);
             if new == m {
@@ -257,7 +270,7 @@ fn scrub_inner(vol: &Volume, report: &mut ScrubReport, rewrite_sparse: bool) -> 
                 && cg == g
                 && cur == m
             {
-                b.put(keys::index(id, c, g), new.encode_value());
+                b.put_entry(id, c, g, new);
             }
         }
         shared.index.write_sync(b)?;
@@ -275,21 +288,19 @@ fn scrub_inner(vol: &Volume, report: &mut ScrubReport, rewrite_sparse: bool) -> 
     }
     // 5. Delete what nothing references any more.
     for (k, size) in &objects {
-        let del = if let Some(seq) = seq_of(k, "/sco/") {
-            seq < cut_container && !referenced.contains(&seq)
-        } else if let Some(seq) = seq_of(k, "/tlog/") {
-            seq < cut_tlog
-        } else if let Some(seq) = seq_of(k, "/ckpt/") {
-            seq != ck_seq
-        } else {
-            false
+        let obj = keys::parse_volume_object(k).map(|(_, o)| o);
+        let del = match obj {
+            Some(VolumeObject::Container(seq)) => seq < cut_container && !referenced.contains(&seq),
+            Some(VolumeObject::Tlog(seq)) => seq < cut_tlog,
+            Some(VolumeObject::Checkpoint(seq)) => seq != ck_seq,
+            Some(VolumeObject::Manifest) | None => false,
         };
         if !del {
             continue;
         }
         be.delete(k, false)?;
         report.bytes_reclaimed += size;
-        if let Some(seq) = seq_of(k, "/sco/") {
+        if let Some(VolumeObject::Container(seq)) = obj {
             vol.drop_local_container(seq);
             if rewrite.contains(&seq) || live.get(&seq).is_none_or(|n| *n == 0) {
                 report.containers_deleted += 1;
@@ -297,7 +308,7 @@ fn scrub_inner(vol: &Volume, report: &mut ScrubReport, rewrite_sparse: bool) -> 
             if !rewrite.contains(&seq) && live.contains_key(&seq) {
                 report.orphans_deleted += 1;
             }
-        } else if seq_of(k, "/tlog/").is_some() {
+        } else if let Some(VolumeObject::Tlog(_)) = obj {
             report.tlogs_deleted += 1;
         }
     }

@@ -5,7 +5,8 @@
 //! multi-cluster reads across containers, holes and a clone's parent.
 //! `Volume::try_write_nowait`: completes only plain appends into the open
 //! container, and what it wrote is read back and survives a crash after a
-//! flush.
+//! flush. `Volume::try_write_vectored_nowait`: several pieces (clusters cut
+//! between them) go in place or into the open container the same way.
 #![allow(missing_docs)]
 
 mod common;
@@ -179,5 +180,80 @@ fn nowait_writes_are_plain_appends_and_durable_after_flush() {
     vol.set_template(true).unwrap();
     assert!(!vol.try_write_nowait(0, &a).unwrap());
     assert!(vol.write(0, &a, false).is_err());
+    pool.shutdown().unwrap();
+}
+
+/// Cuts `data` into pieces of the given lengths (the rest is the last piece).
+fn cut<'a>(data: &'a [u8], lens: &[usize]) -> Vec<&'a [u8]> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    for &n in lens {
+        let (a, b) = rest.split_at(n);
+        out.push(a);
+        rest = b;
+    }
+    out.push(rest);
+    out
+}
+
+#[test]
+fn vectored_nowait_writes_take_the_pieces_as_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let cfg = config(dir.path());
+    let pool = open(&cfg, &rt);
+    let vol = pool.create_volume("p", 4 << 20, 512).unwrap();
+    // Opens the container; its 16 clusters are mutable (no barrier yet).
+    vol.write(0, &pattern(1, 0, 64 << 10), false).unwrap();
+
+    // 16 whole clusters over them in four uneven pieces (clusters cut
+    // between pieces): rewritten in place, without waiting.
+    let a = pattern(2, 0, 64 << 10);
+    let pieces = cut(&a, &[1000, 30_000, 25_536]);
+    assert_eq!(pieces.len(), 4);
+    let rewritten = vol.stats().rewritten_clusters;
+    assert!(vol.try_write_vectored_nowait(0, &pieces).unwrap());
+    assert_eq!(vol.stats().rewritten_clusters, rewritten + 16);
+
+    // 4 clusters elsewhere (from cluster 40) in three pieces: appended into
+    // the open container, the middle piece a whole cluster and two halves.
+    let b = pattern(3, 320, 16 << 10);
+    let pieces = cut(&b, &[2048, 8192]);
+    assert!(vol.try_write_vectored_nowait(320, &pieces).unwrap());
+    // One piece goes through the same path.
+    let c = pattern(4, 400, 8192);
+    assert!(vol.try_write_nowait(400, &c).unwrap());
+    // Pieces that end inside a cluster need a read-modify-write: declined,
+    // nothing written.
+    let d = pattern(5, 480, 8192);
+    assert!(
+        !vol.try_write_vectored_nowait(480, &cut(&d[..6144], &[4096]))
+            .unwrap()
+    );
+
+    let check = |vol: &depot_engine::Volume| {
+        let mut got = vec![0u8; 64 << 10];
+        vol.read(0, &mut got).unwrap();
+        assert!(got == a, "rewritten in place");
+        let mut got = vec![0u8; 16 << 10];
+        vol.read(320, &mut got).unwrap();
+        assert!(got == b, "appended");
+        let mut got = vec![0u8; 8192];
+        vol.read(400, &mut got).unwrap();
+        assert!(got == c, "one piece");
+        vol.read(480, &mut got).unwrap();
+        assert!(
+            got.iter().all(|&x| x == 0),
+            "a declined write wrote nothing"
+        );
+    };
+    check(&vol);
+    // Durable after a flush: crash (no shutdown) and replay.
+    vol.flush().unwrap();
+    pool.abandon();
+    drop((vol, pool));
+    let pool = open(&cfg, &rt);
+    let vol = pool.open_volume("p").unwrap();
+    check(&vol);
     pool.shutdown().unwrap();
 }

@@ -40,7 +40,8 @@ use std::time::Duration;
 
 use crate::format::{CLUSTER_SIZE, CLUSTER_SIZE_U64, Location, Mapping};
 
-use super::{Resolved, Volume, memtable_run, plain};
+use super::lookup::{Resolved, memtable_run};
+use super::{Volume, plain};
 
 /// Smallest read (bytes) that may trigger a relocation.
 pub(super) const MIN_READ_BYTES: usize = 128 * 1024;

@@ -7,17 +7,15 @@
 //! (`Handle::block_on`), so they must be made from non-async threads (the
 //! blocking pool, the engine's own worker threads) — never from async code.
 //!
-//! Key layout (all under the vPool name): `catalog/<vdisk name>`,
-//! `vol/<id>/manifest`, `vol/<id>/sco/<seq>`, `vol/<id>/tlog/<seq>`,
-//! `vol/<id>/ckpt/<seq>`; ids and seqs are 16 lower-case hex digits.
-//! Data objects are write-once; only manifests and catalog entries are
-//! overwritten.
+//! Keys are relative to the vPool name, which this facade prefixes; their
+//! layout is [`keys`]'s alone. Data objects are write-once; only manifests
+//! and catalog entries are overwritten.
 //!
 //! Local-directory shortcut: [`Backend::put_link`] stores a sealed flash
 //! file as an object by hard-linking it into the backend directory (plus a
 //! directory fsync) instead of copying it through `object_store`. This is
 //! only sound because the engine never writes a container file again once it
-//! is sealed (see `volume.rs`); the object and the flash copy are then one
+//! is sealed (see the volume module); the object and the flash copy are then one
 //! immutable inode, and unlinking either name leaves the other intact.
 
 use std::ops::Range;
@@ -35,30 +33,13 @@ use tokio::runtime::Handle;
 use crate::config::{BackendConfig, RetryPolicy};
 use crate::error::{EngineError, EngineResult};
 
-/// Object name of a volume's manifest.
-pub fn manifest_key(vol: u64) -> String {
-    format!("vol/{vol:016x}/manifest")
-}
-/// Object name of a container.
-pub fn container_key(vol: u64, seq: u64) -> String {
-    format!("vol/{vol:016x}/sco/{seq:016x}")
-}
-/// Object name of a tlog.
-pub fn tlog_key(vol: u64, seq: u64) -> String {
-    format!("vol/{vol:016x}/tlog/{seq:016x}")
-}
-/// Object name of an index checkpoint.
-pub fn checkpoint_key(vol: u64, seq: u64) -> String {
-    format!("vol/{vol:016x}/ckpt/{seq:016x}")
-}
-/// Object name of a catalog entry.
-pub fn catalog_key(name: &str) -> String {
-    format!("catalog/{name}")
-}
-/// Prefix of everything a volume owns.
-pub fn volume_prefix(vol: u64) -> String {
-    format!("vol/{vol:016x}/")
-}
+pub mod keys;
+
+// The key functions under the names they had before `keys` existed.
+pub use keys::{
+    catalog as catalog_key, checkpoint as checkpoint_key, container as container_key,
+    manifest as manifest_key, tlog as tlog_key, volume_prefix,
+};
 
 /// Injectable backend faults, for tests and drills. All knobs are atomics;
 /// production code pays one relaxed load per call when nothing is set.
