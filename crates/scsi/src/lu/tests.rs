@@ -4,11 +4,12 @@
 
 use std::sync::Arc;
 
-use depot_block::{BlockDevice, MemDevice};
+use depot_block::{BlockDevice, MemDevice, Provisioning};
 use proptest::prelude::*;
 
 use super::*;
-use crate::{DataOut, ScsiTarget, TmfOutcome};
+use crate::sense::key;
+use crate::{Command, Completion, DataOut, ParsedCdb, ScsiTarget, Status, TmfOutcome};
 
 const BS: usize = 512;
 const BLOCKS: u64 = 1024;
@@ -58,7 +59,7 @@ fn run(lu: &LogicalUnit, n: &Arc<Nexus>, cdb: &[u8], out: &[u8], expected_in: u3
     ];
     lu.execute(&Command {
         nexus: n,
-        cdb,
+        cdb: ParsedCdb::parse(cdb),
         data_out: DataOut::new(&pieces),
         expected_in,
     })
@@ -722,7 +723,7 @@ fn trun(t: &ScsiTarget, lun: u64, n: &Arc<Nexus>, cdb: &[u8], expected_in: u32) 
         lun,
         &Command {
             nexus: n,
-            cdb,
+            cdb: ParsedCdb::parse(cdb),
             data_out: DataOut::default(),
             expected_in,
         },
@@ -763,6 +764,37 @@ fn target_luns_and_unit_attentions() {
     assert_check(&trun(&t, 0, &r.b, &[0, 0, 0, 0, 0, 0], 0), 6, (0x29, 0x00));
     t.nexus_lost(&r.a);
     assert_eq!(t.lun_numbers(), vec![0]);
+}
+
+#[test]
+fn target_encodes_transport_sense_per_the_lus_d_sense() {
+    let (t, r) = target_rig();
+    let s = Sense::new(key::ABORTED_COMMAND, asc::DATA_OFFSET_ERROR);
+    // Fixed format while D_SENSE is 0, and for a LUN that does not exist.
+    let fixed = t.encode_sense(0, &s);
+    assert_eq!(&fixed[..], &s.encode_fixed()[..]);
+    assert_eq!(
+        (fixed[0], fixed[2], fixed[12], fixed[13]),
+        (0x70, 0x0b, 0x4b, 0x05)
+    );
+    // D_SENSE = 1 on LUN 0 (control mode page): descriptor format there.
+    let cur = run(&r.lu, &r.a, &[0x1a, 0x08, 0x0a, 0, 255, 0], &[], 255);
+    let mut params = vec![0, 0, 0, 0];
+    params.extend_from_slice(&cur.data[4..]);
+    params[4 + 2] |= 0x04;
+    let sel = [0x15, 0x10, 0, 0, params.len() as u8, 0];
+    assert_good(&run(&r.lu, &r.a, &sel, &params, 0));
+    let desc = t.encode_sense(0, &s);
+    assert_eq!(&desc[..], &s.encode_descriptor()[..]);
+    assert_eq!(
+        (desc[0], desc[1], desc[2], desc[3]),
+        (0x72, 0x0b, 0x4b, 0x05)
+    );
+    assert_eq!(&t.encode_sense(7, &s)[..], &s.encode_fixed()[..]);
+    // The transport's other data-phase errors are named in `sense`.
+    assert_eq!(asc::DATA_PHASE_ERROR, (0x4b, 0x00));
+    assert_eq!(asc::INVALID_TARGET_PORT_TRANSFER_TAG, (0x4b, 0x01));
+    assert_eq!(asc::TOO_MUCH_WRITE_DATA, (0x4b, 0x02));
 }
 
 fn xcopy_params(naa: &[u8; 16], src: u64, dst: u64, blocks: u16, dst_idx: u16) -> Vec<u8> {
@@ -1040,7 +1072,7 @@ fn nowait(
     let pieces = [Bytes::copy_from_slice(out)];
     lu.try_execute_nowait(&Command {
         nexus: n,
-        cdb,
+        cdb: ParsedCdb::parse(cdb),
         data_out: DataOut::new(&pieces),
         expected_in,
     })
