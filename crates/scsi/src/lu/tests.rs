@@ -1164,3 +1164,92 @@ fn nowait_declines_on_a_device_that_would_block() {
     dev.read(0, &mut back).unwrap();
     assert!(back.iter().all(|b| *b == 0));
 }
+
+/// A device that completes single-buffer writes inline but keeps the
+/// trait's default for pieces (passes one through, declines several).
+struct OnePiece(MemDevice);
+
+impl BlockDevice for OnePiece {
+    fn block_size(&self) -> u32 {
+        self.0.block_size()
+    }
+    fn num_blocks(&self) -> u64 {
+        self.0.num_blocks()
+    }
+    fn read(&self, lba: u64, buf: &mut [u8]) -> depot_block::BlockResult<()> {
+        self.0.read(lba, buf)
+    }
+    fn write(&self, lba: u64, data: &[u8], fua: bool) -> depot_block::BlockResult<()> {
+        self.0.write(lba, data, fua)
+    }
+    fn try_write_nowait(&self, lba: u64, data: &[u8]) -> depot_block::BlockResult<bool> {
+        self.0.try_write_nowait(lba, data)
+    }
+    fn flush(&self) -> depot_block::BlockResult<()> {
+        self.0.flush()
+    }
+}
+
+/// The inline try of a command whose data-out arrives in `cuts.len() + 1`
+/// pieces, cut at the given offsets.
+fn nowait_in_pieces(
+    lu: &LogicalUnit,
+    n: &Arc<Nexus>,
+    cdb: &[u8],
+    out: &[u8],
+    cuts: &[usize],
+) -> Option<Completion> {
+    let mut pieces = Vec::new();
+    let mut at = 0;
+    for &cut in cuts.iter().chain([out.len()].iter()) {
+        pieces.push(Bytes::copy_from_slice(&out[at..cut]));
+        at = cut;
+    }
+    lu.try_execute_nowait(&Command {
+        nexus: n,
+        cdb: ParsedCdb::parse(cdb),
+        data_out: DataOut::new(&pieces),
+        expected_in: 0,
+    })
+}
+
+#[test]
+fn inline_write_in_several_pieces_completes_inline_without_gathering() {
+    let r = rig();
+    assert_good(&run(&r.lu, &r.a, &[0, 0, 0, 0, 0, 0], &[], 0));
+    let data: Vec<u8> = (0..3 * BS).map(|i| (i % 249) as u8).collect();
+    // Pieces cut off block boundaries, one of them empty: MemDevice stores
+    // them as they are, inline.
+    let w = nowait_in_pieces(
+        &r.lu,
+        &r.a,
+        &cdb10(0x2a, 0, 30, 3),
+        &data,
+        &[100, 100, 700, 1300],
+    )
+    .expect("inline write in pieces");
+    assert_good(&w);
+    assert_eq!(w.transfer_length, 3 * BS as u32);
+    let back = read10(&r, 30, 3);
+    assert_eq!(&back.data[..], &data[..]);
+
+    // A device that only completes single buffers inline: several pieces
+    // are declined (nothing written) and go the blocking way; one piece
+    // still completes inline.
+    let dev = Arc::new(OnePiece(MemDevice::new(BS as u32, BLOCKS)));
+    let lu = LogicalUnit::new(
+        LuConfig::new("SN0003", LuConfig::naa_from_id(44)),
+        dev.clone(),
+        &Registry::new(),
+    )
+    .unwrap();
+    assert_good(&run(&lu, &r.a, &[0, 0, 0, 0, 0, 0], &[], 0));
+    assert!(nowait_in_pieces(&lu, &r.a, &cdb10(0x2a, 0, 0, 3), &data, &[700]).is_none());
+    let mut back = vec![0u8; 3 * BS];
+    dev.read(0, &mut back).unwrap();
+    assert!(back.iter().all(|b| *b == 0));
+    let one = nowait_in_pieces(&lu, &r.a, &cdb10(0x2a, 0, 0, 3), &data, &[]);
+    assert_good(&one.expect("inline write in one piece"));
+    dev.read(0, &mut back).unwrap();
+    assert_eq!(back, data);
+}
