@@ -2,7 +2,8 @@
 //!
 //! Owns what is above a single logical unit: REPORT LUNS, commands to LUNs
 //! that do not exist, REPORTED LUNS DATA HAS CHANGED unit attentions,
-//! task-management resets and I_T nexus loss fan-out.
+//! task-management resets and I_T nexus loss fan-out, and the encoding of
+//! sense the transport builds itself (per the addressed LU's D_SENSE).
 //!
 //! Invariants: the LUN table is only read on the command path (a read
 //! lock); a nexus is "known" to the target once it sends any command, and
