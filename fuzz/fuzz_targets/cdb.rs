@@ -1,17 +1,21 @@
 //! Fuzzes SCSI command decoding and execution.
 //!
 //! The first input byte selects the mode: even → `cdb::parse` alone (must
-//! never panic, and must agree with the CDB-length rules); odd → a whole
-//! command through `LogicalUnit::execute` on a small in-memory LU, with the
-//! input split into CDB, data-out and expected length. Invariants checked:
-//! no panic, data-in never exceeds the expected length, CHECK CONDITION
-//! always carries sense.
+//! never panic, must agree with the CDB-length rules and with
+//! `ParsedCdb`); odd → a whole command through `LogicalUnit::execute` on a
+//! small in-memory LU, with the input split into CDB, data-out (delivered
+//! in two pieces, as a transport may) and expected length. Invariants
+//! checked: no panic, data-in never exceeds the expected length, CHECK
+//! CONDITION always carries sense.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use depot_block::MemDevice;
-use depot_scsi::{Command, LogicalUnit, LuConfig, Nexus, Registry, Status, cdb};
+use depot_scsi::{
+    Command, DataOut, LogicalUnit, LuConfig, Nexus, ParsedCdb, Registry, Status, cdb,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// The logical unit under test, its nexus, and the registry that resolves
@@ -23,8 +27,12 @@ fn rig() -> &'static Rig {
     RIG.get_or_init(|| {
         let dev = Arc::new(MemDevice::new(512, 256));
         let registry = Registry::new();
-        let lu = LogicalUnit::new(LuConfig::new("FUZZ", LuConfig::naa_from_id(1)), dev, &registry)
-            .expect("logical unit");
+        let lu = LogicalUnit::new(
+            LuConfig::new("FUZZ", LuConfig::naa_from_id(1)),
+            dev,
+            &registry,
+        )
+        .expect("logical unit");
         let nexus = Arc::new(Nexus {
             initiator_name: "iqn.2026-01.fuzz:init".into(),
             isid: [0x80, 0, 0, 0, 0, 1],
@@ -41,6 +49,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if mode % 2 == 0 {
+        let parsed = ParsedCdb::parse(rest);
+        assert_eq!(parsed.decoded(), cdb::parse(rest));
+        assert_eq!(parsed.opcode(), rest.first().copied());
         if let (Ok(_), Some(&op)) = (cdb::parse(rest), rest.first()) {
             let len = cdb::cdb_len(op).expect("decoded opcode has a length");
             assert!(rest.len() >= len);
@@ -59,10 +70,12 @@ fuzz_target!(|data: &[u8]| {
         (0, rest)
     };
     let (lu, nexus, _) = rig();
+    let (a, b) = data_out.split_at(data_out.len() / 2);
+    let pieces = [Bytes::copy_from_slice(a), Bytes::copy_from_slice(b)];
     let c = lu.execute(&Command {
         nexus,
-        cdb,
-        data_out,
+        cdb: ParsedCdb::parse(cdb),
+        data_out: DataOut::new(&pieces),
         expected_in: expected,
     });
     assert!(c.data.len() <= expected as usize);

@@ -404,6 +404,15 @@ impl BlockDevice for MeteredDevice {
         r
     }
 
+    fn try_write_vectored_nowait(&self, lba: u64, pieces: &[&[u8]]) -> BlockResult<bool> {
+        let t = Instant::now();
+        let r = self.track(|| self.inner.try_write_vectored_nowait(lba, pieces));
+        if let Ok(true) = r {
+            self.count_write(t, pieces.iter().map(|p| p.len() as u64).sum());
+        }
+        r
+    }
+
     fn flush(&self) -> BlockResult<()> {
         self.flush_ops.inc();
         self.track(|| self.inner.flush())

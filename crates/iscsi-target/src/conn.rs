@@ -857,6 +857,8 @@ impl Session {
         let lun = task.lun;
         let expected_in = if task.read { task.edtl } else { 0 };
         let data = task.data.take();
+        // Decoded once: the inline try and the blocking run share it.
+        let cdb = depot_scsi::ParsedCdb::parse(&task.cdb);
         // Hot reads and cached writes finish here, on the connection's
         // thread; anything that would wait for storage goes to the
         // blocking pool. So do large transfers: several of them then
@@ -869,7 +871,7 @@ impl Session {
                 lun,
                 &Command {
                     nexus: &nexus,
-                    cdb: &task.cdb,
+                    cdb,
                     data_out: depot_scsi::DataOut::new(&data),
                     expected_in,
                 },
@@ -881,7 +883,6 @@ impl Session {
         }
         task.state = TaskState::Running;
         self.running += 1;
-        let cdb = std::mem::take(&mut task.cdb);
         let tx = self.done_tx.clone();
         let scsi = target.scsi.clone();
         tokio::task::spawn_blocking(move || {
@@ -889,7 +890,7 @@ impl Session {
                 lun,
                 &Command {
                     nexus: &nexus,
-                    cdb: &cdb,
+                    cdb,
                     data_out: depot_scsi::DataOut::new(&data),
                     expected_in,
                 },

@@ -1,21 +1,34 @@
 //! SCSI block semantics (SPC-4 / SBC-3) over [`depot_block::BlockDevice`].
 //!
 //! This crate knows nothing of iSCSI framing or sockets. The transport hands
-//! it a CDB, the LUN it was addressed to, the I_T nexus it came from and the
-//! data-out bytes it collected; it answers with a [`Completion`]: SCSI status,
-//! encoded sense data and data-in bytes.
+//! it a CDB (decoded once, [`ParsedCdb`]), the LUN it was addressed to, the
+//! I_T nexus it came from and the data-out bytes it collected; it answers
+//! with a [`Completion`]: SCSI status, encoded sense data and data-in bytes.
 //!
-//! Layout:
+//! Layout (modules in dependency order: each uses only those above it and
+//! the plain types defined here, [`Command`], [`Nexus`], [`Status`], ...):
+//! - [`sense`]: sense keys / ASC / ASCQ, the fixed and descriptor encodings,
+//!   and the one place `BlockError` is mapped to sense data.
+//! - [`cdb`]: pure CDB decoding (fuzzed) and [`ParsedCdb`], the decoding a
+//!   transport keeps with a task.
+//! - [`lun`]: SAM LUN encoding (8-byte LUN field <-> LUN number), REPORT
+//!   LUNS data.
+//! - `ua`: unit attention queues per I_T nexus.
+//! - `range_lock`: striped LBA range locks (COMPARE AND WRITE atomicity).
+//! - `mode`: mode pages (caching, control: WCE, D_SENSE, SWP).
+//! - `inquiry`: standard INQUIRY, VPD pages, REPORT TARGET PORT GROUPS.
+//! - `rsoc`: REPORT SUPPORTED OPERATION CODES / TASK MANAGEMENT FUNCTIONS.
+//! - `pr`: the persistent reservation state machine and its persistence.
+//! - [`Registry`]: logical units by NAA designator, seen only through the
+//!   narrow view EXTENDED COPY needs (`CopyTarget`).
+//! - `xcopy`: the EXTENDED COPY copy manager, over the registry.
+//! - [`LogicalUnit`] (`lu/`): one LU over a `BlockDevice`: the command set,
+//!   split into config/identity, the data path (with the inline
+//!   non-blocking READ / WRITE), provisioning, reservations, the copy
+//!   glue and the dispatcher.
 //! - [`ScsiTarget`]: the LUN table of one SCSI target device (one per VM):
 //!   REPORT LUNS, commands to absent LUNs, unit attentions for LUN changes,
-//!   resets, I_T nexus loss.
-//! - [`LogicalUnit`]: one LU over a `BlockDevice`: the command set, mode
-//!   pages, SPC-2 and persistent reservations, COMPARE AND WRITE atomicity,
-//!   EXTENDED COPY, unit attentions.
-//! - [`sense`]: sense keys / ASC / ASCQ and the one place `BlockError` is
-//!   mapped to sense data.
-//! - [`cdb`]: pure CDB decoding (fuzzed).
-//! - [`lun`]: SAM LUN encoding (8-byte LUN field <-> LUN number).
+//!   resets, I_T nexus loss, sense encoding for the transport's own errors.
 //!
 //! Invariants: nothing here panics on any CDB or parameter list; every error
 //! is a CHECK CONDITION with the right sense; `execute` may be called from
@@ -40,6 +53,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+pub use cdb::ParsedCdb;
 pub use lu::{DEFAULT_MAX_TRANSFER_BYTES, DEPOT_OUI, LogicalUnit, LuConfig, ScsiError};
 pub use registry::Registry;
 pub use target::ScsiTarget;
@@ -104,8 +118,12 @@ impl Nexus {
 pub struct Command<'a> {
     /// The nexus it came from.
     pub nexus: &'a Arc<Nexus>,
-    /// The CDB, 6 to 260 bytes (extended CDBs arrive whole).
-    pub cdb: &'a [u8],
+    /// The CDB (6 to 260 bytes; extended CDBs arrive whole), decoded once
+    /// by the transport when the command arrived ([`ParsedCdb::parse`])
+    /// and kept with its task: the inline try
+    /// ([`ScsiTarget::try_execute_nowait`]) and the blocking
+    /// [`ScsiTarget::execute`] both use this decoding.
+    pub cdb: ParsedCdb,
     /// Data-out the transport collected (at most the expected transfer
     /// length; possibly less or more than the CDB describes).
     pub data_out: DataOut<'a>,

@@ -1,9 +1,12 @@
-//! SAM-5 LUN encoding: the 8-byte LUN field <-> a LUN number.
+//! SAM-5 LUN encoding: the 8-byte LUN field <-> a LUN number, and the
+//! REPORT LUNS parameter data built from it.
 //!
 //! Supported addressing methods: peripheral device (bus 0, LUN < 256), flat
 //! space (LUN < 16384) and extended flat space (LUN < 2^24). `encode`
 //! always picks the shortest method, so `decode(encode(n)) == Some(n)` for
 //! every `n < 2^24`; `decode` rejects multi-level LUNs and bus numbers.
+
+use crate::sense::Sense;
 
 /// Largest LUN number [`encode`] represents exactly.
 pub const MAX_LUN: u64 = (1 << 24) - 1;
@@ -41,6 +44,23 @@ pub fn encode(lun: u64) -> [u8; 8] {
         f[3] = lun as u8;
     }
     f
+}
+
+/// REPORT LUNS parameter data for `luns` (SELECT REPORT `select`).
+pub(crate) fn report_luns_data(select: u8, luns: &[u64]) -> Result<Vec<u8>, Sense> {
+    let listed: &[u64] = match select {
+        0x00 | 0x02 => luns,
+        // Well-known logical units only: we have none.
+        0x01 => &[],
+        _ => return Err(Sense::invalid_cdb_field(2, None)),
+    };
+    let mut d = Vec::with_capacity(8 + 8 * listed.len());
+    d.extend_from_slice(&((8 * listed.len()) as u32).to_be_bytes());
+    d.extend_from_slice(&[0; 4]);
+    for lun in listed {
+        d.extend_from_slice(&encode(*lun));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

@@ -108,6 +108,17 @@ pub mod asc {
     pub const REPORTED_LUNS_DATA_CHANGED: Code = (0x3F, 0x0E);
     /// INTERNAL TARGET FAILURE.
     pub const INTERNAL_TARGET_FAILURE: Code = (0x44, 0x00);
+    /// PROTOCOL SERVICE CRC ERROR (iSCSI data digest failure).
+    pub const PROTOCOL_SERVICE_CRC_ERROR: Code = (0x47, 0x05);
+    /// DATA PHASE ERROR (transport: data-out broke the rules).
+    pub const DATA_PHASE_ERROR: Code = (0x4B, 0x00);
+    /// INVALID TARGET PORT TRANSFER TAG RECEIVED (transport: Data-Out with
+    /// an unknown target transfer tag).
+    pub const INVALID_TARGET_PORT_TRANSFER_TAG: Code = (0x4B, 0x01);
+    /// TOO MUCH WRITE DATA (transport: more data-out than expected).
+    pub const TOO_MUCH_WRITE_DATA: Code = (0x4B, 0x02);
+    /// DATA OFFSET ERROR (transport: data-out at the wrong buffer offset).
+    pub const DATA_OFFSET_ERROR: Code = (0x4B, 0x05);
     /// INSUFFICIENT REGISTRATION RESOURCES.
     pub const INSUFFICIENT_REGISTRATION_RESOURCES: Code = (0x55, 0x04);
 }

@@ -2,7 +2,8 @@
 //!
 //! Owns what is above a single logical unit: REPORT LUNS, commands to LUNs
 //! that do not exist, REPORTED LUNS DATA HAS CHANGED unit attentions,
-//! task-management resets and I_T nexus loss fan-out.
+//! task-management resets and I_T nexus loss fan-out, and the encoding of
+//! sense the transport builds itself (per the addressed LU's D_SENSE).
 //!
 //! Invariants: the LUN table is only read on the command path (a read
 //! lock); a nexus is "known" to the target once it sends any command, and
@@ -15,12 +16,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::RwLock;
 
-use crate::cdb::{self, Cdb, op};
+use crate::cdb::{Cdb, op};
 use crate::inquiry;
-use crate::lu::{LogicalUnit, report_luns_data};
+use crate::lu::LogicalUnit;
+use crate::lun::report_luns_data;
 use crate::registry::Registry;
 use crate::sense::{Sense, asc, key};
-use crate::ua::UnitAttentions;
+use crate::ua::{self, UnitAttentions};
 use crate::{Command, Completion, Nexus, Status, TmfOutcome};
 
 /// LUN table of one SCSI target device.
@@ -100,21 +102,29 @@ impl ScsiTarget {
         self.luns.read().keys().copied().collect()
     }
 
+    /// Encodes `sense` for a command addressed to `lun` the way that
+    /// logical unit's D_SENSE (control mode page) says: descriptor or fixed
+    /// format; fixed format when the LUN does not exist. For sense the
+    /// transport builds itself (data-phase errors).
+    pub fn encode_sense(&self, lun: u64, sense: &Sense) -> Bytes {
+        Self::encode_for(self.lun(lun).as_deref(), sense)
+    }
+
+    fn encode_for(lu: Option<&LogicalUnit>, sense: &Sense) -> Bytes {
+        match lu {
+            Some(lu) => lu.encode_sense(sense),
+            None => Bytes::from(sense.encode_fixed()),
+        }
+    }
+
     /// Executes a command addressed to `lun`.
     pub fn execute(&self, lun: u64, cmd: &Command<'_>) -> Completion {
-        let opcode = cmd.cdb.first().copied();
-        let exempt = matches!(
-            opcode,
-            Some(op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE)
-        );
+        let opcode = cmd.cdb.opcode();
+        let exempt = ua::exempt(opcode);
         let lu = self.lun(lun);
-        let descriptor_sense = |s: &Sense| match &lu {
-            Some(lu) => lu.encode_sense(s),
-            None => Bytes::from(s.encode_fixed()),
-        };
         if opcode == Some(op::REPORT_LUNS) {
             self.ua.on_command(cmd.nexus, false);
-            let data = match cdb::parse(cmd.cdb) {
+            let data = match cmd.cdb.decoded() {
                 Ok(Cdb::ReportLuns { select, alloc_len }) => {
                     report_luns_data(select, &self.lun_numbers()).map(|mut d| {
                         d.truncate(alloc_len as usize);
@@ -131,7 +141,7 @@ impl ScsiTarget {
                 }
                 Err(s) => Completion {
                     status: Status::CHECK_CONDITION,
-                    sense: Some(descriptor_sense(&s)),
+                    sense: Some(Self::encode_for(lu.as_deref(), &s)),
                     data: Bytes::new(),
                     transfer_length: 0,
                 },
@@ -143,7 +153,7 @@ impl ScsiTarget {
         };
         if opcode == Some(op::REQUEST_SENSE) {
             if let Some(ua) = self.ua.on_command(cmd.nexus, true)
-                && let Ok(Cdb::RequestSense { desc, alloc_len }) = cdb::parse(cmd.cdb)
+                && let Ok(Cdb::RequestSense { desc, alloc_len }) = cmd.cdb.decoded()
             {
                 let mut d = ua.encode(desc);
                 d.truncate(alloc_len as usize);
@@ -174,7 +184,7 @@ impl ScsiTarget {
 
     fn absent_lun(&self, cmd: &Command<'_>) -> Completion {
         let not_supported = Sense::illegal(asc::LU_NOT_SUPPORTED);
-        match cdb::parse(cmd.cdb) {
+        match cmd.cdb.decoded() {
             Ok(Cdb::Inquiry {
                 evpd: false,
                 alloc_len,

@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::Nexus;
+use crate::cdb::op;
 use crate::sense::{Sense, asc};
 
 /// Most unit attention conditions kept per nexus; the oldest are dropped
@@ -56,6 +57,16 @@ impl ItNexus {
         }
         s
     }
+}
+
+/// Whether a command with operation code `opcode` is exempt from being
+/// answered with a pending unit attention (SAM-5 5.14: INQUIRY, REPORT
+/// LUNS and REQUEST SENSE), whether or not its CDB decodes.
+pub fn exempt(opcode: Option<u8>) -> bool {
+    matches!(
+        opcode,
+        Some(op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE)
+    )
 }
 
 /// Per-nexus unit attention queues of one logical unit (or target).

@@ -3,8 +3,10 @@
 //! Supports identification CSCD descriptors (0xE4) naming block devices by
 //! their NAA designator, resolved through the [`Registry`](crate::Registry),
 //! and block-to-block segment descriptors (0x02). Copies run synchronously,
-//! chunk by chunk, holding the destination's write range locks shared for
-//! each chunk only.
+//! chunk by chunk, through each unit's [`CopyTarget`] view (which holds the
+//! destination's write range locks shared for each chunk only). The copy
+//! manager is handed what it needs (the registry, the receiving unit's
+//! held results) and never names the logical unit type.
 //!
 //! Invariants: the whole parameter list is validated (lengths, counts,
 //! descriptor types, CSCD resolution) before any data moves; every
@@ -16,7 +18,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::lu::LogicalUnit;
+use crate::registry::{CopyTarget, Registry};
 use crate::sense::{Sense, asc, key};
 use crate::{Nexus, sense};
 
@@ -87,9 +89,16 @@ struct Segment {
     dst_lba: u64,
 }
 
-/// Executes EXTENDED COPY(LID1) with parameter list `p` (exactly the
-/// parameter list length).
-pub fn extended_copy(lu: &LogicalUnit, nexus: &Nexus, p: &[u8]) -> Result<(), Sense> {
+/// Executes EXTENDED COPY(LID1) from `nexus` with parameter list `p`
+/// (exactly the parameter list length), resolving copy targets through
+/// `registry` and holding the outcome in `results` (the receiving unit's)
+/// when LIST ID USAGE asks for it.
+pub fn extended_copy(
+    registry: &Registry,
+    results: &CopyResults,
+    nexus: &Nexus,
+    p: &[u8],
+) -> Result<(), Sense> {
     if p.is_empty() {
         return Ok(());
     }
@@ -115,7 +124,7 @@ pub fn extended_copy(lu: &LogicalUnit, nexus: &Nexus, p: &[u8]) -> Result<(), Se
     }
 
     // CSCD descriptors.
-    let mut targets: Vec<Arc<LogicalUnit>> = Vec::new();
+    let mut targets: Vec<Arc<dyn CopyTarget>> = Vec::new();
     let cscds = &p[PARAM_HEADER..PARAM_HEADER + cscd_len];
     let mut at = 0;
     while at < cscds.len() {
@@ -138,7 +147,7 @@ pub fn extended_copy(lu: &LogicalUnit, nexus: &Nexus, p: &[u8]) -> Result<(), Se
         let designator = &d[8..8 + designator_len];
         let code_type = d[5] & 0x0f;
         let resolved = if code_type == 0x03 && designator_len == 16 {
-            lu.registry().lookup(designator)
+            registry.lookup(designator)
         } else {
             None
         };
@@ -146,7 +155,7 @@ pub fn extended_copy(lu: &LogicalUnit, nexus: &Nexus, p: &[u8]) -> Result<(), Se
             return Err(copy_aborted(asc::COPY_TARGET_NOT_REACHABLE, 0));
         };
         let disk_block_len = u32::from_be_bytes([0, d[29], d[30], d[31]]);
-        if disk_block_len != target.device().block_size() {
+        if disk_block_len != target.block_size() {
             return Err(Sense::invalid_param_field((PARAM_HEADER + at + 29) as u16));
         }
         targets.push(target);
@@ -193,18 +202,18 @@ pub fn extended_copy(lu: &LogicalUnit, nexus: &Nexus, p: &[u8]) -> Result<(), Se
         let (Some(src), Some(dst)) = (targets.get(s.src), targets.get(s.dst)) else {
             return Err(copy_aborted(asc::COPY_TARGET_NOT_REACHABLE, i));
         };
-        if src.device().block_size() != dst.device().block_size() {
+        if src.block_size() != dst.block_size() {
             return Err(copy_aborted(asc::NO_ADDITIONAL_SENSE, i));
         }
-        let bytes = s.blocks * u64::from(src.device().block_size());
+        let bytes = s.blocks * u64::from(src.block_size());
         if bytes > u64::from(MAX_SEGMENT_BYTES) {
             return Err(copy_aborted(asc::NO_ADDITIONAL_SENSE, i));
         }
-        let in_range = |lu: &LogicalUnit, lba: u64| {
+        let in_range = |unit: &dyn CopyTarget, lba: u64| {
             lba.checked_add(s.blocks)
-                .is_some_and(|end| end <= lu.device().num_blocks())
+                .is_some_and(|end| end <= unit.num_blocks())
         };
-        if !in_range(src, s.src_lba) || !in_range(dst, s.dst_lba) {
+        if !in_range(src.as_ref(), s.src_lba) || !in_range(dst.as_ref(), s.dst_lba) {
             return Err(copy_aborted(asc::NO_ADDITIONAL_SENSE, i));
         }
         if dst.write_protected() {
@@ -232,39 +241,41 @@ pub fn extended_copy(lu: &LogicalUnit, nexus: &Nexus, p: &[u8]) -> Result<(), Se
         }
     }
     if list_id_usage == 0x00 {
-        lu.copy_results().hold(nexus, list_id, outcome);
+        results.hold(nexus, list_id, outcome);
     }
     result
 }
 
-fn copy_segment(src: &LogicalUnit, dst: &LogicalUnit, s: &Segment) -> Result<u64, Sense> {
-    let bs = src.device().block_size() as usize;
+fn copy_segment(
+    src: &Arc<dyn CopyTarget>,
+    dst: &Arc<dyn CopyTarget>,
+    s: &Segment,
+) -> Result<u64, Sense> {
+    let bs = src.block_size() as usize;
     let chunk_blocks = (CHUNK_BYTES / bs).max(1) as u64;
     let mut buf = vec![0u8; (chunk_blocks.min(s.blocks) as usize) * bs];
     // Within one LU, a destination overlapping the source from above is
     // copied back to front so no source block is overwritten before read.
     let backwards =
-        std::ptr::eq(src, dst) && s.dst_lba > s.src_lba && s.dst_lba < s.src_lba + s.blocks;
+        Arc::ptr_eq(src, dst) && s.dst_lba > s.src_lba && s.dst_lba < s.src_lba + s.blocks;
     let chunks = s.blocks.div_ceil(chunk_blocks);
     for k in 0..chunks {
         let idx = if backwards { chunks - 1 - k } else { k };
         let off = idx * chunk_blocks;
         let n = chunk_blocks.min(s.blocks - off);
         let len = n as usize * bs;
-        src.device()
-            .read(s.src_lba + off, &mut buf[..len])
+        src.read_blocks(s.src_lba + off, &mut buf[..len])
             .map_err(|e| sense::from_block_error(&e, false))?;
-        let _guard = dst.locks().shared(s.dst_lba + off, n);
-        dst.device()
-            .write(s.dst_lba + off, &buf[..len], !dst.write_cache_enabled())
+        dst.write_blocks(s.dst_lba + off, &buf[..len])
             .map_err(|e| sense::from_block_error(&e, true))?;
     }
     Ok(s.blocks * bs as u64)
 }
 
-/// RECEIVE COPY RESULTS / COPY STATUS data for `list_id`.
-pub fn copy_status(lu: &LogicalUnit, nexus: &Nexus, list_id: u8) -> Result<Vec<u8>, Sense> {
-    let Some(o) = lu.copy_results().get(nexus, list_id) else {
+/// RECEIVE COPY RESULTS / COPY STATUS data for `list_id`, from the
+/// results the receiving unit holds for `nexus`.
+pub fn copy_status(results: &CopyResults, nexus: &Nexus, list_id: u8) -> Result<Vec<u8>, Sense> {
+    let Some(o) = results.get(nexus, list_id) else {
         return Err(Sense::invalid_cdb_field(2, None));
     };
     let mut d = vec![0u8; 12];

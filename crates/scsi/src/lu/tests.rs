@@ -4,11 +4,12 @@
 
 use std::sync::Arc;
 
-use depot_block::{BlockDevice, MemDevice};
+use depot_block::{BlockDevice, MemDevice, Provisioning};
 use proptest::prelude::*;
 
 use super::*;
-use crate::{DataOut, ScsiTarget, TmfOutcome};
+use crate::sense::key;
+use crate::{Command, Completion, DataOut, ParsedCdb, ScsiTarget, Status, TmfOutcome};
 
 const BS: usize = 512;
 const BLOCKS: u64 = 1024;
@@ -58,7 +59,7 @@ fn run(lu: &LogicalUnit, n: &Arc<Nexus>, cdb: &[u8], out: &[u8], expected_in: u3
     ];
     lu.execute(&Command {
         nexus: n,
-        cdb,
+        cdb: ParsedCdb::parse(cdb),
         data_out: DataOut::new(&pieces),
         expected_in,
     })
@@ -722,7 +723,7 @@ fn trun(t: &ScsiTarget, lun: u64, n: &Arc<Nexus>, cdb: &[u8], expected_in: u32) 
         lun,
         &Command {
             nexus: n,
-            cdb,
+            cdb: ParsedCdb::parse(cdb),
             data_out: DataOut::default(),
             expected_in,
         },
@@ -763,6 +764,37 @@ fn target_luns_and_unit_attentions() {
     assert_check(&trun(&t, 0, &r.b, &[0, 0, 0, 0, 0, 0], 0), 6, (0x29, 0x00));
     t.nexus_lost(&r.a);
     assert_eq!(t.lun_numbers(), vec![0]);
+}
+
+#[test]
+fn target_encodes_transport_sense_per_the_lus_d_sense() {
+    let (t, r) = target_rig();
+    let s = Sense::new(key::ABORTED_COMMAND, asc::DATA_OFFSET_ERROR);
+    // Fixed format while D_SENSE is 0, and for a LUN that does not exist.
+    let fixed = t.encode_sense(0, &s);
+    assert_eq!(&fixed[..], &s.encode_fixed()[..]);
+    assert_eq!(
+        (fixed[0], fixed[2], fixed[12], fixed[13]),
+        (0x70, 0x0b, 0x4b, 0x05)
+    );
+    // D_SENSE = 1 on LUN 0 (control mode page): descriptor format there.
+    let cur = run(&r.lu, &r.a, &[0x1a, 0x08, 0x0a, 0, 255, 0], &[], 255);
+    let mut params = vec![0, 0, 0, 0];
+    params.extend_from_slice(&cur.data[4..]);
+    params[4 + 2] |= 0x04;
+    let sel = [0x15, 0x10, 0, 0, params.len() as u8, 0];
+    assert_good(&run(&r.lu, &r.a, &sel, &params, 0));
+    let desc = t.encode_sense(0, &s);
+    assert_eq!(&desc[..], &s.encode_descriptor()[..]);
+    assert_eq!(
+        (desc[0], desc[1], desc[2], desc[3]),
+        (0x72, 0x0b, 0x4b, 0x05)
+    );
+    assert_eq!(&t.encode_sense(7, &s)[..], &s.encode_fixed()[..]);
+    // The transport's other data-phase errors are named in `sense`.
+    assert_eq!(asc::DATA_PHASE_ERROR, (0x4b, 0x00));
+    assert_eq!(asc::INVALID_TARGET_PORT_TRANSFER_TAG, (0x4b, 0x01));
+    assert_eq!(asc::TOO_MUCH_WRITE_DATA, (0x4b, 0x02));
 }
 
 fn xcopy_params(naa: &[u8; 16], src: u64, dst: u64, blocks: u16, dst_idx: u16) -> Vec<u8> {
@@ -1040,7 +1072,7 @@ fn nowait(
     let pieces = [Bytes::copy_from_slice(out)];
     lu.try_execute_nowait(&Command {
         nexus: n,
-        cdb,
+        cdb: ParsedCdb::parse(cdb),
         data_out: DataOut::new(&pieces),
         expected_in,
     })
@@ -1131,4 +1163,93 @@ fn nowait_declines_on_a_device_that_would_block() {
     let mut back = vec![0u8; BS];
     dev.read(0, &mut back).unwrap();
     assert!(back.iter().all(|b| *b == 0));
+}
+
+/// A device that completes single-buffer writes inline but keeps the
+/// trait's default for pieces (passes one through, declines several).
+struct OnePiece(MemDevice);
+
+impl BlockDevice for OnePiece {
+    fn block_size(&self) -> u32 {
+        self.0.block_size()
+    }
+    fn num_blocks(&self) -> u64 {
+        self.0.num_blocks()
+    }
+    fn read(&self, lba: u64, buf: &mut [u8]) -> depot_block::BlockResult<()> {
+        self.0.read(lba, buf)
+    }
+    fn write(&self, lba: u64, data: &[u8], fua: bool) -> depot_block::BlockResult<()> {
+        self.0.write(lba, data, fua)
+    }
+    fn try_write_nowait(&self, lba: u64, data: &[u8]) -> depot_block::BlockResult<bool> {
+        self.0.try_write_nowait(lba, data)
+    }
+    fn flush(&self) -> depot_block::BlockResult<()> {
+        self.0.flush()
+    }
+}
+
+/// The inline try of a command whose data-out arrives in `cuts.len() + 1`
+/// pieces, cut at the given offsets.
+fn nowait_in_pieces(
+    lu: &LogicalUnit,
+    n: &Arc<Nexus>,
+    cdb: &[u8],
+    out: &[u8],
+    cuts: &[usize],
+) -> Option<Completion> {
+    let mut pieces = Vec::new();
+    let mut at = 0;
+    for &cut in cuts.iter().chain([out.len()].iter()) {
+        pieces.push(Bytes::copy_from_slice(&out[at..cut]));
+        at = cut;
+    }
+    lu.try_execute_nowait(&Command {
+        nexus: n,
+        cdb: ParsedCdb::parse(cdb),
+        data_out: DataOut::new(&pieces),
+        expected_in: 0,
+    })
+}
+
+#[test]
+fn inline_write_in_several_pieces_completes_inline_without_gathering() {
+    let r = rig();
+    assert_good(&run(&r.lu, &r.a, &[0, 0, 0, 0, 0, 0], &[], 0));
+    let data: Vec<u8> = (0..3 * BS).map(|i| (i % 249) as u8).collect();
+    // Pieces cut off block boundaries, one of them empty: MemDevice stores
+    // them as they are, inline.
+    let w = nowait_in_pieces(
+        &r.lu,
+        &r.a,
+        &cdb10(0x2a, 0, 30, 3),
+        &data,
+        &[100, 100, 700, 1300],
+    )
+    .expect("inline write in pieces");
+    assert_good(&w);
+    assert_eq!(w.transfer_length, 3 * BS as u32);
+    let back = read10(&r, 30, 3);
+    assert_eq!(&back.data[..], &data[..]);
+
+    // A device that only completes single buffers inline: several pieces
+    // are declined (nothing written) and go the blocking way; one piece
+    // still completes inline.
+    let dev = Arc::new(OnePiece(MemDevice::new(BS as u32, BLOCKS)));
+    let lu = LogicalUnit::new(
+        LuConfig::new("SN0003", LuConfig::naa_from_id(44)),
+        dev.clone(),
+        &Registry::new(),
+    )
+    .unwrap();
+    assert_good(&run(&lu, &r.a, &[0, 0, 0, 0, 0, 0], &[], 0));
+    assert!(nowait_in_pieces(&lu, &r.a, &cdb10(0x2a, 0, 0, 3), &data, &[700]).is_none());
+    let mut back = vec![0u8; 3 * BS];
+    dev.read(0, &mut back).unwrap();
+    assert!(back.iter().all(|b| *b == 0));
+    let one = nowait_in_pieces(&lu, &r.a, &cdb10(0x2a, 0, 0, 3), &data, &[]);
+    assert_good(&one.expect("inline write in one piece"));
+    dev.read(0, &mut back).unwrap();
+    assert_eq!(back, data);
 }
