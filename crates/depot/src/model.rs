@@ -9,9 +9,10 @@
 //!
 //! Invariants: records hold secrets (S3 keys, CHAP secrets); views never do
 //! (a view's backend is a [`PublicBackend`], which drops the S3 secret when
-//! it is made, and a VM view shows only whether CHAP is set). Names are the identity of every object (validated with
-//! [`depot_engine::name::check_name`]); vDisk names are unique across the node so
-//! `VDISK@SNAPSHOT` needs no VM to resolve.
+//! it is made, and a VM view shows only whether CHAP is set). Names are the
+//! identity of every object (validated with
+//! [`depot_engine::name::check_name`]); vDisk names are unique across the
+//! node so `VDISK@SNAPSHOT` needs no VM to resolve.
 
 use std::path::PathBuf;
 
