@@ -1,8 +1,8 @@
 //! The REST API (axum, JSON) under `/api/v1`, plus `/metrics`.
 //!
-//! Every route is listed in [`ROUTES`], and a test keeps that list equal to
-//! the OpenAPI document checked in at `docs/openapi.json` (which the daemon
-//! serves at `/api/v1/openapi.json`). Handlers only parse and answer; the
+//! Every route is listed in `ROUTES` (a test-only list), and a test keeps
+//! that list equal to the OpenAPI document checked in at `docs/openapi.json`
+//! (which the daemon serves at `/api/v1/openapi.json`). Handlers only parse and answer; the
 //! work happens in [`Manager`] on the blocking pool (engine calls block).
 //! Errors become HTTP answers in exactly one place (`IntoResponse for
 //! DepotError`, using [`DepotError::status`]). With a token configured every
@@ -95,7 +95,7 @@ async fn created<T: serde::Serialize>(r: DepotResult<T>) -> Result<Response, Dep
     r.map(|v| (StatusCode::CREATED, axum::Json(v)).into_response())
 }
 
-/// The router with every route of [`ROUTES`].
+/// The router with every route of `ROUTES`.
 pub fn router(mgr: Arc<Manager>, token: Option<String>) -> Router {
     let app = App {
         mgr,

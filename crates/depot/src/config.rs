@@ -1,6 +1,7 @@
 //! Daemon configuration: built-in defaults, then the TOML file (`--config`),
 //! then `DEPOT_*` environment variables (`DEPOT_DATA_DIR`,
-//! `DEPOT_ISCSI_LISTEN`, ...), then command-line flags — later sources win.
+//! `DEPOT_ISCSI_LISTEN`, ...), then command-line flags ([`ServeArgs`]) —
+//! later sources win.
 //!
 //! [`load`] parses into [`FileConfig`] (serde, unknown fields refused so a
 //! typo is an error rather than a silently ignored setting) and validates it
@@ -15,9 +16,26 @@ use serde::Deserialize;
 
 use depot_engine::name::check_name;
 
-use crate::ServeArgs;
 use crate::model::VDiskKind;
 use crate::size;
+
+/// Flags of `depot serve`; each overrides the config file and `DEPOT_*`
+/// environment variables.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Configuration file (TOML).
+    #[arg(long, env = "DEPOT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for all local state (vDisk images, identities, reservations).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// iSCSI portal address.
+    #[arg(long)]
+    pub iscsi_listen: Option<String>,
+    /// Management API address.
+    #[arg(long)]
+    pub api_listen: Option<String>,
+}
 
 /// The file format.
 #[derive(Debug, Deserialize)]

@@ -1,14 +1,20 @@
 //! `depot`: the storage router daemon (`depot serve`) and its command line.
 //!
-//! This is the composition root: the only place that names concrete storage
-//! (engine volumes and raw files) and wires it to SCSI logical units and
-//! iSCSI targets. Layout:
-//! - [`config`]: `depot serve` configuration (file, `DEPOT_*`, flags);
-//! - [`model`], [`catalog`], [`error`]: the persisted objects, the API's
-//!   JSON shapes, typed errors;
+//! This is the composition root: it parses the command line and hands it to
+//! the client ([`cli`]) or to the daemon ([`config`] then [`serve`]). Only
+//! the manager names concrete storage (engine volumes and raw files) and
+//! wires it to SCSI logical units and iSCSI targets. Layout, each module
+//! using only modules listed before it:
+//! - [`size`], [`error`], [`tls`], [`metrics`]: sizes as text, typed errors
+//!   and their HTTP mapping, the API's TLS listener, Prometheus families and
+//!   the metering device;
+//! - [`model`]: the persisted records and the API's JSON shapes;
+//! - [`identity`], [`catalog`]: vDisk identities; the persisted records
+//!   behind one seam;
 //! - [`manager`]: live state and every management operation;
-//! - [`api`], [`tls`]: the REST API and its TLS listener;
-//! - [`metrics`]: Prometheus families and the metering device;
+//! - [`api`]: the REST API;
+//! - [`config`], [`serve`]: `depot serve` configuration (file, `DEPOT_*`,
+//!   flags) and the daemon's run;
 //! - [`cli`]: the API client behind `depot vpool|vm|vdisk|snapshot`.
 
 mod api;
@@ -23,8 +29,6 @@ mod model;
 mod serve;
 mod size;
 mod tls;
-
-use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -41,7 +45,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the storage router.
-    Serve(ServeArgs),
+    Serve(config::ServeArgs),
     /// Manage vPools.
     #[command(subcommand)]
     Vpool(cli::VPoolCmd),
@@ -54,24 +58,6 @@ enum Command {
     /// Manage snapshots.
     #[command(subcommand)]
     Snapshot(cli::SnapshotCmd),
-}
-
-/// Flags of `depot serve`; each overrides the config file and `DEPOT_*`
-/// environment variables.
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {
-    /// Configuration file (TOML).
-    #[arg(long, env = "DEPOT_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Directory for all local state (vDisk images, identities, reservations).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// iSCSI portal address.
-    #[arg(long)]
-    pub iscsi_listen: Option<String>,
-    /// Management API address.
-    #[arg(long)]
-    pub api_listen: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {

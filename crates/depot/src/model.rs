@@ -2,51 +2,75 @@
 //! and the JSON shapes of the REST API (requests and views), shared by the
 //! daemon and the CLI so both sides agree on one definition.
 //!
-//! Invariants: records hold secrets (S3 keys, CHAP secrets); views never do.
-//! Names are the identity of every object (validated with
-//! [`depot_engine::name::check_name`]); vDisk names are unique across the node so
-//! `VDISK@SNAPSHOT` needs no VM to resolve.
+//! Records and views share one definition of what they have in common: a
+//! view embeds the public part of its record (`#[serde(flatten)]`) and adds
+//! live fields, so the JSON of both keeps one field list. The backend is the
+//! engine's own [`BackendConfig`] (no copy of its fields here).
+//!
+//! Invariants: records hold secrets (S3 keys, CHAP secrets); views never do
+//! (a view's backend is a [`PublicBackend`], which drops the S3 secret when
+//! it is made, and a VM view shows only whether CHAP is set). Names are the
+//! identity of every object (validated with
+//! [`depot_engine::name::check_name`]); vDisk names are unique across the
+//! node so `VDISK@SNAPSHOT` needs no VM to resolve.
 
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use depot_engine::BackendConfig;
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Prefix of every target name; a VM's target is `<prefix><vm>`.
 pub use depot_iscsi_target::IQN_PREFIX;
 
-/// Where a vPool keeps its objects.
+/// A backend as views show it: the engine's [`BackendConfig`] with the S3
+/// secret access key removed when the value is made (from a record or from
+/// JSON), so no view can carry it. Serialises exactly like a
+/// [`BackendConfig`] without its secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum BackendSpec {
-    /// A local directory (default: `<data_dir>/vpools/<name>/backend`).
-    Local {
-        /// Root directory.
-        #[serde(default)]
-        path: Option<PathBuf>,
-    },
-    /// An S3-compatible object store.
-    S3 {
-        /// Endpoint URL; absent means AWS for `region`.
-        #[serde(default)]
-        endpoint: Option<String>,
-        /// Bucket (must exist).
-        bucket: String,
-        /// Region.
-        #[serde(default = "default_region")]
-        region: String,
-        /// Access key id.
-        access_key_id: String,
-        /// Secret access key (never shown in views).
-        #[serde(default, skip_serializing_if = "String::is_empty")]
-        secret_access_key: String,
-        /// Permit plain-HTTP endpoints.
-        #[serde(default)]
-        allow_http: bool,
-    },
+#[serde(from = "BackendConfig", into = "BackendConfig")]
+pub struct PublicBackend(BackendConfig);
+
+impl From<BackendConfig> for PublicBackend {
+    fn from(mut b: BackendConfig) -> Self {
+        if let BackendConfig::S3 {
+            secret_access_key, ..
+        } = &mut b
+        {
+            secret_access_key.clear();
+        }
+        PublicBackend(b)
+    }
 }
 
-fn default_region() -> String {
-    "us-east-1".into()
+impl From<PublicBackend> for BackendConfig {
+    fn from(b: PublicBackend) -> Self {
+        b.0
+    }
+}
+
+impl PublicBackend {
+    /// The backend, without its secret.
+    pub fn get(&self) -> &BackendConfig {
+        &self.0
+    }
+}
+
+/// Reads the optional backend of a create request. Absent, `null` and a
+/// local backend without a path (or with `"path": null`) all mean "a local
+/// directory at the default place" and give `None`; anything else must be
+/// a complete [`BackendConfig`].
+fn backend_request<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BackendConfig>, D::Error> {
+    let Some(v) = Option::<serde_json::Value>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let default_local = v.get("type").and_then(serde_json::Value::as_str) == Some("local")
+        && v.get("path").is_none_or(serde_json::Value::is_null);
+    if default_local {
+        return Ok(None);
+    }
+    BackendConfig::deserialize(v)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// Default policies a vPool applies to its vDisks.
@@ -77,13 +101,14 @@ impl Default for Policy {
     }
 }
 
-/// A persisted vPool.
+/// A persisted vPool. Views show it with `B` = [`PublicBackend`] (the same
+/// fields, the secret left out).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VPoolRecord {
+pub struct VPoolRecord<B = BackendConfig> {
     /// Name.
     pub name: String,
     /// Backend (paths resolved).
-    pub backend: BackendSpec,
+    pub backend: B,
     /// Flash cache directories (the engine uses the first today).
     pub cache_dirs: Vec<PathBuf>,
     /// Defaults for its vDisks.
@@ -105,13 +130,21 @@ pub struct ChapSpec {
     pub target_secret: Option<String>,
 }
 
-/// A persisted VM.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VmRecord {
+/// What the catalog and the API both show of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
     /// Name.
     pub name: String,
     /// Initiator names allowed to log in (empty: any).
     pub allowed_initiators: Vec<String>,
+}
+
+/// A persisted VM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmRecord {
+    /// Name and ACL.
+    #[serde(flatten)]
+    pub info: VmInfo,
     /// CHAP, when required.
     pub chap: Option<ChapSpec>,
     /// The LUN the next vDisk gets (LUNs are never reused).
@@ -137,9 +170,9 @@ impl std::fmt::Display for VDiskKind {
     }
 }
 
-/// A persisted vDisk.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VDiskRecord {
+/// What the catalog and the API both show of a vDisk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VDiskInfo {
     /// Name (unique on the node).
     pub name: String,
     /// The VM it belongs to.
@@ -150,22 +183,30 @@ pub struct VDiskRecord {
     pub kind: VDiskKind,
     /// vPool (engine vDisks).
     pub vpool: Option<String>,
-    /// Size in bytes.
+    /// Size in bytes (a view shows the live size of an online vDisk).
     pub size_bytes: u64,
     /// Logical block size.
     pub block_size: u32,
     /// Exposed write-protected.
     pub read_only: bool,
-    /// Image file (raw vDisks).
-    pub path: Option<PathBuf>,
-    /// Stable 128-bit identity (hex): VPD serial and NAA derive from it.
-    pub identity: String,
     /// Marked as a template.
     #[serde(default)]
     pub template: bool,
     /// Where it came from: `VDISK@SNAPSHOT` or `template:T`.
     #[serde(default)]
     pub origin: Option<String>,
+}
+
+/// A persisted vDisk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VDiskRecord {
+    /// What the API shows of it too.
+    #[serde(flatten)]
+    pub info: VDiskInfo,
+    /// Image file (raw vDisks).
+    pub path: Option<PathBuf>,
+    /// Stable 128-bit identity (hex): VPD serial and NAA derive from it.
+    pub identity: String,
     /// The `[[vm.disk]]` name when declared in the configuration file.
     #[serde(default)]
     pub config_name: Option<String>,
@@ -197,9 +238,10 @@ impl SizeSpec {
 pub struct CreateVPool {
     /// Name.
     pub name: String,
-    /// Backend; default a local directory under the data dir.
-    #[serde(default)]
-    pub backend: Option<BackendSpec>,
+    /// Backend; absent (or a local one without a path) means a local
+    /// directory under the data dir, `<data_dir>/vpools/<name>/backend`.
+    #[serde(default, deserialize_with = "backend_request")]
+    pub backend: Option<BackendConfig>,
     /// Flash cache directories; default under the data dir.
     #[serde(default)]
     pub cache_dirs: Vec<PathBuf>,
@@ -281,14 +323,9 @@ pub struct CreateSnapshot {
 /// A vPool as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VPoolView {
-    /// Name.
-    pub name: String,
-    /// Backend (secret redacted).
-    pub backend: BackendSpec,
-    /// Flash cache directories.
-    pub cache_dirs: Vec<PathBuf>,
-    /// Policies.
-    pub policy: Policy,
+    /// The record, secret left out.
+    #[serde(flatten)]
+    pub info: VPoolRecord<PublicBackend>,
     /// vDisks in it.
     pub vdisks: Vec<String>,
     /// Whether the pool is open on this node.
@@ -301,15 +338,26 @@ pub struct VPoolView {
     pub backend_bytes: u64,
 }
 
+impl VPoolRecord {
+    /// The record as views show it: the backend without its secret.
+    pub fn public(&self) -> VPoolRecord<PublicBackend> {
+        VPoolRecord {
+            name: self.name.clone(),
+            backend: PublicBackend::from(self.backend.clone()),
+            cache_dirs: self.cache_dirs.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+}
+
 /// A VM as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmView {
-    /// Name.
-    pub name: String,
+    /// Name and ACL.
+    #[serde(flatten)]
+    pub info: VmInfo,
     /// iSCSI target name.
     pub target: String,
-    /// ACL.
-    pub allowed_initiators: Vec<String>,
     /// CHAP required.
     pub chap: bool,
     /// Mutual CHAP configured.
@@ -323,26 +371,9 @@ pub struct VmView {
 /// A vDisk as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VDiskView {
-    /// Name.
-    pub name: String,
-    /// VM.
-    pub vm: String,
-    /// LUN.
-    pub lun: u64,
-    /// Kind.
-    pub kind: VDiskKind,
-    /// vPool (engine).
-    pub vpool: Option<String>,
-    /// Size in bytes.
-    pub size_bytes: u64,
-    /// Block size.
-    pub block_size: u32,
-    /// Write-protected.
-    pub read_only: bool,
-    /// Template.
-    pub template: bool,
-    /// Clone source.
-    pub origin: Option<String>,
+    /// What the catalog holds of it (live size when online).
+    #[serde(flatten)]
+    pub info: VDiskInfo,
     /// VPD unit serial number.
     pub serial: String,
     /// Target name.
@@ -382,4 +413,173 @@ pub struct ErrorBody {
     pub error: String,
     /// One-line message for humans.
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s3(secret: &str) -> BackendConfig {
+        BackendConfig::S3 {
+            endpoint: None,
+            bucket: "depot".into(),
+            region: "eu-west-1".into(),
+            access_key_id: "AKIA".into(),
+            secret_access_key: secret.into(),
+            allow_http: false,
+        }
+    }
+
+    fn json<T: Serialize>(v: &T) -> String {
+        serde_json::to_string(v).unwrap()
+    }
+
+    // The JSON the API answered before records and views shared their
+    // fields (byte for byte for vPools and vDisks; a VM's `target` now
+    // follows its `allowed_initiators`).
+    const S3_POOL: &str = r#"{"name":"s3pool","backend":{"type":"s3","endpoint":null,"bucket":"depot","region":"eu-west-1","access_key_id":"AKIA","allow_http":false},"cache_dirs":["/flash/a"],"policy":{"block_size":512,"write_buffer_bytes":2147483648,"read_cache_bytes":1073741824,"container_bytes":67108864,"ship_interval_secs":30},"vdisks":["root2"],"online":true,"bytes_waiting_to_ship":7,"flash_bytes":8,"backend_bytes":9}"#;
+    const VM: &str = r#"{"name":"web1","target":"iqn.2026-11.io.depot:web1","allowed_initiators":["iqn.x"],"chap":true,"mutual_chap":true,"vdisks":["root1","web1-data"],"sessions":1}"#;
+    const RAW_DISK: &str = r#"{"name":"web1-data","vm":"web1","lun":1,"kind":"raw","vpool":null,"size_bytes":67108864,"block_size":4096,"read_only":true,"template":false,"origin":null,"serial":"fedcba9876543210fedcba9876543210","target":"iqn.2026-11.io.depot:web1","snapshots":0,"online":false}"#;
+
+    #[test]
+    fn views_keep_their_json() {
+        let rec = VPoolRecord {
+            name: "s3pool".into(),
+            backend: s3("s3cret"),
+            cache_dirs: vec!["/flash/a".into()],
+            policy: Policy::default(),
+        };
+        let pool = VPoolView {
+            info: rec.public(),
+            vdisks: vec!["root2".into()],
+            online: true,
+            bytes_waiting_to_ship: 7,
+            flash_bytes: 8,
+            backend_bytes: 9,
+        };
+        assert_eq!(json(&pool), S3_POOL);
+        let vm = VmView {
+            info: VmInfo {
+                name: "web1".into(),
+                allowed_initiators: vec!["iqn.x".into()],
+            },
+            target: "iqn.2026-11.io.depot:web1".into(),
+            chap: true,
+            mutual_chap: true,
+            vdisks: vec!["root1".into(), "web1-data".into()],
+            sessions: 1,
+        };
+        let same: serde_json::Value = serde_json::from_str(VM).unwrap();
+        assert_eq!(serde_json::to_value(&vm).unwrap(), same);
+        let disk = VDiskView {
+            info: VDiskInfo {
+                name: "web1-data".into(),
+                vm: "web1".into(),
+                lun: 1,
+                kind: VDiskKind::Raw,
+                vpool: None,
+                size_bytes: 64 << 20,
+                block_size: 4096,
+                read_only: true,
+                template: false,
+                origin: None,
+            },
+            serial: "fedcba9876543210fedcba9876543210".into(),
+            target: "iqn.2026-11.io.depot:web1".into(),
+            snapshots: 0,
+            online: false,
+        };
+        assert_eq!(json(&disk), RAW_DISK);
+        // And they read back (the CLI's side).
+        let back: VDiskView = serde_json::from_str(RAW_DISK).unwrap();
+        assert_eq!(back.info, disk.info);
+        let back: VPoolView = serde_json::from_str(S3_POOL).unwrap();
+        assert_eq!(back.info.backend.get(), &s3(""));
+    }
+
+    #[test]
+    fn views_never_carry_the_secret() {
+        let rec = VPoolRecord {
+            name: "p".into(),
+            backend: s3("s3cret"),
+            cache_dirs: Vec::new(),
+            policy: Policy::default(),
+        };
+        // The record keeps it (the catalog needs it) ...
+        assert!(json(&rec).contains("\"secret_access_key\":\"s3cret\""));
+        // ... the view's backend has none, however it was made.
+        let view = rec.public();
+        assert!(!json(&view).contains("secret"), "{}", json(&view));
+        assert_eq!(view.backend.get(), &s3(""));
+        let with_secret = r#"{"type":"s3","bucket":"depot","region":"eu-west-1","access_key_id":"AKIA","secret_access_key":"leak"}"#;
+        let parsed: PublicBackend = serde_json::from_str(with_secret).unwrap();
+        assert_eq!(parsed.get(), &s3(""));
+        assert!(!json(&parsed).contains("leak"));
+        let local = BackendConfig::Local { path: "/b".into() };
+        assert_eq!(PublicBackend::from(local.clone()).get(), &local);
+    }
+
+    #[test]
+    fn create_vpool_backend_requests() {
+        let backend = |b: &str| -> Result<Option<BackendConfig>, String> {
+            serde_json::from_str::<CreateVPool>(&format!(r#"{{"name":"p"{b}}}"#))
+                .map(|r| r.backend)
+                .map_err(|e| e.to_string())
+        };
+        // Absent, null and a local backend without a path: the default.
+        assert_eq!(backend(""), Ok(None));
+        assert_eq!(backend(r#","backend":null"#), Ok(None));
+        assert_eq!(backend(r#","backend":{"type":"local"}"#), Ok(None));
+        assert_eq!(
+            backend(r#","backend":{"type":"local","path":null}"#),
+            Ok(None)
+        );
+        assert_eq!(
+            backend(r#","backend":{"type":"local","path":"/x"}"#),
+            Ok(Some(BackendConfig::Local { path: "/x".into() }))
+        );
+        // S3 with the same defaults as before: region, no endpoint, HTTPS.
+        assert_eq!(
+            backend(
+                r#","backend":{"type":"s3","bucket":"b","access_key_id":"k","secret_access_key":"s"}"#
+            ),
+            Ok(Some(BackendConfig::S3 {
+                endpoint: None,
+                bucket: "b".into(),
+                region: "us-east-1".into(),
+                access_key_id: "k".into(),
+                secret_access_key: "s".into(),
+                allow_http: false,
+            }))
+        );
+        let missing = backend(r#","backend":{"type":"s3","access_key_id":"k"}"#).unwrap_err();
+        assert!(missing.contains("missing field `bucket`"), "{missing}");
+        assert!(backend(r#","backend":{"type":"tape"}"#).is_err());
+        assert!(backend(r#","backend":{"type":"local","path":5}"#).is_err());
+        assert!(backend(r#","backend":"local""#).is_err());
+
+        // Requests as the CLI sends them, unchanged.
+        let req = CreateVPool {
+            name: "p".into(),
+            backend: Some(BackendConfig::Local {
+                path: "/abs".into(),
+            }),
+            cache_dirs: Vec::new(),
+            policy: Some(Policy::default()),
+        };
+        assert_eq!(
+            json(&req),
+            r#"{"name":"p","backend":{"type":"local","path":"/abs"},"cache_dirs":[],"policy":{"block_size":512,"write_buffer_bytes":2147483648,"read_cache_bytes":1073741824,"container_bytes":67108864,"ship_interval_secs":30}}"#
+        );
+        let req = CreateVPool {
+            name: "p".into(),
+            backend: None,
+            cache_dirs: Vec::new(),
+            policy: None,
+        };
+        assert_eq!(
+            json(&req),
+            r#"{"name":"p","backend":null,"cache_dirs":[],"policy":null}"#
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! `depot serve`: opens the catalog and storage (the embedded default vPool
-//! on an empty node), applies the configuration's declared VMs, runs the
+//! on an empty node), applies the configuration's declared VMs (turned here
+//! into the manager's plain create requests, [`DeclaredVm`]), runs the
 //! iSCSI portal and the management API, and shuts down cleanly on
 //! SIGTERM/SIGINT (in-flight commands complete or are aborted within the
 //! grace period, then every device is flushed and every vPool shut down).
@@ -11,8 +12,9 @@ use depot_iscsi_target::{PortalConfig, TargetRegistry};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::manager::Manager;
+use crate::manager::{DeclaredDisk, DeclaredVm, Manager};
 use crate::metrics::Metrics;
+use crate::model::{ChapSpec, CreateVDisk, CreateVm, SizeSpec};
 
 /// Keeps freed heap memory in the process. glibc gives a heap's free top
 /// back to the kernel once 128 KiB of it is free (a threshold that adapts
@@ -64,15 +66,52 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // its runtime while it opens.
     let mgr = Manager::open(&cfg.data_dir, engine_rt.handle().clone(), targets, metrics)
         .context("opening the catalog")?;
-    for vm in &cfg.vms {
-        mgr.ensure_declared(&cfg, vm)
-            .with_context(|| format!("declared VM {}", vm.name))?;
+    let declared = declared_vms(&cfg);
+    for vm in &declared {
+        mgr.ensure_declared(vm, &declared)
+            .with_context(|| format!("declared VM {}", vm.vm.name))?;
     }
     let result = rt.block_on(serve(cfg, mgr.clone()));
     mgr.shutdown();
     drop(engine_rt);
     tracing::info!("stopped");
     result
+}
+
+/// The configuration's `[[vm]]`s as create requests for the manager.
+fn declared_vms(cfg: &Config) -> Vec<DeclaredVm> {
+    cfg.vms
+        .iter()
+        .map(|vm| DeclaredVm {
+            vm: CreateVm {
+                name: vm.name.clone(),
+                allowed_initiators: vm.allowed_initiators.clone(),
+                chap: vm.chap.as_ref().map(|c| ChapSpec {
+                    user: c.initiator.0.clone(),
+                    secret: c.initiator.1.clone(),
+                    target_user: c.target.as_ref().map(|t| t.0.clone()),
+                    target_secret: c.target.as_ref().map(|t| t.1.clone()),
+                }),
+            },
+            disks: vm
+                .disks
+                .iter()
+                .map(|d| DeclaredDisk {
+                    create: CreateVDisk {
+                        name: d.name.clone(),
+                        vm: vm.name.clone(),
+                        size: Some(SizeSpec::Bytes(d.size)),
+                        vpool: d.vpool.clone(),
+                        kind: Some(d.kind),
+                        block_size: Some(d.block_size),
+                        read_only: d.read_only,
+                        ..Default::default()
+                    },
+                    raw_path: d.path.clone(),
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// Bound of the front runtime's blocking pool (SCSI commands that do not

@@ -4,14 +4,14 @@
 //! Handshakes run in their own tasks (bounded by a timeout), so a slow or
 //! hostile client cannot stall the accept loop; only completed handshakes
 //! reach axum. The accept task stops when the shutdown token is cancelled.
+//! Configuration failures are typed ([`TlsError`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -20,24 +20,49 @@ use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
+/// Why the API's TLS configuration cannot be built (each names the file or
+/// step, its source the cause).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The certificate file cannot be read.
+    #[error("reading certificate {0}")]
+    ReadCert(String, #[source] pem::Error),
+    /// The certificate file is not PEM certificates.
+    #[error("parsing certificate {0}")]
+    ParseCert(String, #[source] pem::Error),
+    /// The certificate file holds none.
+    #[error("{0} holds no certificate")]
+    NoCert(String),
+    /// The key file cannot be read or parsed.
+    #[error("reading private key {0}")]
+    ReadKey(String, #[source] pem::Error),
+    /// rustls refused its default protocol versions.
+    #[error("TLS protocol versions")]
+    Versions(#[source] rustls::Error),
+    /// The key does not belong to the certificate.
+    #[error("TLS certificate and key do not match")]
+    KeyMismatch(#[source] rustls::Error),
+}
+
 /// Builds a TLS server configuration from PEM files.
-pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let name = cert.display().to_string();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading certificate {}", cert.display()))?
+        .map_err(|e| TlsError::ReadCert(name.clone(), e))?
         .collect::<Result<_, _>>()
-        .with_context(|| format!("parsing certificate {}", cert.display()))?;
+        .map_err(|e| TlsError::ParseCert(name.clone(), e))?;
     if certs.is_empty() {
-        anyhow::bail!("{} holds no certificate", cert.display());
+        return Err(TlsError::NoCert(name));
     }
     let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("reading private key {}", key.display()))?;
+        .map_err(|e| TlsError::ReadKey(key.display().to_string(), e))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
+        .map_err(TlsError::Versions)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .context("TLS certificate and key do not match")?;
+        .map_err(TlsError::KeyMismatch)?;
     Ok(Arc::new(cfg))
 }
 

@@ -10,7 +10,15 @@ use crate::error::{EngineError, EngineResult};
 use crate::format::CLUSTER_SIZE_U64;
 
 /// Where a vPool keeps its objects.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Also the daemon's persisted and API form of a backend (its catalog and
+/// REST API use this type directly): JSON `{"type": "local", "path": ...}`
+/// or `{"type": "s3", "bucket": ..., ...}`, with `region` defaulting to
+/// `us-east-1`, `endpoint`, `secret_access_key` and `allow_http` optional,
+/// and an empty `secret_access_key` left out when serialised (which is how
+/// the daemon's views hide it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
 pub enum BackendConfig {
     /// A local directory (embedded default; also what tests use).
     Local {
@@ -20,18 +28,27 @@ pub enum BackendConfig {
     /// Any S3-compatible store (TLS via rustls).
     S3 {
         /// Endpoint URL (`https://host:port`); `None` means AWS for `region`.
+        #[serde(default)]
         endpoint: Option<String>,
         /// Bucket (must exist).
         bucket: String,
         /// Region name (any string for most non-AWS servers).
+        #[serde(default = "default_region")]
         region: String,
         /// Access key id.
         access_key_id: String,
         /// Secret access key.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
         secret_access_key: String,
         /// Permit plain-HTTP endpoints (tests, loopback).
+        #[serde(default)]
         allow_http: bool,
     },
+}
+
+/// The S3 region a backend without one uses.
+fn default_region() -> String {
+    "us-east-1".into()
 }
 
 /// Retry policy for backend calls.
