@@ -59,6 +59,10 @@ pub enum Guard {
     Absent(String),
     /// The key exists and was last changed at exactly this revision.
     Revision(String, i64),
+    /// No key under the prefix was created or changed after this revision
+    /// (deletions are not seen: guard a decision that only more deletions
+    /// could not make wrong, such as "no vDisk uses this vPool").
+    PrefixUnchangedSince(String, i64),
 }
 
 /// One change of a [`Txn`].
@@ -313,6 +317,10 @@ impl Store {
                 Guard::Absent(k) => Compare::create_revision(k.as_str(), CompareOp::Equal, 0),
                 Guard::Revision(k, rev) => {
                     Compare::mod_revision(k.as_str(), CompareOp::Equal, *rev)
+                }
+                Guard::PrefixUnchangedSince(p, rev) => {
+                    Compare::mod_revision(p.as_str(), CompareOp::Less, rev.saturating_add(1))
+                        .with_prefix()
                 }
             })
             .collect();

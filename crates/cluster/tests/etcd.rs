@@ -72,6 +72,24 @@ async fn compare_and_swap_never_loses_an_update() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_guard_sees_creations_and_changes_since_a_revision() {
+    let etcd = EtcdCluster::start(3);
+    let store = Store::connect(&config(&etcd, "r1")).await.unwrap();
+    let prefix = store.keys().kind_prefix("vdisks");
+    let put = |n: &str| Txn::new().op(Op::Put(store.keys().key("vdisks", n), b"x".to_vec()));
+    store.commit(put("a")).await.unwrap();
+    let seen = store.revision().await.unwrap();
+    let guarded = || {
+        Txn::new()
+            .guard(Guard::PrefixUnchangedSince(prefix.clone(), seen))
+            .op(Op::Put(store.keys().key("vpools", "p"), b"gone".to_vec()))
+    };
+    assert!(matches!(store.commit(guarded()).await.unwrap(), Committed::Applied(_)));
+    store.commit(put("b")).await.unwrap();
+    assert_eq!(store.commit(guarded()).await.unwrap(), Committed::Refused);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_router_with_the_same_name_is_refused() {
     let etcd = EtcdCluster::start(3);
     let store = Store::connect(&config(&etcd, "r1")).await.unwrap();
