@@ -3,7 +3,7 @@
 //! A target never sends these; tests, fuzz seeds and tools use them to speak
 //! to a target in typed headers instead of hand-filled byte offsets.
 //! Invariant: for every [`Header`] (AHS-free, so CDBs of at most 16 bytes),
-//! `parse_bhs(&bhs(h, n)) == *h`, and [`write`] produces exactly what
+//! `parse_bhs(&bhs(h, n)) == *h`, and [`write()`] produces exactly what
 //! [`Decoder`](crate::pdu::Decoder) frames back into the same header and
 //! data.
 
