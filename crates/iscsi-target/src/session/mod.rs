@@ -56,7 +56,7 @@ use crate::config::PortalConfig;
 use crate::registry::{TargetEntry, TargetRegistry};
 
 use control::TextState;
-use task::{DataOutcome, Task, TaskState, Tasks};
+use task::{DataOutcome, HandOff, Task, TaskState, Tasks};
 use tmf::PendingTmf;
 use window::{CmdWindow, Pending};
 
@@ -460,26 +460,31 @@ impl Session {
         let (Some(target), Some(nexus)) = (&self.target, &self.nexus) else {
             return;
         };
-        let Some(task) = self.tasks.get_mut(itt) else {
-            return;
+        let exec = match self.tasks.hand_off(itt) {
+            HandOff::Unknown => return,
+            HandOff::CrcFailed { lun, edtl } => {
+                let sense = sense::aborted(sense::PROTOCOL_SERVICE_CRC_ERROR);
+                let c = sense::check_condition(Some(&target.scsi), lun, &sense, edtl);
+                self.finish_now(itt, c, host);
+                return;
+            }
+            HandOff::Ready {
+                lun,
+                cdb,
+                data,
+                expected_in,
+                edtl,
+            } => Exec {
+                scsi: &target.scsi,
+                nexus,
+                itt,
+                lun,
+                cdb,
+                data,
+                expected_in,
+                edtl,
+            },
         };
-        if task.crc_failed {
-            let sense = sense::aborted(sense::PROTOCOL_SERVICE_CRC_ERROR);
-            let c = sense::check_condition(Some(&target.scsi), task.lun, &sense, task.edtl);
-            self.finish_now(itt, c, host);
-            return;
-        }
-        let exec = Exec {
-            scsi: &target.scsi,
-            nexus,
-            itt,
-            lun: task.lun,
-            cdb: std::mem::take(&mut task.cdb),
-            data: task.data.take(),
-            expected_in: if task.read { task.edtl } else { 0 },
-            edtl: task.edtl,
-        };
-        self.tasks.start(itt);
         if let Some(c) = host.execute(exec) {
             self.complete(itt, c, host);
         }

@@ -125,6 +125,32 @@ pub(super) enum DataOutcome {
     Violation(&'static str),
 }
 
+/// What [`Tasks::hand_off`] found.
+pub(super) enum HandOff {
+    /// No such task.
+    Unknown,
+    /// The task's data failed its digest: it must end with 47/05.
+    CrcFailed {
+        /// Addressed LUN.
+        lun: u64,
+        /// Expected data transfer length.
+        edtl: u32,
+    },
+    /// Now running: what to execute.
+    Ready {
+        /// Addressed LUN.
+        lun: u64,
+        /// The CDB.
+        cdb: Vec<u8>,
+        /// Write data in order.
+        data: Vec<Bytes>,
+        /// Data-in expected (0 for writes).
+        expected_in: u32,
+        /// Expected data transfer length.
+        edtl: u32,
+    },
+}
+
 /// The tasks of one connection.
 #[derive(Default)]
 pub(super) struct Tasks {
@@ -362,6 +388,30 @@ impl Tasks {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Hands a ready task off for execution (one lookup): its CDB and data
+    /// move out and it becomes `Running`. A task whose data was hit by a
+    /// digest error is left as it is, for the caller to fail.
+    pub(super) fn hand_off(&mut self, itt: u32) -> HandOff {
+        let Some(task) = self.map.get_mut(&itt) else {
+            return HandOff::Unknown;
+        };
+        if task.crc_failed {
+            return HandOff::CrcFailed {
+                lun: task.lun,
+                edtl: task.edtl,
+            };
+        }
+        task.state = TaskState::Running;
+        self.running += 1;
+        HandOff::Ready {
+            lun: task.lun,
+            cdb: std::mem::take(&mut task.cdb),
+            data: task.data.take(),
+            expected_in: if task.read { task.edtl } else { 0 },
+            edtl: task.edtl,
         }
     }
 
