@@ -18,8 +18,8 @@
 //!
 //! Invariants: every Login Response is built by `Login::answer` (one place
 //! for status, stage and TSIH fields, ready for a redirect answer); a
-//! failed step answers once and the connection closes; the session's TSIH
-//! is allocated only when the login completes.
+//! failed step answers once and the connection closes; a TSIH is allocated
+//! only on the transit to full feature phase.
 
 use std::sync::Arc;
 
