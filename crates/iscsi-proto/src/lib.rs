@@ -10,6 +10,8 @@
 //!   with a Reject instead of dropping the connection).
 //! - [`encode`]: builders for every target PDU, header and data kept apart so
 //!   the data segment can be written without a copy.
+//! - [`initiator`]: the inverse of the parsers, for initiator PDUs (tests and
+//!   tools that play the initiator).
 //! - [`text`]: bounded parsing and encoding of `key=value\0` data segments.
 //! - [`params`]: the operational keys, their defaults, ranges and result
 //!   functions, and the negotiation itself.
@@ -24,6 +26,7 @@
 pub mod chap;
 pub mod digest;
 pub mod encode;
+pub mod initiator;
 pub mod params;
 pub mod pdu;
 pub mod serial;

@@ -9,18 +9,32 @@
 //! target demands it — no skipping to the operational stage); and the stage
 //! transitions (0 → 1 → 3, or 0 → 3, or 1 → 3). Operational keys go to the
 //! negotiator. The first response of a Normal session carries
-//! TargetPortalGroupTag; the final one assigns the TSIH.
+//! TargetPortalGroupTag (the portal's, from [`PortalConfig`]); the final one
+//! assigns the TSIH.
+//!
+//! [`LoginPhase`] is what the connection shell drives: it checks that only
+//! Login Requests arrive, sends each answer through the [`Wire`] and opens
+//! the command window before the final answer goes out.
+//!
+//! Invariants: every Login Response is built by `Login::answer` (one place
+//! for status, stage and TSIH fields, ready for a redirect answer); a
+//! failed step answers once and the connection closes; a TSIH is allocated
+//! only on the transit to full feature phase.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use depot_iscsi_proto::chap::{CHALLENGE_LEN, ChapTarget};
 use depot_iscsi_proto::encode::{self, TargetPdu};
-use depot_iscsi_proto::params::{Negotiator, SessionParams, TargetLimits};
+use depot_iscsi_proto::params::{Negotiator, SessionParams};
 use depot_iscsi_proto::pdu::{Header, Pdu};
 use depot_iscsi_proto::text::KeyValues;
 
-use crate::{PORTAL_GROUP_TAG, TargetEntry, TargetRegistry};
+use crate::config::PortalConfig;
+use crate::registry::{TargetEntry, TargetRegistry};
+
+use super::Wire;
+use super::window::CmdWindow;
 
 /// Login status classes and details (RFC 7143 §11.13.5).
 pub mod status {
@@ -74,6 +88,8 @@ pub struct Established {
     pub params: SessionParams,
     /// CmdSN of the login: the first ExpCmdSN.
     pub cmd_sn: u32,
+    /// Connection id.
+    pub cid: u16,
 }
 
 /// What to do after a login step.
@@ -97,6 +113,9 @@ pub struct Login {
     tsih: u16,
     itt: u32,
     cmd_sn: u32,
+    cid: u16,
+    /// TargetPortalGroupTag of the portal.
+    tpgt: u16,
     started: bool,
     sent_tpgt: bool,
     authenticated: bool,
@@ -106,11 +125,11 @@ pub struct Login {
 }
 
 impl Login {
-    /// A new login on a fresh connection.
-    pub fn new(registry: Arc<TargetRegistry>, limits: TargetLimits) -> Self {
+    /// A new login on a fresh connection to a portal with `config`.
+    pub fn new(registry: Arc<TargetRegistry>, config: &PortalConfig) -> Self {
         Login {
             registry,
-            negotiator: Negotiator::new(limits),
+            negotiator: Negotiator::new(config.limits.clone()),
             initiator: None,
             kind: None,
             target: None,
@@ -118,6 +137,8 @@ impl Login {
             tsih: 0,
             itt: 0,
             cmd_sn: 0,
+            cid: 0,
+            tpgt: config.portal_group_tag,
             started: false,
             sent_tpgt: false,
             authenticated: false,
@@ -127,34 +148,29 @@ impl Login {
         }
     }
 
-    fn respond(&self, transit: bool, csg: u8, nsg: u8, tsih: u16, kv: &KeyValues) -> TargetPdu {
+    /// Builds a Login Response: the one place every answer is made.
+    fn answer(
+        &self,
+        transit: bool,
+        csg: u8,
+        nsg: u8,
+        tsih: u16,
+        (class, detail): (u8, u8),
+        data: Bytes,
+    ) -> TargetPdu {
         encode::login_response(
-            transit,
-            false,
-            csg,
-            nsg,
-            self.isid,
-            tsih,
-            self.itt,
-            0,
-            0,
-            Bytes::from(kv.encode()),
+            transit, false, csg, nsg, self.isid, tsih, self.itt, class, detail, data,
         )
     }
 
-    fn fail(&self, (class, detail): (u8, u8)) -> Step {
-        Step::Fail(encode::login_response(
-            false,
-            false,
-            0,
-            0,
-            self.isid,
-            0,
-            self.itt,
-            class,
-            detail,
-            Bytes::new(),
-        ))
+    /// A successful answer carrying `kv`.
+    fn respond(&self, transit: bool, csg: u8, nsg: u8, tsih: u16, kv: &KeyValues) -> TargetPdu {
+        self.answer(transit, csg, nsg, tsih, (0, 0), Bytes::from(kv.encode()))
+    }
+
+    /// A failure answer with status `(class, detail)`.
+    fn fail(&self, status: (u8, u8)) -> Step {
+        Step::Fail(self.answer(false, 0, 0, 0, status, Bytes::new()))
     }
 
     /// Handles one Login Request.
@@ -170,6 +186,7 @@ impl Login {
             tsih,
             itt,
             cmd_sn,
+            cid,
             ..
         } = pdu.header
         else {
@@ -181,6 +198,7 @@ impl Login {
             self.isid = isid;
             self.tsih = tsih;
             self.cmd_sn = cmd_sn;
+            self.cid = cid;
             if version_min > 0 || version_max < version_min {
                 return self.fail(status::UNSUPPORTED_VERSION);
             }
@@ -231,7 +249,7 @@ impl Login {
             if let Some(alias) = self.target.as_ref().and_then(|t| t.alias.clone()) {
                 resp.push("TargetAlias", alias);
             }
-            resp.push("TargetPortalGroupTag", PORTAL_GROUP_TAG.to_string());
+            resp.push("TargetPortalGroupTag", self.tpgt.to_string());
         }
         let chap_required = self
             .target
@@ -289,6 +307,7 @@ impl Login {
                 target: self.target.clone(),
                 params: self.negotiator.params.clone(),
                 cmd_sn: self.cmd_sn,
+                cid: self.cid,
             }),
         )
     }
@@ -374,5 +393,87 @@ impl Login {
             self.authenticated = true;
         }
         Ok(())
+    }
+}
+
+/// The numbering a connection's first Login Request sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opening {
+    /// CmdSN of the login: ExpCmdSN and MaxCmdSN until the login completes.
+    pub cmd_sn: u32,
+    /// ExpStatSN of the login: the first StatSN to send.
+    pub exp_stat_sn: u32,
+}
+
+/// What the shell does after the login phase took a PDU.
+pub enum LoginFlow {
+    /// The answer was sent; wait for the next Login Request.
+    Continue,
+    /// The final answer was sent (the window opened first): the connection
+    /// is in full feature phase.
+    Done(Box<Established>),
+    /// Close the connection once what was sent is on the wire.
+    Close,
+}
+
+/// The login phase of one connection, as the shell drives it.
+pub struct LoginPhase {
+    login: Login,
+    queue_depth: u32,
+}
+
+impl LoginPhase {
+    /// Starts the login phase with the connection's first PDU (not yet
+    /// stepped). `None` when it is not a Login Request: the connection
+    /// closes without an answer.
+    pub fn start(
+        first: &Pdu,
+        registry: Arc<TargetRegistry>,
+        config: &PortalConfig,
+    ) -> Option<(LoginPhase, Opening)> {
+        let Header::Login {
+            cmd_sn,
+            exp_stat_sn,
+            ..
+        } = first.header
+        else {
+            return None;
+        };
+        let phase = LoginPhase {
+            login: Login::new(registry, config),
+            queue_depth: config.queue_depth,
+        };
+        Some((
+            phase,
+            Opening {
+                cmd_sn,
+                exp_stat_sn,
+            },
+        ))
+    }
+
+    /// Handles one PDU of the login phase and sends the answer.
+    pub fn step(&mut self, pdu: &Pdu, out: &mut impl Wire) -> LoginFlow {
+        if !matches!(pdu.header, Header::Login { .. }) {
+            // Only Login Requests until the login completes.
+            return LoginFlow::Close;
+        }
+        match self.login.step(pdu) {
+            Step::Continue(resp) => {
+                out.send(resp);
+                LoginFlow::Continue
+            }
+            Step::Done(resp, est) => {
+                // Open the command window before the final response goes out.
+                let window = CmdWindow::new(est.cmd_sn, self.queue_depth);
+                out.publish_window(window.exp(), window.max());
+                out.send(resp);
+                LoginFlow::Done(est)
+            }
+            Step::Fail(resp) => {
+                out.send(resp);
+                LoginFlow::Close
+            }
+        }
     }
 }
