@@ -84,7 +84,10 @@ async fn a_prefix_guard_sees_creations_and_changes_since_a_revision() {
             .guard(Guard::PrefixUnchangedSince(prefix.clone(), seen))
             .op(Op::Put(store.keys().key("vpools", "p"), b"gone".to_vec()))
     };
-    assert!(matches!(store.commit(guarded()).await.unwrap(), Committed::Applied(_)));
+    assert!(matches!(
+        store.commit(guarded()).await.unwrap(),
+        Committed::Applied(_)
+    ));
     store.commit(put("b")).await.unwrap();
     assert_eq!(store.commit(guarded()).await.unwrap(), Committed::Refused);
 }

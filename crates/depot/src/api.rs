@@ -20,6 +20,8 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::cluster::Node;
+use crate::cluster::peer::{Forwarded, MAX_FORWARD_BODY, forward};
 use crate::error::{DepotError, DepotResult};
 use crate::manager::Manager;
 use crate::model::*;
@@ -55,24 +57,38 @@ pub const ROUTES: &[(&str, &str)] = &[
         "post",
         "/api/v1/vdisks/{name}/snapshots/{snapshot}/rollback",
     ),
+    ("get", "/api/v1/routers"),
     ("get", "/metrics"),
 ];
 
 #[derive(Clone)]
 struct App {
     mgr: Arc<Manager>,
+    node: Option<Arc<Node>>,
     token: Option<Arc<str>>,
 }
+
+/// Set on the response of an operation that must run on another router.
+#[derive(Debug, Clone)]
+struct RunsOn(String);
 
 impl IntoResponse for DepotError {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let runs_on = match &self {
+            DepotError::Elsewhere { router } => Some(RunsOn(router.clone())),
+            _ => None,
+        };
         let body = ErrorBody {
             error: self.code().into(),
             message: self.to_string(),
         };
-        (status, axum::Json(body)).into_response()
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let Some(r) = runs_on {
+            resp.extensions_mut().insert(r);
+        }
+        resp
     }
 }
 
@@ -95,10 +111,13 @@ async fn created<T: serde::Serialize>(r: DepotResult<T>) -> Result<Response, Dep
     r.map(|v| (StatusCode::CREATED, axum::Json(v)).into_response())
 }
 
-/// The router with every route of `ROUTES`.
-pub fn router(mgr: Arc<Manager>, token: Option<String>) -> Router {
+/// The router with every route of `ROUTES`; in a cluster, `node` is this
+/// router's membership (requests then wait for the cluster state to catch
+/// up, and run on the router that owns what they change).
+pub fn router(mgr: Arc<Manager>, node: Option<Arc<Node>>, token: Option<String>) -> Router {
     let app = App {
         mgr,
+        node,
         token: token.map(Arc::from),
     };
     Router::new()
@@ -124,6 +143,7 @@ pub fn router(mgr: Arc<Manager>, token: Option<String>) -> Router {
             "/api/v1/vdisks/{name}/snapshots/{snapshot}/rollback",
             post(rollback),
         )
+        .route("/api/v1/routers", get(list_routers))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             DepotError::NotFound {
@@ -131,12 +151,64 @@ pub fn router(mgr: Arc<Manager>, token: Option<String>) -> Router {
                 name: "this path".into(),
             }
         })
+        .layer(axum::middleware::from_fn_with_state(app.clone(), cluster))
         .layer(axum::middleware::from_fn_with_state(app.clone(), auth))
         .with_state(app)
 }
 
+/// In a cluster: waits until this router has applied the cluster state
+/// as it is now (so the request decides on current state), then runs the
+/// request here, or on the router that must run it.
+async fn cluster(State(app): State<App>, req: Request, next: Next) -> Response {
+    let Some(node) = app.node.clone() else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    if !path.starts_with("/api/v1/") || path == "/api/v1/health" || path == "/api/v1/openapi.json" {
+        return next.run(req).await;
+    }
+    if let Err(e) = node.sync().await {
+        return e.into_response();
+    }
+    let forwarded = req.extensions().get::<Forwarded>().is_some();
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_FORWARD_BODY).await {
+        Ok(b) => b,
+        Err(e) => return DepotError::BadRequest(format!("request body: {e}")).into_response(),
+    };
+    let method = parts.method.clone();
+    let uri = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
+    let resp = next
+        .run(Request::from_parts(
+            parts,
+            axum::body::Body::from(body.clone()),
+        ))
+        .await;
+    let Some(RunsOn(router)) = resp.extensions().get::<RunsOn>().cloned() else {
+        return resp;
+    };
+    if forwarded {
+        return DepotError::Unavailable(format!(
+            "router {router} serves this now (it moved while the request was forwarded); retry"
+        ))
+        .into_response();
+    }
+    match forward(&node, &router, &method, &uri, &body).await {
+        Ok((status, body)) => {
+            (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
+    // Another router's request: its certificate authenticated it.
+    let forwarded = req.extensions().get::<Forwarded>().is_some();
     if let Some(token) = &app.token
+        && !forwarded
         && req.uri().path() != "/api/v1/health"
     {
         let ok = req
@@ -175,6 +247,12 @@ async fn metrics(State(app): State<App>) -> Result<Response, DepotError> {
         header::HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     Ok((h, text).into_response())
+}
+
+async fn list_routers(State(app): State<App>) -> Answer<Vec<RouterView>> {
+    blocking(move || app.mgr.list_routers())
+        .await
+        .map(axum::Json)
 }
 
 async fn list_vpools(State(app): State<App>) -> Answer<Vec<VPoolView>> {

@@ -35,6 +35,15 @@ pub struct ServeArgs {
     /// Management API address.
     #[arg(long)]
     pub api_listen: Option<String>,
+    /// Join a cluster as the router NAME (needs `--etcd`).
+    #[arg(long, env = "DEPOT_ROUTER")]
+    pub router: Option<String>,
+    /// etcd endpoints of the cluster, `URL[,URL...]`.
+    #[arg(long, env = "DEPOT_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Router-to-router address (mutual TLS) of a clustered router.
+    #[arg(long, env = "DEPOT_PEER_LISTEN")]
+    pub peer_listen: Option<String>,
 }
 
 /// The file format.
@@ -59,6 +68,48 @@ pub struct FileConfig {
     /// VMs declared in the file.
     #[serde(default)]
     pub vm: Vec<VmFile>,
+    /// Membership in a cluster of routers (absent: a standalone router).
+    #[serde(default)]
+    pub cluster: Option<ClusterFile>,
+}
+
+/// The `[cluster]` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// This router's name.
+    #[serde(default)]
+    pub router: Option<String>,
+    /// etcd client URLs.
+    #[serde(default)]
+    pub etcd: Vec<String>,
+    /// Key prefix in etcd (default `/depot`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Router-to-router address, `ADDR:PORT` (default: the iSCSI port + 2).
+    #[serde(default)]
+    pub peer_listen: Option<String>,
+    /// Lease time to live in seconds (default 10).
+    #[serde(default)]
+    pub lease_ttl_secs: Option<u64>,
+    /// Failure domain (rack, room) of this router.
+    #[serde(default)]
+    pub failure_domain: Option<String>,
+    /// CA bundle (PEM) that signed etcd's server certificates.
+    #[serde(default)]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd.
+    #[serde(default)]
+    pub etcd_cert: Option<PathBuf>,
+    /// Client key (PEM) for etcd.
+    #[serde(default)]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user (etcd's own authentication).
+    #[serde(default)]
+    pub etcd_user: Option<String>,
+    /// File holding the etcd user's password.
+    #[serde(default)]
+    pub etcd_password_file: Option<PathBuf>,
 }
 
 /// A VM in the file.
@@ -142,6 +193,19 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Statically declared VMs.
     pub vms: Vec<Vm>,
+    /// Cluster membership (`None`: a standalone router, the embedded
+    /// default).
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// Validated cluster settings.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// What the cluster crate needs (name, endpoints, prefix, TLS, auth,
+    /// lease timing).
+    pub etcd: depot_cluster::ClusterConfig,
+    /// Router-to-router listener.
+    pub peer_listen: SocketAddr,
 }
 
 /// A validated VM.
@@ -231,6 +295,15 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(a) = &args.api_listen {
         b = b.set_override("api_listen", a.clone())?;
+    }
+    if let Some(r) = &args.router {
+        b = b.set_override("cluster.router", r.clone())?;
+    }
+    if !args.etcd.is_empty() {
+        b = b.set_override("cluster.etcd", args.etcd.clone())?;
+    }
+    if let Some(p) = &args.peer_listen {
+        b = b.set_override("cluster.peer_listen", p.clone())?;
     }
     let raw: FileConfig = b
         .build()
@@ -329,6 +402,10 @@ fn validate(raw: FileConfig) -> anyhow::Result<Config> {
             "api_listen {api_listen} is not a loopback address: set api_token (or DEPOT_API_TOKEN) so the API is not open to anyone"
         );
     }
+    let cluster = raw
+        .cluster
+        .map(|c| cluster_settings(c, iscsi_listen))
+        .transpose()?;
     Ok(Config {
         data_dir: raw.data_dir,
         iscsi_listen,
@@ -336,6 +413,76 @@ fn validate(raw: FileConfig) -> anyhow::Result<Config> {
         api_token,
         tls,
         vms,
+        cluster,
+    })
+}
+
+fn cluster_settings(c: ClusterFile, iscsi_listen: SocketAddr) -> anyhow::Result<ClusterSettings> {
+    let Some(router) = c.router else {
+        bail!("[cluster] needs this router's name (router = \"NAME\", --router or DEPOT_ROUTER)");
+    };
+    check_name("router", &router)?;
+    let etcd: Vec<String> = c
+        .etcd
+        .iter()
+        .flat_map(|e| e.split(','))
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect();
+    if etcd.is_empty() {
+        bail!(
+            "router {router}: no etcd endpoints (etcd = [\"http://HOST:2379\"], --etcd or DEPOT_ETCD)"
+        );
+    }
+    for e in &etcd {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            bail!("etcd endpoint {e:?} must be an http:// or https:// URL");
+        }
+    }
+    let peer_listen: SocketAddr = match c.peer_listen {
+        Some(p) => p
+            .parse()
+            .with_context(|| format!("peer_listen {p:?} is not ADDR:PORT"))?,
+        None => SocketAddr::new(iscsi_listen.ip(), iscsi_listen.port().wrapping_add(2)),
+    };
+    let mut cfg = depot_cluster::ClusterConfig::new(router, etcd);
+    if let Some(p) = c.prefix {
+        if !p.starts_with('/') || p.len() < 2 {
+            bail!("cluster prefix {p:?} must start with '/'");
+        }
+        cfg.prefix = p;
+    }
+    if let Some(t) = c.lease_ttl_secs {
+        if !(2..=300).contains(&t) {
+            bail!("lease_ttl_secs {t} must be between 2 and 300");
+        }
+        cfg.lease_ttl = std::time::Duration::from_secs(t);
+    }
+    cfg.failure_domain = c.failure_domain;
+    cfg.tls = match (c.etcd_ca, c.etcd_cert, c.etcd_key) {
+        (None, None, None) => None,
+        (Some(ca), None, None) => Some(depot_cluster::EtcdTls { ca, identity: None }),
+        (Some(ca), Some(cert), Some(key)) => Some(depot_cluster::EtcdTls {
+            ca,
+            identity: Some((cert, key)),
+        }),
+        _ => bail!("etcd TLS needs etcd_ca, and etcd_cert with etcd_key for client certificates"),
+    };
+    if cfg.tls.is_some() && cfg.endpoints.iter().any(|e| e.starts_with("http://")) {
+        bail!("etcd TLS is configured: the endpoints must be https:// URLs");
+    }
+    cfg.user = match (c.etcd_user, c.etcd_password_file) {
+        (None, None) => None,
+        (Some(u), Some(f)) => {
+            let pw = std::fs::read_to_string(&f)
+                .with_context(|| format!("reading etcd password file {}", f.display()))?;
+            Some((u, pw.trim_end_matches(['\r', '\n']).to_string()))
+        }
+        _ => bail!("etcd authentication needs both etcd_user and etcd_password_file"),
+    };
+    Ok(ClusterSettings {
+        etcd: cfg,
+        peer_listen,
     })
 }
 
@@ -354,6 +501,43 @@ mod tests {
             data_dir: None,
             iscsi_listen: None,
             api_listen: None,
+            router: None,
+            etcd: Vec::new(),
+            peer_listen: None,
+        }
+    }
+
+    #[test]
+    fn cluster_settings_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("depot.toml");
+        std::fs::write(
+            &f,
+            "[cluster]\nrouter = \"r1\"\netcd = [\"http://127.0.0.1:2379\"]\nlease_ttl_secs = 5\n",
+        )
+        .unwrap();
+        let c = load(&args(Some(f.clone()))).unwrap();
+        let cl = c.cluster.unwrap();
+        assert_eq!(cl.etcd.router, "r1");
+        assert_eq!(cl.etcd.lease_ttl.as_secs(), 5);
+        assert_eq!(cl.peer_listen.port(), 3262);
+        let mut a = args(None);
+        a.router = Some("r2".into());
+        a.etcd = vec!["http://a:1".into(), "http://b:2".into()];
+        let cl = load(&a).unwrap().cluster.unwrap();
+        assert_eq!(cl.etcd.router, "r2");
+        assert_eq!(cl.etcd.endpoints.len(), 2);
+        assert!(load(&args(None)).unwrap().cluster.is_none());
+        for bad in [
+            "[cluster]\netcd = [\"http://x:1\"]",
+            "[cluster]\nrouter = \"r1\"",
+            "[cluster]\nrouter = \"R 1\"\netcd = [\"http://x:1\"]",
+            "[cluster]\nrouter = \"r1\"\netcd = [\"x:1\"]",
+            "[cluster]\nrouter = \"r1\"\netcd = [\"http://x:1\"]\nlease_ttl_secs = 1",
+            "[cluster]\nrouter = \"r1\"\netcd = [\"http://x:1\"]\netcd_user = \"u\"",
+        ] {
+            std::fs::write(&f, bad).unwrap();
+            assert!(load(&args(Some(f.clone()))).is_err(), "{bad}");
         }
     }
 

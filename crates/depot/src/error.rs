@@ -38,6 +38,23 @@ pub enum DepotError {
     /// Storage is temporarily unavailable; retrying may succeed.
     #[error("temporarily unavailable, retry later: {0}")]
     Unavailable(String),
+    /// Another router changed what this change was based on (a lost
+    /// compare-and-swap); nothing was written.
+    #[error("{0}; nothing was changed, retry")]
+    Changed(String),
+    /// The cluster state (etcd) cannot be reached: management changes stop,
+    /// I/O already being served goes on.
+    #[error(
+        "management changes are unavailable while the cluster state (etcd) is unreachable: {0}"
+    )]
+    ClusterDown(String),
+    /// The operation must run on another router of the cluster (the
+    /// vDisk's owner); the API forwards it there, so clients never see it.
+    #[error("router {router:?} serves this; the request goes there")]
+    Elsewhere {
+        /// The router to run it on.
+        router: String,
+    },
     /// Anything else (local I/O, corrupt state).
     #[error("{0}")]
     Internal(String),
@@ -56,6 +73,9 @@ impl DepotError {
             DepotError::BadRequest(_) => 400,
             DepotError::Unauthorized => 401,
             DepotError::Unavailable(_) => 503,
+            DepotError::Changed(_) => 409,
+            DepotError::ClusterDown(_) => 503,
+            DepotError::Elsewhere { .. } => 503,
             DepotError::Internal(_) => 500,
         }
     }
@@ -69,6 +89,9 @@ impl DepotError {
             DepotError::BadRequest(_) => "bad_request",
             DepotError::Unauthorized => "unauthorized",
             DepotError::Unavailable(_) => "unavailable",
+            DepotError::Changed(_) => "changed",
+            DepotError::ClusterDown(_) => "cluster_unavailable",
+            DepotError::Elsewhere { .. } => "elsewhere",
             DepotError::Internal(_) => "internal",
         }
     }
@@ -106,6 +129,30 @@ impl From<EngineError> for DepotError {
                 DepotError::BadRequest("the vDisk is read-only (a template?)".into())
             }
             e if e.is_retryable() => DepotError::Unavailable(e.to_string()),
+            e => DepotError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<depot_cluster::ClusterError> for DepotError {
+    fn from(e: depot_cluster::ClusterError) -> Self {
+        use depot_cluster::ClusterError as C;
+        match e {
+            C::Unavailable(m) => DepotError::ClusterDown(m),
+            C::Conflict(m) => DepotError::Changed(m),
+            C::NotFound(m) => DepotError::BadRequest(m),
+            C::AlreadyRunning(m) | C::Fenced(m) => DepotError::InUse(m),
+            e @ (C::Corrupt { .. } | C::Config(_)) => DepotError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<depot_peer::PeerError> for DepotError {
+    fn from(e: depot_peer::PeerError) -> Self {
+        use depot_peer::PeerError as P;
+        match e {
+            P::Refused(m) => DepotError::BadRequest(m),
+            e @ P::Unreachable { .. } => DepotError::Unavailable(e.to_string()),
             e => DepotError::Internal(e.to_string()),
         }
     }

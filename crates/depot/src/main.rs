@@ -20,6 +20,7 @@
 mod api;
 mod catalog;
 mod cli;
+mod cluster;
 mod config;
 mod error;
 mod identity;
@@ -46,6 +47,9 @@ struct Cli {
 enum Command {
     /// Run the storage router.
     Serve(config::ServeArgs),
+    /// The cluster's routers.
+    #[command(subcommand)]
+    Router(cli::RouterCmd),
     /// Manage vPools.
     #[command(subcommand)]
     Vpool(cli::VPoolCmd),
@@ -66,6 +70,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => args,
         other => {
             let cmd = match other {
+                Command::Router(c) => cli::ClientCmd::Router(c),
                 Command::Vpool(c) => cli::ClientCmd::VPool(c),
                 Command::Vm(c) => cli::ClientCmd::Vm(c),
                 Command::Vdisk(c) => cli::ClientCmd::VDisk(c),

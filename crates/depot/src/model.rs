@@ -113,6 +113,10 @@ pub struct VPoolRecord<B = BackendConfig> {
     pub cache_dirs: Vec<PathBuf>,
     /// Defaults for its vDisks.
     pub policy: Policy,
+    /// In a cluster, the router that holds a local-directory vPool (only it
+    /// serves its vDisks); absent for S3 vPools and standalone routers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<String>,
 }
 
 /// CHAP credentials of a VM's target.
@@ -346,6 +350,7 @@ impl VPoolRecord {
             backend: PublicBackend::from(self.backend.clone()),
             cache_dirs: self.cache_dirs.clone(),
             policy: self.policy.clone(),
+            router: self.router.clone(),
         }
     }
 }
@@ -382,6 +387,32 @@ pub struct VDiskView {
     pub snapshots: usize,
     /// Serving on its LUN.
     pub online: bool,
+    /// In a cluster: the router that owns it (serves its I/O).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// In a cluster: the ownership's generation (only grows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+}
+
+/// A router of the cluster as `depot router list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouterView {
+    /// Name.
+    pub name: String,
+    /// iSCSI portal.
+    pub portal: String,
+    /// Management API.
+    pub api: String,
+    /// `up` while its lease lives, else `down`.
+    pub state: String,
+    /// vDisks it owns.
+    pub vdisks: usize,
+    /// Its target portal group tag (ALUA group id).
+    pub tpgt: u16,
+    /// Failure domain, when declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_domain: Option<String>,
 }
 
 /// A snapshot as the API shows it.
@@ -448,6 +479,7 @@ mod tests {
             backend: s3("s3cret"),
             cache_dirs: vec!["/flash/a".into()],
             policy: Policy::default(),
+            router: None,
         };
         let pool = VPoolView {
             info: rec.public(),
@@ -488,6 +520,8 @@ mod tests {
             target: "iqn.2026-11.io.depot:web1".into(),
             snapshots: 0,
             online: false,
+            owner: None,
+            generation: None,
         };
         assert_eq!(json(&disk), RAW_DISK);
         // And they read back (the CLI's side).
@@ -504,6 +538,7 @@ mod tests {
             backend: s3("s3cret"),
             cache_dirs: Vec::new(),
             policy: Policy::default(),
+            router: None,
         };
         // The record keeps it (the catalog needs it) ...
         assert!(json(&rec).contains("\"secret_access_key\":\"s3cret\""));

@@ -11,8 +11,10 @@ use anyhow::Context;
 use depot_iscsi_target::{PortalConfig, TargetRegistry};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Node;
+use crate::cluster::peer::PeerHandler;
 use crate::config::Config;
-use crate::manager::{DeclaredDisk, DeclaredVm, Manager};
+use crate::manager::{ClusterStart, DeclaredDisk, DeclaredVm, Manager};
 use crate::metrics::Metrics;
 use crate::model::{ChapSpec, CreateVDisk, CreateVm, SizeSpec};
 
@@ -62,17 +64,48 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .build()?;
     let targets = TargetRegistry::new();
     let metrics = Metrics::new();
+    // A clustered router joins before it opens anything: the catalog is the
+    // cluster's, and it must know which vDisks it owns.
+    let cluster = match &cfg.cluster {
+        None => None,
+        Some(cs) => {
+            let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+            let joined = rt.block_on(Node::join(
+                cs,
+                &cfg.data_dir,
+                cfg.iscsi_listen,
+                format!("{scheme}://{}", cfg.api_listen),
+                cs.peer_listen,
+            ))?;
+            Some(ClusterStart {
+                node: joined.node,
+                snapshot: joined.snapshot,
+                revision: joined.revision,
+                rt: rt.handle().clone(),
+            })
+        }
+    };
+    let node = cluster.as_ref().map(|c| c.node.clone());
     // Storage is opened outside the runtimes' threads: the engine blocks on
     // its runtime while it opens.
-    let mgr = Manager::open(&cfg.data_dir, engine_rt.handle().clone(), targets, metrics)
-        .context("opening the catalog")?;
+    let mgr = Manager::open(
+        &cfg.data_dir,
+        engine_rt.handle().clone(),
+        targets,
+        metrics,
+        cluster,
+    )
+    .context("opening the catalog")?;
     let declared = declared_vms(&cfg);
     for vm in &declared {
         mgr.ensure_declared(vm, &declared)
             .with_context(|| format!("declared VM {}", vm.vm.name))?;
     }
-    let result = rt.block_on(serve(cfg, mgr.clone()));
+    let result = rt.block_on(serve(cfg, mgr.clone(), node.clone()));
     mgr.shutdown();
+    if let Some(n) = &node {
+        rt.block_on(n.leave());
+    }
     drop(engine_rt);
     tracing::info!("stopped");
     result
@@ -123,7 +156,7 @@ const FRONT_BLOCKING_THREADS: usize = 128;
 /// file I/O).
 const ENGINE_BLOCKING_THREADS: usize = 64;
 
-async fn serve(cfg: Config, mgr: Arc<Manager>) -> anyhow::Result<()> {
+async fn serve(cfg: Config, mgr: Arc<Manager>, node: Option<Arc<Node>>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.iscsi_listen)
         .await
         .with_context(|| format!("binding iSCSI portal {}", cfg.iscsi_listen))?;
@@ -131,7 +164,25 @@ async fn serve(cfg: Config, mgr: Arc<Manager>) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding API {}", cfg.api_listen))?;
     let shutdown = CancellationToken::new();
-    let router = crate::api::router(mgr.clone(), cfg.api_token.clone());
+    let router = crate::api::router(mgr.clone(), node.clone(), cfg.api_token.clone());
+    let mut portal = PortalConfig::default();
+    if let (Some(n), Some(cs)) = (&node, &cfg.cluster) {
+        portal.portal_group_tag = n.record().tpgt;
+        let peer_listener = tokio::net::TcpListener::bind(cs.peer_listen)
+            .await
+            .with_context(|| format!("binding router-to-router listener {}", cs.peer_listen))?;
+        let admit_node = n.clone();
+        let admit: depot_peer::Admit =
+            Arc::new(move |r: &str| admit_node.view().routers.contains_key(r));
+        tokio::spawn(depot_peer::serve(
+            peer_listener,
+            n.identity().clone(),
+            admit,
+            PeerHandler::new(router.clone()),
+            shutdown.clone(),
+        ));
+        crate::cluster::feed::spawn(n.clone(), mgr.clone(), shutdown.clone());
+    }
     let api = match &cfg.tls {
         Some((cert, key)) => {
             let tls = crate::tls::server_config(cert, key)?;
@@ -162,7 +213,7 @@ async fn serve(cfg: Config, mgr: Arc<Manager>) -> anyhow::Result<()> {
     let server = tokio::spawn(depot_iscsi_target::serve(
         listener,
         mgr.targets().clone(),
-        PortalConfig::default(),
+        portal,
         shutdown.clone(),
     ));
     wait_for_signal().await?;

@@ -240,9 +240,18 @@ pub enum SnapshotCmd {
     },
 }
 
+/// `depot router ...`
+#[derive(Debug, Subcommand)]
+pub enum RouterCmd {
+    /// List the cluster's routers with their state and the vDisks each owns.
+    List,
+}
+
 /// A client command.
 #[derive(Debug)]
 pub enum ClientCmd {
+    /// Routers of the cluster.
+    Router(RouterCmd),
     /// vPools.
     VPool(VPoolCmd),
     /// VMs.

@@ -21,7 +21,7 @@ use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use args::{ClientArgs, ClientCmd, SnapshotCmd, VDiskCmd, VPoolCmd, VmCmd};
+pub use args::{ClientArgs, ClientCmd, RouterCmd, SnapshotCmd, VDiskCmd, VPoolCmd, VmCmd};
 
 use args::{absolute, parse_size, snap_args};
 use client::{Client, body, enc};
@@ -124,6 +124,7 @@ async fn execute(args: &ClientArgs, cmd: ClientCmd) -> anyhow::Result<String> {
         out: Output { json: args.json },
     };
     match cmd {
+        ClientCmd::Router(RouterCmd::List) => ctx.list::<RouterView>("/api/v1/routers").await,
         ClientCmd::VPool(cmd) => vpool(&ctx, cmd).await,
         ClientCmd::Vm(cmd) => vm(&ctx, cmd).await,
         ClientCmd::VDisk(cmd) => vdisk(&ctx, cmd).await,

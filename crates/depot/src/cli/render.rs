@@ -11,7 +11,7 @@ use anyhow::Context;
 use depot_engine::BackendConfig;
 use serde::Serialize;
 
-use crate::model::{SnapshotView, VDiskView, VPoolView, VmView};
+use crate::model::{RouterView, SnapshotView, VDiskView, VPoolView, VmView};
 use crate::size;
 
 /// An object shown as one table row.
@@ -164,6 +164,22 @@ impl Tabular for VDiskView {
                 (true, false, true) => "read-only".into(),
                 _ => "online".into(),
             },
+        ]
+    }
+}
+
+impl Tabular for RouterView {
+    const HEADERS: &'static [&'static str] =
+        &["NAME", "STATE", "PORTAL", "API", "VDISKS", "TPGT", "DOMAIN"];
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            self.state.clone(),
+            self.portal.clone(),
+            self.api.clone(),
+            self.vdisks.to_string(),
+            self.tpgt.to_string(),
+            self.failure_domain.clone().unwrap_or_else(|| "-".into()),
         ]
     }
 }

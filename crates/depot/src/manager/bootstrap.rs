@@ -18,34 +18,80 @@ use tokio::runtime::Handle;
 
 use super::{DEFAULT_VPOOL, LiveDisk, Manager, State, not_found};
 use crate::catalog::Catalog;
+use crate::catalog::cluster::ClusterPersist;
+use crate::cluster::Node;
+use crate::cluster::device::{Routed, Standby};
 use crate::error::{DepotError, DepotResult};
 use crate::identity::{self, Identity};
 use crate::metrics::Metrics;
 use crate::model::{CreateVPool, VDiskKind, VDiskRecord};
+
+/// An opened vDisk's storage: the device, and the engine volume or raw file
+/// behind it.
+pub(super) type Storage = (
+    Arc<dyn BlockDevice>,
+    Option<Arc<depot_engine::Volume>>,
+    Option<Arc<FileDevice>>,
+);
+
+/// The standby device of a vDisk another router owns.
+pub(super) fn standby_of(d: &VDiskRecord) -> Arc<dyn BlockDevice> {
+    Arc::new(Standby::new(
+        d.info.size_bytes,
+        d.info.block_size,
+        d.info.kind == VDiskKind::Engine,
+    ))
+}
 
 fn identity_of(rec: &VDiskRecord) -> DepotResult<Identity> {
     identity::parse(&rec.identity)
         .ok_or_else(|| DepotError::Internal(format!("vDisk {}: corrupt identity", rec.info.name)))
 }
 
+/// What a clustered router starts from: its membership and the cluster's
+/// state when it joined.
+pub struct ClusterStart {
+    /// The router.
+    pub node: Arc<Node>,
+    /// Every key of the cluster.
+    pub snapshot: Vec<depot_cluster::Versioned>,
+    /// The snapshot's revision.
+    pub revision: i64,
+    /// Where the catalog's etcd calls run.
+    pub rt: Handle,
+}
+
 impl Manager {
-    /// Loads the catalog under `data_dir`, opens every vPool, builds every
-    /// VM's target and attaches every vDisk. A vDisk that cannot be opened
-    /// is logged and left offline; the rest of the node still serves.
+    /// Loads the catalog (under `data_dir`, or the cluster's), opens every
+    /// vPool, builds every VM's target and attaches every vDisk. A vDisk
+    /// that cannot be opened is logged and left offline; the rest of the
+    /// node still serves.
     pub fn open(
         data_dir: &Path,
         rt: Handle,
         targets: Arc<TargetRegistry>,
         metrics: Arc<Metrics>,
+        cluster: Option<ClusterStart>,
     ) -> DepotResult<Arc<Manager>> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| DepotError::io(format!("creating {}", data_dir.display()), e))?;
-        let catalog = Catalog::load(data_dir)?;
+        let (catalog, node) = match cluster {
+            None => (Catalog::load(data_dir)?, None),
+            Some(c) => {
+                let persist = ClusterPersist::new(c.node.store().clone(), c.rt);
+                (
+                    Catalog::clustered(persist, &c.snapshot, c.revision),
+                    Some(c.node),
+                )
+            }
+        };
         let pools: Vec<_> = catalog.vpools().cloned().collect();
         let vms: Vec<_> = catalog.vms().cloned().collect();
         let mut disks: Vec<VDiskRecord> = catalog.vdisks().cloned().collect();
+        let clustered = node.is_some();
         let m = Arc::new(Manager {
             data_dir: data_dir.to_path_buf(),
+            cluster: node,
             rt,
             state: Mutex::new(State {
                 catalog,
@@ -56,10 +102,11 @@ impl Manager {
             targets,
             scsi_registry: Registry::new(),
             metrics,
+            moves: parking_lot::Mutex::new(Default::default()),
         });
         {
             let mut st = m.lock();
-            for p in &pools {
+            for p in pools.iter().filter(|p| m.opens_here(p)) {
                 match m.open_pool(p) {
                     Ok(pool) => {
                         st.pools.insert(p.name.clone(), pool);
@@ -75,12 +122,12 @@ impl Manager {
             // Parents before clones is the engine's business; LUN order here.
             disks.sort_by(|a, b| (&a.info.vm, a.info.lun).cmp(&(&b.info.vm, b.info.lun)));
             for d in &disks {
-                if let Err(e) = m.attach(&mut st, d, false) {
+                if let Err(e) = m.attach(&mut st, d, false, None) {
                     tracing::error!(vm = %d.info.vm, vdisk = %d.info.name, error = %e, "cannot open vDisk; it stays offline");
                 }
             }
         }
-        if pools.is_empty() {
+        if pools.is_empty() && !clustered {
             m.create_vpool(CreateVPool {
                 name: DEFAULT_VPOOL.into(),
                 backend: None,
@@ -101,15 +148,90 @@ impl Manager {
             .join(format!("{file}.json"))
     }
 
-    /// Opens `d`'s storage and puts it on its LUN.
+    /// Puts `d` on its LUN: its storage opened when this router serves it
+    /// (always on a standalone router; in a cluster when it owns it, under
+    /// `generation` if the caller has just claimed one, else a fresh claim),
+    /// a standby device otherwise.
     pub(super) fn attach(
         &self,
         st: &mut State,
         d: &VDiskRecord,
         create_raw: bool,
+        generation: Option<u64>,
     ) -> DepotResult<()> {
         let info = &d.info;
-        let (dev, volume, raw): (Arc<dyn BlockDevice>, _, _) = match info.kind {
+        let (dev, volume, raw, routed, generation) = match &self.cluster {
+            None => {
+                let (dev, volume, raw) = self.open_storage(st, d, create_raw)?;
+                (dev, volume, raw, None, None)
+            }
+            Some(node) => {
+                let served = match self.serving_generation(d, generation)? {
+                    Some(g) => Some((self.open_storage(st, d, create_raw)?, g)),
+                    None => None,
+                };
+                let (inner, volume, raw, g) = match served {
+                    Some(((dev, v, r), g)) => (dev, v, r, Some(g)),
+                    None => (standby_of(d), None, None, None),
+                };
+                let routed = Arc::new(Routed::new(inner, node.fence().clone()));
+                (
+                    routed.clone() as Arc<dyn BlockDevice>,
+                    volume,
+                    raw,
+                    Some(routed),
+                    g,
+                )
+            }
+        };
+        let metered = Arc::new(self.metrics.meter(&info.vm, &info.name, dev));
+        let id = identity_of(d)?;
+        let mut lu_cfg = LuConfig::new(&id.serial(), id.naa());
+        lu_cfg.read_only = info.read_only;
+        let pr = self.pr_path(d);
+        if let Some(dir) = pr.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| DepotError::io(format!("creating {}", dir.display()), e))?;
+        }
+        lu_cfg.pr_state_path = Some(pr);
+        let lu = LogicalUnit::new(lu_cfg, metered.clone(), &self.scsi_registry)
+            .map_err(|e| DepotError::Internal(format!("vDisk {}: {e}", info.name)))?;
+        let scsi = st
+            .scsi
+            .get(&info.vm)
+            .ok_or_else(|| not_found("VM", &info.vm))?;
+        scsi.insert_lun(info.lun, lu.clone());
+        let serving = volume.is_some() || raw.is_some();
+        st.disks.insert(
+            info.name.clone(),
+            LiveDisk {
+                vm: info.vm.clone(),
+                lun: info.lun,
+                metered,
+                lu,
+                volume,
+                raw,
+                routed,
+                generation,
+            },
+        );
+        if self.cluster.is_some() && !serving {
+            tracing::info!(vm = %info.vm, vdisk = %info.name, lun = info.lun, "vDisk standby (another router owns it)");
+        } else {
+            tracing::info!(vm = %info.vm, vdisk = %info.name, lun = info.lun, kind = %info.kind, generation = ?generation, "vDisk online");
+        }
+        Ok(())
+    }
+
+    /// Opens `d`'s storage: its engine volume or its raw image.
+    pub(super) fn open_storage(
+        &self,
+        st: &State,
+        d: &VDiskRecord,
+        create_raw: bool,
+    ) -> DepotResult<Storage> {
+        let info = &d.info;
+        let (dev, volume, raw): Storage = match info.kind {
             VDiskKind::Engine => {
                 let pool_name = info.vpool.as_deref().unwrap_or(DEFAULT_VPOOL);
                 let pool = st
@@ -137,41 +259,15 @@ impl Manager {
                 (f.clone(), None, Some(f))
             }
         };
-        let metered = Arc::new(self.metrics.meter(&info.vm, &info.name, dev));
-        let id = identity_of(d)?;
-        let mut lu_cfg = LuConfig::new(&id.serial(), id.naa());
-        lu_cfg.read_only = info.read_only;
-        let pr = self.pr_path(d);
-        if let Some(dir) = pr.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| DepotError::io(format!("creating {}", dir.display()), e))?;
-        }
-        lu_cfg.pr_state_path = Some(pr);
-        let lu = LogicalUnit::new(lu_cfg, metered.clone(), &self.scsi_registry)
-            .map_err(|e| DepotError::Internal(format!("vDisk {}: {e}", info.name)))?;
-        let scsi = st
-            .scsi
-            .get(&info.vm)
-            .ok_or_else(|| not_found("VM", &info.vm))?;
-        scsi.insert_lun(info.lun, lu.clone());
-        st.disks.insert(
-            info.name.clone(),
-            LiveDisk {
-                metered,
-                lu,
-                volume,
-                raw,
-            },
-        );
-        tracing::info!(vm = %info.vm, vdisk = %info.name, lun = info.lun, kind = %info.kind, "vDisk online");
-        Ok(())
+        Ok((dev, volume, raw))
     }
 
     /// Flushes every device and shuts every vPool down.
     pub fn shutdown(&self) {
         let mut st = self.lock();
         for (name, d) in st.disks.drain() {
-            if let Err(e) = d.metered.flush() {
+            let serving = d.volume.is_some() || d.raw.is_some();
+            if serving && let Err(e) = d.metered.flush() {
                 tracing::error!(vdisk = %name, error = %e, "flush on shutdown failed");
             }
         }

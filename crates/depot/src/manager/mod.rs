@@ -11,6 +11,9 @@
 //! - `vm`: VMs and their targets;
 //! - `bootstrap`: opening the node from the catalog, attaching a vDisk to
 //!   its LUN, shutdown;
+//! - `cluster`: a clustered router's part — applying the cluster feed,
+//!   making live state match it (which vDisks this router serves, which it
+//!   only shows as standby), ownership claims;
 //! - `vdisk`: vDisks (create, clone, resize, template, delete);
 //! - `snapshot`: snapshots and rollback;
 //! - `declared`: the VMs and disks the configuration file declares;
@@ -30,6 +33,7 @@
 //!   the catalog.
 
 mod bootstrap;
+mod cluster;
 mod declared;
 mod snapshot;
 mod stats;
@@ -48,18 +52,32 @@ use depot_scsi::{LogicalUnit, Registry, ScsiTarget};
 use tokio::runtime::Handle;
 
 use crate::catalog::Catalog;
+use crate::cluster::Node;
+use crate::cluster::device::Routed;
 use crate::error::{DepotError, DepotResult};
 use crate::metrics::{MeteredDevice, Metrics};
 use crate::model::IQN_PREFIX;
 
+pub use bootstrap::ClusterStart;
 pub use declared::{DeclaredDisk, DeclaredVm};
 
-/// A vDisk being served.
+/// A vDisk on its LUN.
 struct LiveDisk {
+    /// Its VM.
+    vm: String,
+    /// Its LUN in the VM's target.
+    lun: u64,
     metered: Arc<MeteredDevice>,
     lu: Arc<LogicalUnit>,
+    /// The engine volume, while this router serves it.
     volume: Option<Arc<Volume>>,
+    /// The raw image, while this router serves it.
     raw: Option<Arc<FileDevice>>,
+    /// In a cluster: the switchable device under the LUN (owner's device or
+    /// standby) and this router's ownership generation while it owns it.
+    routed: Option<Arc<Routed>>,
+    /// The generation this router serves the vDisk under (cluster only).
+    generation: Option<u64>,
 }
 
 impl LiveDisk {
@@ -81,11 +99,15 @@ struct State {
 /// The node's management core.
 pub struct Manager {
     data_dir: PathBuf,
+    /// This router's membership in a cluster (`None`: standalone).
+    cluster: Option<Arc<Node>>,
     rt: Handle,
     state: Mutex<State>,
     targets: Arc<TargetRegistry>,
     scsi_registry: Arc<Registry>,
     metrics: Arc<Metrics>,
+    /// vDisks with a move under way on this router.
+    moves: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Manager {

@@ -27,6 +27,7 @@ fn open(data: &Path, rt: &Runtime) -> Arc<Manager> {
         rt.handle().clone(),
         TargetRegistry::new(),
         Metrics::new(),
+        None,
     )
     .unwrap()
 }

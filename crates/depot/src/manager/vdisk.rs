@@ -34,7 +34,7 @@ pub(super) struct Declared {
 
 /// The view of `d`: its record's public part (live size when online) and
 /// the live numbers.
-fn vdisk_view(st: &State, d: &VDiskRecord) -> VDiskView {
+fn vdisk_view(st: &State, d: &VDiskRecord, owner: (Option<String>, Option<u64>)) -> VDiskView {
     let live = st.disks.get(&d.info.name);
     let (size, snapshots) = match live {
         Some(l) => (
@@ -57,6 +57,8 @@ fn vdisk_view(st: &State, d: &VDiskRecord) -> VDiskView {
         target: target_name(&d.info.vm),
         snapshots,
         online: live.is_some(),
+        owner: owner.0,
+        generation: owner.1,
     }
 }
 
@@ -75,7 +77,9 @@ impl Manager {
             .filter(|d| vm.is_none_or(|vm| d.info.vm == vm))
             .collect();
         v.sort_by(|a, b| (&a.info.vm, a.info.lun).cmp(&(&b.info.vm, b.info.lun)));
-        Ok(v.into_iter().map(|d| vdisk_view(&st, d)).collect())
+        Ok(v.into_iter()
+            .map(|d| vdisk_view(&st, d, self.ownership_of(&d.info.name)))
+            .collect())
     }
 
     /// Shows one vDisk.
@@ -85,7 +89,7 @@ impl Manager {
             .catalog
             .vdisk(name)
             .ok_or_else(|| not_found("vDisk", name))?;
-        Ok(vdisk_view(&st, d))
+        Ok(vdisk_view(&st, d, self.ownership_of(&d.info.name)))
     }
 
     /// Creates a vDisk — empty, a clone of a snapshot, or a clone of a
@@ -201,46 +205,34 @@ impl Manager {
             })),
             VDiskKind::Engine => None,
         };
-        // Storage first.
-        let (size_bytes, block_size) = match kind {
-            VDiskKind::Engine => {
-                let pname = vpool.clone().unwrap_or_else(|| DEFAULT_VPOOL.into());
-                let pool = st
-                    .pools
-                    .get(&pname)
-                    .ok_or_else(|| {
-                        if st.catalog.vpool(&pname).is_some() {
-                            DepotError::Unavailable(format!("vPool {pname:?} is offline"))
-                        } else {
-                            not_found("vPool", &pname)
-                        }
-                    })?
-                    .clone();
-                let v = match &source {
-                    None => pool.create_volume(&req.name, size.unwrap_or(0), block_size)?,
-                    Some((src, snap)) => {
-                        let v = pool.clone_volume(src, snap.as_deref(), &req.name)?;
-                        let cur = v.num_blocks() * u64::from(v.block_size());
-                        if let Some(s) = size {
-                            if s < cur {
-                                let _ = pool.delete_volume(&req.name);
-                                return Err(bad(format!(
-                                    "a clone cannot be smaller than its source ({cur} bytes)"
-                                )));
-                            }
-                            if s > cur
-                                && let Err(e) = v.resize(s)
-                            {
-                                let _ = pool.delete_volume(&req.name);
-                                return Err(e.into());
-                            }
-                        }
-                        v
-                    }
-                };
-                (v.num_blocks() * u64::from(v.block_size()), v.block_size())
+        // In a cluster a clone is made by its source's owner (the source's
+        // metadata records its clones); any other vDisk by the router of its
+        // VM's other vDisks.
+        match &source {
+            Some((src, _)) => self.owner_here(src)?,
+            None => {
+                let pool = req.vpool.as_deref().unwrap_or(DEFAULT_VPOOL);
+                let pool = (kind == VDiskKind::Engine).then_some(pool);
+                if let Some(r) = self.placement(&st, &req.vm, pool)
+                    && Some(r.as_str()) != self.cluster.as_ref().map(|n| n.name())
+                {
+                    return Err(DepotError::Elsewhere { router: r });
+                }
             }
-            VDiskKind::Raw => (size.unwrap_or(0), block_size),
+        }
+        // Ownership (a cluster's generation), then storage, then the record.
+        let generation = self.claim_new(&req.name)?;
+        let (size_bytes, block_size) = match self.create_storage(
+            &st,
+            &req,
+            &source,
+            (kind, vpool.clone(), size, block_size),
+        ) {
+            Ok(x) => x,
+            Err(e) => {
+                self.release_claim(&req.name, generation);
+                return Err(e);
+            }
         };
         let rec = VDiskRecord {
             info: VDiskInfo {
@@ -274,22 +266,25 @@ impl Manager {
         };
         if let Err(e) = st.catalog.insert_vdisk(rec.clone()) {
             drop_storage(&st);
+            self.release_claim(&rec.info.name, generation);
             return Err(e);
         }
-        if let Err(e) = self.attach(&mut st, &rec, true) {
+        if let Err(e) = self.attach(&mut st, &rec, true, Some(generation)) {
             if let Err(e) = st.catalog.retract_vdisk(&rec.info.name) {
                 tracing::error!(vm = %rec.info.vm, vdisk = %rec.info.name, error = %e, "cannot take back the record of a vDisk that failed to attach");
             }
             drop_storage(&st);
+            self.release_claim(&rec.info.name, generation);
             return Err(e);
         }
         tracing::info!(vm = %rec.info.vm, vdisk = %rec.info.name, lun = rec.info.lun, kind = %rec.info.kind, size = rec.info.size_bytes, origin = ?rec.info.origin, "vDisk created");
-        Ok(vdisk_view(&st, &rec))
+        Ok(vdisk_view(&st, &rec, self.ownership_of(&rec.info.name)))
     }
 
     /// Deletes a vDisk. Refused while its VM has logged-in sessions or
     /// while clones depend on its snapshots.
     pub fn delete_vdisk(&self, name: &str) -> DepotResult<()> {
+        self.owner_here(name)?;
         let mut st = self.lock();
         let rec = st
             .catalog
@@ -344,6 +339,7 @@ impl Manager {
 
     /// Grows a vDisk; logged-in initiators get CAPACITY DATA HAS CHANGED.
     pub fn resize_vdisk(&self, name: &str, size: u64) -> DepotResult<VDiskView> {
+        self.owner_here(name)?;
         let mut st = self.lock();
         let mut rec = st
             .catalog
@@ -367,7 +363,7 @@ impl Manager {
             )));
         }
         if size == cur {
-            return Ok(vdisk_view(&st, &rec));
+            return Ok(vdisk_view(&st, &rec, self.ownership_of(&rec.info.name)));
         }
         if let Some(v) = &live.volume {
             v.resize(size)?;
@@ -380,12 +376,64 @@ impl Manager {
         rec.info.size_bytes = size;
         st.catalog.update_vdisk(rec.clone())?;
         tracing::info!(vm = %rec.info.vm, vdisk = name, from = cur, to = size, "vDisk grown");
-        Ok(vdisk_view(&st, &rec))
+        Ok(vdisk_view(&st, &rec, self.ownership_of(&rec.info.name)))
+    }
+
+    /// Creates a new vDisk's storage (engine volume, clone, or nothing for
+    /// a raw image, which `attach` creates); its size and block size.
+    fn create_storage(
+        &self,
+        st: &State,
+        req: &CreateVDisk,
+        source: &Option<(String, Option<String>)>,
+        (kind, vpool, size, block_size): (VDiskKind, Option<String>, Option<u64>, u32),
+    ) -> DepotResult<(u64, u32)> {
+        Ok(match kind {
+            VDiskKind::Engine => {
+                let pname = vpool.clone().unwrap_or_else(|| DEFAULT_VPOOL.into());
+                let pool = st
+                    .pools
+                    .get(&pname)
+                    .ok_or_else(|| {
+                        if st.catalog.vpool(&pname).is_some() {
+                            DepotError::Unavailable(format!("vPool {pname:?} is offline"))
+                        } else {
+                            not_found("vPool", &pname)
+                        }
+                    })?
+                    .clone();
+                let v = match &source {
+                    None => pool.create_volume(&req.name, size.unwrap_or(0), block_size)?,
+                    Some((src, snap)) => {
+                        let v = pool.clone_volume(src, snap.as_deref(), &req.name)?;
+                        let cur = v.num_blocks() * u64::from(v.block_size());
+                        if let Some(s) = size {
+                            if s < cur {
+                                let _ = pool.delete_volume(&req.name);
+                                return Err(bad(format!(
+                                    "a clone cannot be smaller than its source ({cur} bytes)"
+                                )));
+                            }
+                            if s > cur
+                                && let Err(e) = v.resize(s)
+                            {
+                                let _ = pool.delete_volume(&req.name);
+                                return Err(e.into());
+                            }
+                        }
+                        v
+                    }
+                };
+                (v.num_blocks() * u64::from(v.block_size()), v.block_size())
+            }
+            VDiskKind::Raw => (size.unwrap_or(0), block_size),
+        })
     }
 
     /// The open engine volume of vDisk `name` (snapshots, clones and
     /// templates need one).
     pub(super) fn engine_volume(&self, st: &State, name: &str) -> DepotResult<Arc<Volume>> {
+        self.owner_here(name)?;
         let rec = st
             .catalog
             .vdisk(name)
@@ -414,6 +462,6 @@ impl Manager {
         rec.info.template = on;
         st.catalog.update_vdisk(rec.clone())?;
         tracing::info!(vdisk = name, template = on, "template flag set");
-        Ok(vdisk_view(&st, &rec))
+        Ok(vdisk_view(&st, &rec, self.ownership_of(&rec.info.name)))
     }
 }

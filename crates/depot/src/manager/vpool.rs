@@ -15,12 +15,11 @@ use super::{Manager, State, bad, not_found};
 use crate::error::{DepotError, DepotResult};
 use crate::model::{CreateVPool, VDiskKind, VPoolRecord, VPoolView};
 
-/// The engine configuration of vPool record `p`.
-fn pool_config(p: &VPoolRecord) -> DepotResult<VPoolConfig> {
-    let cache_dir = p
-        .cache_dirs
-        .first()
-        .cloned()
+/// The engine configuration of vPool record `p`; `flash` overrides the
+/// record's cache directory (a clustered router's own).
+fn pool_config(p: &VPoolRecord, flash: Option<std::path::PathBuf>) -> DepotResult<VPoolConfig> {
+    let cache_dir = flash
+        .or_else(|| p.cache_dirs.first().cloned())
         .ok_or_else(|| bad("a vPool needs a flash cache directory"))?;
     let mut cfg = VPoolConfig::new(p.name.clone(), p.backend.clone(), cache_dir);
     cfg.read_cache_bytes = p.policy.read_cache_bytes;
@@ -44,7 +43,13 @@ fn pool_vdisks(st: &State, pool: &str) -> Vec<String> {
 impl Manager {
     /// Opens the engine pool of record `p`.
     pub(super) fn open_pool(&self, p: &VPoolRecord) -> DepotResult<Arc<VPool>> {
-        let cfg = pool_config(p)?;
+        // A clustered router keeps every vPool's flash under its own data
+        // directory (the record is shared by all routers).
+        let flash = self
+            .cluster
+            .as_ref()
+            .map(|_| self.data_dir.join("vpools").join(&p.name).join("flash"));
+        let cfg = pool_config(p, flash)?;
         Ok(VPool::open(cfg, self.rt.clone())?)
     }
 
@@ -62,16 +67,28 @@ impl Manager {
         let backend = req.backend.unwrap_or_else(|| BackendConfig::Local {
             path: base.join("backend"),
         });
+        if self.cluster.is_some() && !req.cache_dirs.is_empty() {
+            return Err(bad(
+                "in a cluster every router keeps a vPool's flash cache under its own data directory; leave cache_dirs out",
+            ));
+        }
         let cache_dirs = if req.cache_dirs.is_empty() {
             vec![base.join("flash")]
         } else {
             req.cache_dirs
+        };
+        // In a cluster a local directory is one router's: only it serves the
+        // vPool. An S3 vPool is every router's.
+        let router = match (&self.cluster, &backend) {
+            (Some(node), BackendConfig::Local { .. }) => Some(node.name().to_string()),
+            _ => None,
         };
         let rec = VPoolRecord {
             name: req.name.clone(),
             backend,
             cache_dirs,
             policy: req.policy.unwrap_or_default(),
+            router,
         };
         if rec.policy.block_size != 512 && rec.policy.block_size != 4096 {
             return Err(bad("policy block_size must be 512 or 4096"));

@@ -1,5 +1,7 @@
-//! The catalog: every vPool, VM and vDisk of this node, persisted as one
-//! JSON document `<data_dir>/catalog.json`.
+//! The catalog: every vPool, VM and vDisk, persisted as one JSON document
+//! `<data_dir>/catalog.json` on a standalone router, or as one etcd key per
+//! record in a cluster ([`cluster`]: compare-and-swap writes, and a mirror
+//! the cluster's watch keeps current).
 //!
 //! This is the one seam between the manager and the persisted records: the
 //! manager reads records with the getters and listers here and changes them
@@ -58,11 +60,22 @@ impl Default for Document {
     }
 }
 
+pub mod cluster;
+
 /// All persisted objects of the node, and where they are kept.
 #[derive(Debug)]
 pub struct Catalog {
-    data_dir: PathBuf,
+    store: Persist,
     doc: Document,
+}
+
+/// Where changes are made durable.
+#[derive(Debug)]
+enum Persist {
+    /// `<data_dir>/catalog.json` (a standalone router).
+    File(PathBuf),
+    /// etcd (a router of a cluster).
+    Cluster(Box<cluster::ClusterPersist>),
 }
 
 /// Path of the catalog file.
@@ -108,9 +121,24 @@ impl Catalog {
             )));
         }
         Ok(Catalog {
-            data_dir: data_dir.to_path_buf(),
+            store: Persist::File(data_dir.to_path_buf()),
             doc,
         })
+    }
+
+    /// A catalog kept in the cluster's etcd, starting from a snapshot of
+    /// it at `revision`.
+    pub fn clustered(
+        persist: cluster::ClusterPersist,
+        snapshot: &[depot_cluster::Versioned],
+        revision: i64,
+    ) -> Self {
+        let mut c = Catalog {
+            store: Persist::Cluster(Box::new(persist)),
+            doc: Document::default(),
+        };
+        c.reset(snapshot, revision);
+        c
     }
 
     /// Applies `change` to a copy of the document, writes the copy, and
@@ -119,7 +147,10 @@ impl Catalog {
     fn commit(&mut self, change: impl FnOnce(&mut Document) -> DepotResult<()>) -> DepotResult<()> {
         let mut next = self.doc.clone();
         change(&mut next)?;
-        write(&self.data_dir, &next)?;
+        match &mut self.store {
+            Persist::File(dir) => write(dir, &next)?,
+            Persist::Cluster(c) => c.write(&self.doc, &next)?,
+        }
         self.doc = next;
         Ok(())
     }
@@ -310,6 +341,7 @@ mod tests {
             backend: BackendConfig::Local { path: "/x".into() },
             cache_dirs: vec!["/y".into()],
             policy: Policy::default(),
+            router: None,
         }
     }
 
@@ -427,7 +459,7 @@ mod tests {
 
     /// A catalog exactly as the daemon wrote it before records and views
     /// shared their fields and the backend became the engine's type.
-    const CATALOG_V1: &str = include_str!("testdata/catalog-v1.json");
+    const CATALOG_V1: &str = include_str!("../testdata/catalog-v1.json");
 
     #[test]
     fn reads_the_catalog_format_written_before() {

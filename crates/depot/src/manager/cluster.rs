@@ -1,0 +1,415 @@
+//! The manager's part in a cluster: which vPools and vDisks this router
+//! serves, claiming ownership generations, applying the cluster feed, and
+//! making the live state match the cluster's (reconcile).
+//!
+//! Invariants:
+//! - this router serves a vDisk's I/O only under an ownership generation it
+//!   claimed itself (a compare-and-swap that bumps the generation, so a
+//!   previous incarnation of this router, or anyone else, is fenced off);
+//!   every other router shows the vDisk as standby with the same identity;
+//! - a local-directory vPool belongs to the router that created it and is
+//!   opened only there; an S3 vPool is opened on every router, each with
+//!   its own flash cache under its data directory;
+//! - reconcile is idempotent: it may run after every feed batch, and only
+//!   changes what differs from the catalog and the view.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use depot_block::BlockDevice;
+use depot_cluster::{FeedEvent, Ownership, owner};
+use depot_engine::BackendConfig;
+
+use super::bootstrap::standby_of;
+use super::{Manager, State};
+use crate::cluster::feed::revision_of;
+use crate::error::{DepotError, DepotResult};
+use crate::model::{VDiskRecord, VPoolRecord};
+
+impl Manager {
+    /// Whether this router opens vPool `p`: every vPool on a standalone
+    /// router; in a cluster S3 vPools everywhere, a local vPool only on the
+    /// router that holds it.
+    pub(super) fn opens_here(&self, p: &VPoolRecord) -> bool {
+        match (&self.cluster, &p.backend) {
+            (None, _) | (Some(_), BackendConfig::S3 { .. }) => true,
+            (Some(node), BackendConfig::Local { .. }) => p.router.as_deref() == Some(node.name()),
+        }
+    }
+
+    /// The router a new vDisk of `vm` in `vpool` should belong to: the
+    /// router of a local-directory vPool; else the owner of the VM's other
+    /// vDisks when it is up (a VM's disks stay together); else this router.
+    pub(super) fn placement(&self, st: &State, vm: &str, vpool: Option<&str>) -> Option<String> {
+        let node = self.cluster.as_ref()?;
+        if let Some(r) = vpool
+            .and_then(|p| st.catalog.vpool(p))
+            .and_then(|p| p.router.clone())
+        {
+            return Some(r);
+        }
+        let view = node.view();
+        st.catalog
+            .vm_disks(vm)
+            .iter()
+            .find_map(|d| view.owners.get(&d.info.name))
+            .map(|o| o.router.clone())
+            .filter(|r| view.is_up(r))
+            .or_else(|| Some(node.name().to_string()))
+    }
+
+    /// Claims `vdisk` for this router under a new generation: from no owner
+    /// (a new vDisk) or from this router's own earlier generation (a
+    /// restart). The view learns it at once.
+    pub(super) fn claim(&self, vdisk: &str) -> DepotResult<Ownership> {
+        let Some(node) = &self.cluster else {
+            return Ok(Ownership {
+                router: String::new(),
+                generation: 0,
+            });
+        };
+        let store = node.store().clone();
+        let me = node.name().to_string();
+        let name = vdisk.to_string();
+        let got = node.block_on(async move {
+            let cur = owner::get(&store, &name).await?;
+            if let Some(c) = &cur
+                && c.router != me
+            {
+                return Err(depot_cluster::ClusterError::Conflict(format!(
+                    "vDisk {name:?} is owned by router {}",
+                    c.router
+                )));
+            }
+            owner::transfer(&store, &name, cur.as_ref(), &me).await
+        })?;
+        node.apply_owner(vdisk, Some(got.clone()));
+        Ok(got)
+    }
+
+    /// Claims a vDisk about to be created here: exclusive (a claim by
+    /// another router means it is being created there), or this router's
+    /// own leftover claim from a create that failed.
+    pub(super) fn claim_new(&self, vdisk: &str) -> DepotResult<u64> {
+        let Some(node) = &self.cluster else {
+            return Ok(0);
+        };
+        let store = node.store().clone();
+        let me = node.name().to_string();
+        let name = vdisk.to_string();
+        let got = node.block_on(async move {
+            let cur = owner::get(&store, &name).await?;
+            if let Some(c) = &cur
+                && c.router != me
+            {
+                return Err(depot_cluster::ClusterError::Conflict(format!(
+                    "vDisk {name:?} is being created on router {}",
+                    c.router
+                )));
+            }
+            owner::transfer(&store, &name, cur.as_ref(), &me).await
+        })?;
+        let g = got.generation;
+        node.apply_owner(vdisk, Some(got));
+        Ok(g)
+    }
+
+    /// Gives up the claim of a vDisk whose creation failed.
+    pub(super) fn release_claim(&self, vdisk: &str, generation: u64) {
+        let Some(node) = &self.cluster else {
+            return;
+        };
+        let store = node.store().clone();
+        let name = vdisk.to_string();
+        let r = node.block_on(async move {
+            let key = owner::key(&store, &name);
+            let txn = depot_cluster::Txn::new()
+                .guard(depot_cluster::Guard::Revision(
+                    key.clone(),
+                    i64::try_from(generation).unwrap_or(i64::MAX),
+                ))
+                .op(depot_cluster::Op::Delete(key));
+            store.commit(txn).await
+        });
+        if let Err(e) = r {
+            tracing::warn!(vdisk, error = %e, "cannot release the claim of a failed create");
+        }
+        node.apply_owner(vdisk, None);
+    }
+
+    /// The generation this router serves `d` under, or `None` when another
+    /// router owns it. `claimed` is a generation the caller has just
+    /// claimed; without one, a router that owns `d` claims a fresh one.
+    pub(super) fn serving_generation(
+        &self,
+        d: &VDiskRecord,
+        claimed: Option<u64>,
+    ) -> DepotResult<Option<u64>> {
+        let Some(node) = &self.cluster else {
+            return Ok(Some(0));
+        };
+        if let Some(g) = claimed {
+            return Ok(Some(g));
+        }
+        let owned = node
+            .view()
+            .owners
+            .get(&d.info.name)
+            .is_some_and(|o| o.router == node.name());
+        if !owned {
+            return Ok(None);
+        }
+        Ok(Some(self.claim(&d.info.name)?.generation))
+    }
+
+    /// Applies one batch of the cluster feed, then reconciles.
+    pub fn apply_feed(&self, ev: FeedEvent) {
+        let Some(node) = self.cluster.clone() else {
+            return;
+        };
+        let rev = revision_of(&ev);
+        let mut st = self.lock();
+        match &ev {
+            FeedEvent::Snapshot { kvs, revision } => {
+                st.catalog.reset(kvs, *revision);
+                node.reset_view(kvs, *revision);
+            }
+            FeedEvent::Changes(changes) => {
+                for c in changes {
+                    match c {
+                        depot_cluster::Change::Put(v) => {
+                            if !node.apply_view(Some(v), &v.key) {
+                                st.catalog.apply_put(v);
+                            }
+                        }
+                        depot_cluster::Change::Delete { key, revision } => {
+                            if !node.apply_view(None, key) {
+                                st.catalog.apply_delete(key, *revision);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        st.catalog.advance(rev);
+        self.reconcile(&mut st);
+        drop(st);
+        node.set_applied(rev);
+    }
+
+    /// Re-checks every ownership after the router rejoined.
+    pub fn revalidate(&self) {
+        let mut st = self.lock();
+        self.reconcile(&mut st);
+    }
+
+    /// Makes the live state match the catalog and the view.
+    pub(super) fn reconcile(&self, st: &mut State) {
+        let Some(node) = self.cluster.clone() else {
+            return;
+        };
+        // vPools.
+        let pools: Vec<VPoolRecord> = st.catalog.vpools().cloned().collect();
+        for p in &pools {
+            if self.opens_here(p) && !st.pools.contains_key(&p.name) {
+                match self.open_pool(p) {
+                    Ok(pool) => {
+                        tracing::info!(vpool = %p.name, "vPool opened");
+                        st.pools.insert(p.name.clone(), pool);
+                    }
+                    Err(e) => {
+                        tracing::error!(vpool = %p.name, error = %e, "cannot open vPool")
+                    }
+                }
+            }
+        }
+        // VMs.
+        let vms: Vec<_> = st.catalog.vms().cloned().collect();
+        for vm in &vms {
+            if !st.scsi.contains_key(&vm.info.name)
+                && let Err(e) = self.add_target(st, vm)
+            {
+                tracing::error!(vm = %vm.info.name, error = %e, "cannot build the target");
+            }
+        }
+        // vDisks.
+        let disks: Vec<VDiskRecord> = st.catalog.vdisks().cloned().collect();
+        let (me, owners) = {
+            let v = node.view();
+            (node.name().to_string(), v.owners.clone())
+        };
+        for d in &disks {
+            let name = &d.info.name;
+            let mine = owners.get(name).is_some_and(|o| o.router == me);
+            let Some(live) = st.disks.get(name) else {
+                if let Err(e) = self.attach(st, d, false, None) {
+                    tracing::error!(vdisk = %name, error = %e, "cannot attach vDisk");
+                }
+                continue;
+            };
+            let serving = live.volume.is_some() || live.raw.is_some();
+            if serving && !mine && !self.moving(name) {
+                self.stand_by(st, d);
+            } else if !serving && !mine {
+                // Follow a resize made on the owner.
+                if live.metered.num_blocks() * u64::from(live.metered.block_size())
+                    != d.info.size_bytes
+                    && let Some(r) = &live.routed
+                {
+                    r.switch(standby_of(d));
+                    live.metered.resized();
+                    live.lu.capacity_changed();
+                }
+            } else if !serving && mine && !self.moving(name) {
+                // Owned here but not served (a takeover by this router, or
+                // an attach that failed earlier).
+                self.serve(st, d);
+            }
+        }
+        let names: BTreeSet<&str> = disks.iter().map(|d| d.info.name.as_str()).collect();
+        let gone: Vec<String> = st
+            .disks
+            .keys()
+            .filter(|n| !names.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.detach(st, &name);
+        }
+        let vm_names: BTreeSet<&str> = vms.iter().map(|v| v.info.name.as_str()).collect();
+        let gone: Vec<String> = st
+            .scsi
+            .keys()
+            .filter(|n| !vm_names.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for vm in gone {
+            let _ = self.targets.remove_target(&super::target_name(&vm), true);
+            st.scsi.remove(&vm);
+            tracing::info!(vm = %vm, "VM removed");
+        }
+        let pool_names: BTreeSet<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+        let gone: Vec<String> = st
+            .pools
+            .keys()
+            .filter(|n| !pool_names.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for p in gone {
+            if let Some(pool) = st.pools.remove(&p) {
+                let _ = pool.shutdown();
+            }
+            tracing::info!(vpool = %p, "vPool closed (deleted)");
+        }
+    }
+
+    /// The routers of the cluster with their state and how many vDisks
+    /// each owns.
+    pub fn list_routers(&self) -> DepotResult<Vec<crate::model::RouterView>> {
+        let Some(node) = &self.cluster else {
+            return Err(DepotError::BadRequest(
+                "this router runs standalone (no [cluster] configured)".into(),
+            ));
+        };
+        let v = node.view();
+        Ok(v.routers
+            .values()
+            .map(|r| crate::model::RouterView {
+                name: r.name.clone(),
+                portal: r.portal.clone(),
+                api: r.api.clone(),
+                state: if v.is_up(&r.name) { "up" } else { "down" }.into(),
+                vdisks: v.owners.values().filter(|o| o.router == r.name).count(),
+                tpgt: r.tpgt,
+                failure_domain: r.failure_domain.clone(),
+            })
+            .collect())
+    }
+
+    /// The owner and generation of vDisk `name` (cluster only).
+    pub(super) fn ownership_of(&self, name: &str) -> (Option<String>, Option<u64>) {
+        match &self.cluster {
+            None => (None, None),
+            Some(node) => match node.view().owners.get(name) {
+                Some(o) => (Some(o.router.clone()), Some(o.generation)),
+                None => (None, None),
+            },
+        }
+    }
+
+    /// Runs an operation on vDisk `name` here only if this router owns it:
+    /// `Elsewhere` names the owner otherwise.
+    pub(super) fn owner_here(&self, name: &str) -> DepotResult<()> {
+        let Some(node) = &self.cluster else {
+            return Ok(());
+        };
+        match node.view().owners.get(name) {
+            Some(o) if o.router != node.name() => Err(DepotError::Elsewhere {
+                router: o.router.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a move of `vdisk` is under way on this router (its state is
+    /// the move's business, not reconcile's).
+    pub(super) fn moving(&self, vdisk: &str) -> bool {
+        self.moves.lock().contains(vdisk)
+    }
+
+    /// Stops serving `d` (another router owns it now): its LUN shows it as
+    /// standby, its volume is closed without shipping.
+    fn stand_by(&self, st: &mut State, d: &VDiskRecord) {
+        let Some(live) = st.disks.get_mut(&d.info.name) else {
+            return;
+        };
+        if let Some(r) = &live.routed {
+            r.switch(standby_of(d));
+        }
+        live.generation = None;
+        live.volume = None;
+        live.raw = None;
+        tracing::error!(vdisk = %d.info.name, "another router took this vDisk over; it is standby here (writes this router acknowledged but had not shipped are not in the new owner's copy)");
+        self.forget_local(st, d);
+    }
+
+    /// Drops this router's local copy of `d` (another router owns it).
+    fn forget_local(&self, st: &State, d: &VDiskRecord) {
+        let _ = (st, d);
+    }
+
+    /// Starts serving `d`, which this router owns, under a fresh claim.
+    fn serve(&self, st: &mut State, d: &VDiskRecord) {
+        let result = (|| -> DepotResult<()> {
+            let g = self.claim(&d.info.name)?.generation;
+            let (dev, volume, raw) = self.open_storage(st, d, false)?;
+            let live = st
+                .disks
+                .get_mut(&d.info.name)
+                .ok_or_else(|| DepotError::Internal("vDisk not attached".into()))?;
+            if let Some(r) = &live.routed {
+                r.switch(dev as Arc<dyn BlockDevice>);
+            }
+            live.volume = volume;
+            live.raw = raw;
+            live.generation = Some(g);
+            tracing::info!(vdisk = %d.info.name, generation = g, "vDisk online here");
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::error!(vdisk = %d.info.name, error = %e, "cannot serve an owned vDisk");
+        }
+    }
+
+    /// Removes `name`'s LUN (the vDisk was deleted).
+    fn detach(&self, st: &mut State, name: &str) {
+        let Some(live) = st.disks.remove(name) else {
+            return;
+        };
+        if let Some(scsi) = st.scsi.get(&live.vm) {
+            scsi.remove_lun(live.lun);
+        }
+        self.metrics.forget_vdisk(&live.vm, name);
+        tracing::info!(vdisk = %name, "vDisk removed");
+    }
+}
