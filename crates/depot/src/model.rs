@@ -141,6 +141,12 @@ pub struct VmInfo {
     pub name: String,
     /// Initiator names allowed to log in (empty: any).
     pub allowed_initiators: Vec<String>,
+    /// Its hosts run multipath (dm-multipath, ESXi's SATP ALUA): every
+    /// router of a cluster offers a path and logins anywhere succeed.
+    /// Without it (QEMU's built-in iSCSI, single-path hosts) a login at a
+    /// router that does not serve the VM is redirected to the one that does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub multipath: bool,
 }
 
 /// A persisted VM.
@@ -266,6 +272,9 @@ pub struct CreateVm {
     /// CHAP credentials.
     #[serde(default)]
     pub chap: Option<ChapSpec>,
+    /// Its hosts run multipath (see [`VmInfo::multipath`]).
+    #[serde(default)]
+    pub multipath: bool,
 }
 
 /// `POST /api/v1/vdisks`.
@@ -494,6 +503,7 @@ mod tests {
             info: VmInfo {
                 name: "web1".into(),
                 allowed_initiators: vec!["iqn.x".into()],
+                multipath: false,
             },
             target: "iqn.2026-11.io.depot:web1".into(),
             chap: true,

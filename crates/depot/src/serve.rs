@@ -125,6 +125,7 @@ fn declared_vms(cfg: &Config) -> Vec<DeclaredVm> {
                     target_user: c.target.as_ref().map(|t| t.0.clone()),
                     target_secret: c.target.as_ref().map(|t| t.1.clone()),
                 }),
+                multipath: false,
             },
             disks: vm
                 .disks

@@ -44,7 +44,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{IQN_PREFIX, PORTAL_GROUP_TAG, PortalConfig};
 pub use registry::{
-    Access, ChapCredentials, RegistryError, SessionInfo, TargetEntry, TargetRegistry,
+    Access, ChapCredentials, RegistryError, SessionInfo, TargetEntry, TargetPaths, TargetRegistry,
 };
 
 /// Accepts connections on `listener` until `shutdown` is cancelled, then

@@ -48,6 +48,19 @@ impl Access {
     }
 }
 
+/// Where else a target is served, in a cluster of routers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetPaths {
+    /// The other portals serving the target, as SendTargets lists them
+    /// after this portal: `(ip:port, target portal group tag)`.
+    pub others: Vec<(String, u16)>,
+    /// Where a Normal session's login goes instead of here (a login
+    /// redirect, status 0x0101 with this `TargetAddress`, `ip:port,tpgt`):
+    /// for initiators without multipath, sent to the router that serves
+    /// the target's I/O.
+    pub redirect: Option<String>,
+}
+
 /// One target this node serves.
 pub struct TargetEntry {
     /// Full iSCSI name.
@@ -58,6 +71,8 @@ pub struct TargetEntry {
     pub scsi: Arc<ScsiTarget>,
     /// ACL and CHAP.
     pub access: RwLock<Access>,
+    /// Other routers' portals and the login redirect (a cluster's).
+    pub paths: RwLock<TargetPaths>,
 }
 
 impl std::fmt::Debug for TargetEntry {
@@ -160,9 +175,24 @@ impl TargetRegistry {
             alias,
             scsi,
             access: RwLock::new(access),
+            paths: RwLock::new(TargetPaths::default()),
         });
         targets.insert(name.to_owned(), entry.clone());
         Ok(entry)
+    }
+
+    /// Closes every logged-in session to `target` (initiators reconnect
+    /// and log in again, which a redirect may send elsewhere). Returns how
+    /// many were closed.
+    pub fn drop_sessions(&self, target: &str) -> usize {
+        let mut n = 0;
+        for slot in self.sessions.lock().values() {
+            if slot.info.target == target {
+                slot.cancel.cancel();
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Removes a target; refused while sessions are logged in unless

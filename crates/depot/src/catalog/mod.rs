@@ -350,6 +350,7 @@ mod tests {
             info: VmInfo {
                 name: name.into(),
                 allowed_initiators: Vec::new(),
+                multipath: false,
             },
             chap: None,
             next_lun: 0,

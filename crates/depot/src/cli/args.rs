@@ -116,6 +116,11 @@ pub enum VmCmd {
         /// Mutual CHAP: the target's secret.
         #[arg(long, requires = "target_user")]
         target_secret: Option<String>,
+        /// Its hosts run multipath (dm-multipath, ESXi): every router of a
+        /// cluster offers an ALUA path. Without it, logins at a router that
+        /// does not serve the VM are redirected to the one that does.
+        #[arg(long)]
+        multipath: bool,
     },
     /// List VMs.
     List,

@@ -190,6 +190,7 @@ async fn vm(ctx: &Ctx, cmd: VmCmd) -> anyhow::Result<String> {
             chap_secret,
             target_user,
             target_secret,
+            multipath,
         } => {
             let chap = match (chap_user, chap_secret) {
                 (Some(user), Some(secret)) => Some(ChapSpec {
@@ -204,6 +205,7 @@ async fn vm(ctx: &Ctx, cmd: VmCmd) -> anyhow::Result<String> {
                 name,
                 allowed_initiators: initiators,
                 chap,
+                multipath,
             };
             ctx.post::<VmView>(VmView::PATH, &req).await
         }

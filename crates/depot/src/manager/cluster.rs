@@ -288,6 +288,7 @@ impl Manager {
             st.scsi.remove(&vm);
             tracing::info!(vm = %vm, "VM removed");
         }
+        self.update_paths(st);
         let pool_names: BTreeSet<&str> = pools.iter().map(|p| p.name.as_str()).collect();
         let gone: Vec<String> = st
             .pools
@@ -348,6 +349,47 @@ impl Manager {
                 router: o.router.clone(),
             }),
             _ => Ok(()),
+        }
+    }
+
+    /// Tells every target where else it is served: the other routers'
+    /// portals for SendTargets, and for a VM without multipath the router
+    /// that serves its vDisks (logins elsewhere are redirected there).
+    pub(super) fn update_paths(&self, st: &State) {
+        let Some(node) = &self.cluster else {
+            return;
+        };
+        let v = node.view();
+        let me = node.name();
+        let others: Vec<(String, u16)> = v
+            .routers
+            .values()
+            .filter(|r| r.name != me && v.is_up(&r.name))
+            .map(|r| (r.portal.clone(), r.tpgt))
+            .collect();
+        for vm in st.catalog.vms() {
+            let Some(entry) = self.targets.target(&super::target_name(&vm.info.name)) else {
+                continue;
+            };
+            let redirect = if vm.info.multipath {
+                None
+            } else {
+                st.catalog
+                    .vm_disks(&vm.info.name)
+                    .first()
+                    .and_then(|d| v.owners.get(&d.info.name))
+                    .filter(|o| o.router != me && v.is_up(&o.router))
+                    .and_then(|o| v.routers.get(&o.router))
+                    .map(|r| format!("{},{}", r.portal, r.tpgt))
+            };
+            let paths = depot_iscsi_target::TargetPaths {
+                others: others.clone(),
+                redirect,
+            };
+            let mut cur = entry.paths.write();
+            if *cur != paths {
+                *cur = paths;
+            }
         }
     }
 

@@ -37,6 +37,7 @@ fn vm(name: &str) -> CreateVm {
         name: name.into(),
         allowed_initiators: Vec::new(),
         chap: None,
+        multipath: false,
     }
 }
 

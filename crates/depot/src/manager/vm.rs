@@ -84,6 +84,7 @@ impl Manager {
             info: VmInfo {
                 name: req.name,
                 allowed_initiators: req.allowed_initiators,
+                multipath: req.multipath,
             },
             chap: req.chap,
             next_lun: 0,

@@ -130,7 +130,8 @@ impl Session {
     }
 
     /// `SendTargets=<value>`: `All`, the session's own target (empty), or
-    /// one target by name; each with this portal's address.
+    /// one target by name; each with this portal's address, then every
+    /// other router's portal that serves it (a cluster's paths).
     fn send_targets(&self, value: &str, resp: &mut KeyValues) {
         let tpgt = self.config.portal_group_tag;
         let addr = match self.portal {
@@ -146,6 +147,9 @@ impl Session {
             if wanted && t.access.read().allows(&self.initiator) {
                 resp.push("TargetName", t.name.clone());
                 resp.push("TargetAddress", addr.clone());
+                for (other, tag) in &t.paths.read().others {
+                    resp.push("TargetAddress", format!("{other},{tag}"));
+                }
             }
         }
     }

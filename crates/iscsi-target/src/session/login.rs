@@ -38,6 +38,9 @@ use super::window::CmdWindow;
 
 /// Login status classes and details (RFC 7143 §11.13.5).
 pub mod status {
+    /// Target moved temporarily (class 1, detail 1): log in at the
+    /// `TargetAddress` the response carries.
+    pub const TARGET_MOVED_TEMPORARILY: (u8, u8) = (1, 1);
     /// Initiator error (class 2, detail 0).
     pub const INITIATOR_ERROR: (u8, u8) = (2, 0);
     /// Authentication failure.
@@ -227,6 +230,24 @@ impl Login {
         };
         if let Err(st) = self.identify(&offers) {
             return self.fail(st);
+        }
+        // A target served elsewhere: send a Normal login there (before any
+        // authentication; the ACL has allowed the initiator).
+        let redirect = match (self.kind, &self.target) {
+            (Some(SessionType::Normal), Some(t)) => t.paths.read().redirect.clone(),
+            _ => None,
+        };
+        if let Some(addr) = redirect {
+            let mut kv = KeyValues::default();
+            kv.push("TargetAddress", addr);
+            return Step::Fail(self.answer(
+                false,
+                csg,
+                0,
+                0,
+                status::TARGET_MOVED_TEMPORARILY,
+                Bytes::from(kv.encode()),
+            ));
         }
         if tsih != 0 {
             // Adding a connection to an existing session (MC/S) or

@@ -947,6 +947,65 @@ fn login_failures_answer_with_their_status_and_close() {
 }
 
 #[test]
+fn a_target_served_elsewhere_redirects_normal_logins_only() {
+    let (registry, target) = registry_with_target();
+    target.paths.write().redirect = Some("192.0.2.9:3260,2".into());
+    let config = PortalConfig::default();
+    let first = pdu(
+        login_req(0, 1, true, 5),
+        &kv(&[("InitiatorName", INITIATOR), ("TargetName", TARGET)]),
+    );
+    let mut login = start_login(&registry, &config, &first);
+    let mut host = Recorder::default();
+    assert!(matches!(login.step(&first, &mut host), LoginFlow::Close));
+    let p = &host.sent[0];
+    assert_eq!(login_status(p), (1, 1), "target moved temporarily");
+    assert_eq!(p.header[1] & 0x80, 0, "T clear");
+    let answer = KeyValues::parse(&p.data).unwrap();
+    assert_eq!(answer.get("TargetAddress"), Some("192.0.2.9:3260,2"));
+    // An initiator the ACL refuses learns nothing of the other router.
+    target.access.write().allowed_initiators = vec!["iqn.someone-else".into()];
+    let mut login = start_login(&registry, &config, &first);
+    let mut host = Recorder::default();
+    assert!(matches!(login.step(&first, &mut host), LoginFlow::Close));
+    assert_eq!(login_status(&host.sent[0]), (2, 2));
+    assert!(host.sent[0].data.is_empty());
+    // Discovery sessions are never redirected.
+    target.access.write().allowed_initiators.clear();
+    let first = pdu(
+        login_req(1, 3, true, 5),
+        &kv(&[("InitiatorName", INITIATOR), ("SessionType", "Discovery")]),
+    );
+    let mut login = start_login(&registry, &config, &first);
+    let mut host = Recorder::default();
+    assert!(matches!(login.step(&first, &mut host), LoginFlow::Done(_)));
+}
+
+#[test]
+fn send_targets_lists_every_router_serving_the_target() {
+    let mut r = rig_with(
+        PortalConfig {
+            portal_group_tag: 1,
+            ..PortalConfig::default()
+        },
+        |_| {},
+    );
+    let t = r.registry.target(TARGET).unwrap();
+    t.paths.write().others = vec![("192.0.2.2:3260".into(), 2), ("192.0.2.3:3260".into(), 3)];
+    let sent = r.feed(text_req(3, RESERVED_TAG, FIRST_CMD_SN), b"SendTargets=All\0");
+    let kv = KeyValues::parse(&sent[0].data).unwrap();
+    let addrs: Vec<&str> =
+        kv.0.iter()
+            .filter(|(k, _)| k == "TargetAddress")
+            .map(|(_, v)| v.as_str())
+            .collect();
+    assert_eq!(
+        addrs,
+        ["192.0.2.1:3260,1", "192.0.2.2:3260,2", "192.0.2.3:3260,3"]
+    );
+}
+
+#[test]
 fn discovery_login_in_two_stages_and_only_login_pdus_during_login() {
     let (registry, _) = registry_with_target();
     let config = PortalConfig::default();
