@@ -9,6 +9,8 @@
 //! - `reply`: what a command produces and how it becomes a
 //!   [`Completion`](crate::Completion);
 //! - `checks`: the checks shared by command families, data-out borrowing;
+//! - `access`: the path state (ALUA) the daemon sets, and its unit
+//!   attention;
 //! - `io`: the data path (READ, WRITE, VERIFY, COMPARE AND WRITE, WRITE
 //!   SAME, SYNCHRONIZE CACHE, ...) and its inline (non-blocking) variants;
 //! - `provisioning`: READ CAPACITY, GET LBA STATUS, UNMAP, capacity
@@ -20,8 +22,8 @@
 //!   dispatch from a decoded CDB to the parts above.
 //!
 //! The children stand in one order (each uses only those before it):
-//! `config`, `reply`, `checks`, `io`, `provisioning`, `reservations`,
-//! `copy`, `dispatch`.
+//! `config`, `reply`, `checks`, `access`, `io`, `provisioning`,
+//! `reservations`, `copy`, `dispatch`.
 //!
 //! Invariants (the parts state their own in detail):
 //! - Every data-in buffer is bounded by the allocation length, the
@@ -34,7 +36,12 @@
 //!   page's WCE is 0; SYNCHRONIZE CACHE flushes the device.
 //! - Persistent reservation changes are persisted (when a state path is
 //!   configured) before they take effect.
+//! - Through a port that is not active (standby, unavailable,
+//!   transitioning) only the commands SPC-4 5.16.2.4 allows are served, and
+//!   none of them touches the device's data path: a standby unit may sit
+//!   on a placeholder device whose I/O fails.
 
+mod access;
 mod checks;
 mod config;
 mod copy;
@@ -50,6 +57,7 @@ use bytes::Bytes;
 use depot_block::BlockDevice;
 
 use crate::Nexus;
+use crate::alua::PortState;
 use crate::inquiry::Limits;
 use crate::mode::ModeState;
 use crate::range_lock::RangeLocks;
@@ -72,6 +80,7 @@ pub struct LogicalUnit {
     locks: RangeLocks,
     reservations: Reservations,
     copies: CopyResults,
+    ports: PortState,
 }
 
 impl std::fmt::Debug for LogicalUnit {
@@ -138,6 +147,7 @@ impl LogicalUnit {
             locks: RangeLocks::default(),
             reservations,
             copies: CopyResults::default(),
+            ports: PortState::default(),
         });
         registry.register(naa, &lu);
         Ok(lu)
@@ -180,5 +190,7 @@ impl LogicalUnit {
     }
 }
 
+#[cfg(test)]
+mod grid_tests;
 #[cfg(test)]
 mod tests;
