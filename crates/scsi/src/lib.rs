@@ -21,7 +21,8 @@
 //!   PORT GROUPS.
 //! - `inquiry`: standard INQUIRY, VPD pages.
 //! - `rsoc`: REPORT SUPPORTED OPERATION CODES / TASK MANAGEMENT FUNCTIONS.
-//! - `pr`: the persistent reservation state machine and its persistence.
+//! - `pr`: the persistent reservation state machine ([`PrState`]) and its
+//!   persistence ([`ReservationStore`], [`FileReservationStore`]).
 //! - [`Registry`]: logical units by NAA designator, seen only through the
 //!   narrow view EXTENDED COPY needs (`CopyTarget`).
 //! - `xcopy`: the EXTENDED COPY copy manager, over the registry.
@@ -60,8 +61,12 @@ use bytes::Bytes;
 pub use alua::{AccessState, Group, Paths, PathsError};
 pub use cdb::ParsedCdb;
 pub use lu::{DEFAULT_MAX_TRANSFER_BYTES, DEPOT_OUI, LogicalUnit, LuConfig, ScsiError};
+pub use pr::{
+    FileReservationStore, PrState, PrType, Registration, Reservation, ReservationStore, StoreError,
+};
 pub use registry::Registry;
 pub use target::ScsiTarget;
+pub use ua::ItNexus;
 
 /// SCSI status codes (SAM-5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use depot_block::{BlockDevice, BlockError, BlockResult, MemDevice, Provisioning};
+use parking_lot::Mutex;
 
 use super::tests::{
     BS, assert_check, assert_good, cdb10, cdb16, nexus, nowait, read10, rig, run, trun,
@@ -14,8 +15,9 @@ use super::tests::{
 };
 use super::*;
 use crate::alua::{AccessState, Group, Paths};
+use crate::pr::{PrState, ReservationStore, StoreError};
 use crate::sense::key;
-use crate::{ScsiTarget, Status};
+use crate::{Completion, ScsiTarget, Status};
 
 const TUR: [u8; 6] = [0, 0, 0, 0, 0, 0];
 const INQUIRY: [u8; 6] = [0x12, 0, 0, 0, 96, 0];
@@ -98,7 +100,7 @@ fn placeholder_lu(registry: &Arc<Registry>) -> (Arc<LogicalUnit>, Arc<Placeholde
     (LogicalUnit::new(cfg, dev.clone(), registry).unwrap(), dev)
 }
 
-fn not_ready(c: &crate::Completion, ascq: u8) {
+fn not_ready(c: &Completion, ascq: u8) {
     assert_check(c, key::NOT_READY, (0x04, ascq));
 }
 
@@ -366,4 +368,263 @@ fn inline_path_declines_through_a_non_active_port() {
     assert_good(&c);
     assert!(c.data.iter().all(|b| *b == 0));
     assert_eq!(run(&r.lu, &r.a, &TUR, &[], 0).status, Status::GOOD);
+}
+
+/// A store several routers share, as the daemon builds on etcd: a
+/// revision counter and compare-and-swap. Each router has its own handle,
+/// which remembers the revision its last load saw.
+#[derive(Default)]
+struct SharedStore {
+    state: Mutex<(u64, PrState)>,
+    /// Saves still to fail as if another router committed first.
+    conflicts_ahead: AtomicUsize,
+    /// Fail loads with this error.
+    failing: Mutex<Option<StoreError>>,
+}
+
+struct Handle {
+    shared: Arc<SharedStore>,
+    loaded: Mutex<u64>,
+}
+
+impl ReservationStore for Handle {
+    fn load(&self) -> Result<PrState, StoreError> {
+        if let Some(e) = self.shared.failing.lock().clone() {
+            return Err(e);
+        }
+        let st = self.shared.state.lock();
+        *self.loaded.lock() = st.0;
+        Ok(st.1.clone())
+    }
+
+    fn save(&self, state: &PrState) -> Result<(), StoreError> {
+        let mut st = self.shared.state.lock();
+        if self
+            .shared
+            .conflicts_ahead
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            // Another router committed (the same state) in between.
+            st.0 += 1;
+            return Err(StoreError::Conflict);
+        }
+        let mut loaded = self.loaded.lock();
+        if st.0 != *loaded {
+            return Err(StoreError::Conflict);
+        }
+        st.0 += 1;
+        st.1 = state.clone();
+        *loaded = st.0;
+        Ok(())
+    }
+}
+
+impl SharedStore {
+    fn latest(&self) -> PrState {
+        self.state.lock().1.clone()
+    }
+
+    fn revision(&self) -> u64 {
+        self.state.lock().0
+    }
+}
+
+/// One vDisk served by two routers (portal group tags 1 and 2; router 1
+/// owns it), sharing `store`.
+fn two_routers(store: &Arc<SharedStore>) -> [Arc<LogicalUnit>; 2] {
+    [1u16, 2].map(|tpg| {
+        let lu = LogicalUnit::with_reservation_store(
+            LuConfig::new("GRID1", LuConfig::naa_from_id(4242)),
+            Arc::new(MemDevice::new(BS as u32, 1024)),
+            &Registry::new(),
+            Arc::new(Handle {
+                shared: store.clone(),
+                loaded: Mutex::new(0),
+            }),
+        )
+        .unwrap();
+        let standby = if tpg == 1 {
+            AccessState::ActiveOptimized
+        } else {
+            AccessState::Standby
+        };
+        lu.set_paths(paths(
+            tpg,
+            &[(1, AccessState::ActiveOptimized), (2, standby)],
+        ))
+        .unwrap();
+        lu
+    })
+}
+
+/// Initiator `name`'s session `isid` through router `tpg`.
+fn via(name: &str, isid: u8, tpg: u16) -> Arc<Nexus> {
+    Arc::new(Nexus::new(
+        name,
+        [0x80, 0, 0, 0, 0, isid],
+        "iqn.2026-01.test:depot",
+        tpg,
+    ))
+}
+
+fn pr_out(lu: &LogicalUnit, n: &Arc<Nexus>, sa: u8, ty: u8, res: u64, key: u64) -> Completion {
+    run(lu, n, &pr_out_cdb(sa, ty), &pr_params(res, key), 0)
+}
+
+fn read_keys(lu: &LogicalUnit, n: &Arc<Nexus>) -> Vec<u64> {
+    let c = run(lu, n, &PR_IN_READ_KEYS, &[], 4096);
+    assert_good(&c);
+    c.data[8..]
+        .chunks_exact(8)
+        .map(|k| u64::from_be_bytes(k.try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn reservations_are_shared_by_two_routers() {
+    let store = Arc::new(SharedStore::default());
+    let [r1, r2] = two_routers(&store);
+    let (a1, a2, b2) = (
+        via("iqn.test:a", 1, 1),
+        via("iqn.test:a", 1, 2),
+        via("iqn.test:b", 2, 2),
+    );
+    // Register on both routers; each PR OUT starts from the store's state.
+    assert_good(&pr_out(&r1, &a1, 6, 0, 0, 0xa));
+    assert_good(&pr_out(&r2, &b2, 6, 0, 0, 0xb));
+    assert_eq!(read_keys(&r2, &b2), vec![0xa, 0xb]);
+    // Router 1 answers PR IN from memory until the daemon pushes the
+    // state router 2 committed.
+    assert_eq!(read_keys(&r1, &a1), vec![0xa]);
+    r1.replace_reservations(store.latest());
+    assert_eq!(read_keys(&r1, &a1), vec![0xa, 0xb]);
+    assert_eq!(r1.reservation_state(), r2.reservation_state());
+    // The same initiator port through router 2 is another I_T nexus: not
+    // registered there.
+    assert_eq!(
+        pr_out(&r2, &a2, 1, 3, 0xa, 0).status,
+        Status::RESERVATION_CONFLICT
+    );
+
+    // B reserves (exclusive access) through router 2; router 1, the owner,
+    // enforces it once the state is pushed.
+    assert_good(&pr_out(&r2, &b2, 1, 3, 0xb, 0));
+    assert_good(&read10_on(&r1, &a1));
+    r1.replace_reservations(store.latest());
+    assert_eq!(read10_on(&r1, &a1).status, Status::RESERVATION_CONFLICT);
+    assert!(nowait(&r1, &a1, &cdb10(0x28, 0, 0, 1), &[], 512).is_none());
+
+    // Without a push, a PR OUT on router 1 still sees the latest state: it
+    // loads it first.
+    let store_b = Arc::new(SharedStore::default());
+    let [r1, r2] = two_routers(&store_b);
+    assert_good(&pr_out(&r1, &a1, 6, 0, 0, 0xa));
+    assert_good(&pr_out(&r2, &b2, 6, 0, 0, 0xb));
+    assert_good(&pr_out(&r2, &b2, 1, 3, 0xb, 0));
+    assert_good(&read10_on(&r1, &a1));
+    assert_eq!(
+        pr_out(&r1, &a1, 1, 3, 0xa, 0).status,
+        Status::RESERVATION_CONFLICT
+    );
+    assert_eq!(read10_on(&r1, &a1).status, Status::RESERVATION_CONFLICT);
+    assert_eq!(r1.reservation_state(), store_b.latest());
+}
+
+fn read10_on(lu: &LogicalUnit, n: &Arc<Nexus>) -> Completion {
+    run(lu, n, &cdb10(0x28, 0, 0, 1), &[], 512)
+}
+
+#[test]
+fn store_conflicts_are_retried_and_failures_answered() {
+    let store = Arc::new(SharedStore::default());
+    let [r1, _r2] = two_routers(&store);
+    let a1 = via("iqn.test:a", 1, 1);
+    // Two conflicts, then the save goes through.
+    store.conflicts_ahead.store(2, Ordering::SeqCst);
+    assert_good(&pr_out(&r1, &a1, 6, 0, 0, 0xa));
+    assert_eq!(store.revision(), 3);
+    assert_eq!(read_keys(&r1, &a1), vec![0xa]);
+    assert_eq!(store.latest(), r1.reservation_state());
+    // Conflicting on every try: BUSY, nothing changed.
+    store
+        .conflicts_ahead
+        .store(reservations::MAX_STORE_TRIES, Ordering::SeqCst);
+    let c = pr_out(&r1, &a1, 1, 3, 0xa, 0);
+    assert_eq!(c.status, Status::BUSY);
+    assert!(c.sense.is_none());
+    assert_eq!(store.latest().reservation, None);
+    assert_eq!(r1.reservation_state().reservation, None);
+    // Store failures.
+    *store.failing.lock() = Some(StoreError::Unavailable("no quorum".into()));
+    assert_check(
+        &pr_out(&r1, &a1, 1, 3, 0xa, 0),
+        key::NOT_READY,
+        (0x04, 0x01),
+    );
+    *store.failing.lock() = Some(StoreError::Io("corrupt".into()));
+    assert_check(
+        &pr_out(&r1, &a1, 1, 3, 0xa, 0),
+        key::HARDWARE_ERROR,
+        (0x44, 0x00),
+    );
+    *store.failing.lock() = None;
+    assert_good(&pr_out(&r1, &a1, 1, 3, 0xa, 0));
+    assert!(store.latest().reservation.is_some());
+}
+
+#[test]
+fn preempt_on_one_router_posts_unit_attentions_on_the_other() {
+    let store = Arc::new(SharedStore::default());
+    let [r1, r2] = two_routers(&store);
+    let (a1, c1, b2) = (
+        via("iqn.test:a", 1, 1),
+        via("iqn.test:c", 3, 1),
+        via("iqn.test:b", 2, 2),
+    );
+    assert_good(&pr_out(&r1, &a1, 6, 0, 0, 0xa));
+    assert_good(&pr_out(&r1, &c1, 6, 0, 0, 0xc));
+    assert_good(&pr_out(&r2, &b2, 6, 0, 0, 0xb));
+    // A holds write exclusive, registrants only, through router 1.
+    assert_good(&pr_out(&r1, &a1, 1, 5, 0xa, 0));
+    r2.replace_reservations(store.latest());
+    // B preempts A's key through router 2 and changes the type to
+    // exclusive access. Router 2 knows no nexus of A or C.
+    assert_good(&pr_out(&r2, &b2, 4, 3, 0xb, 0xa));
+    assert_eq!(request_sense(&r2, &b2), (key::NOT_READY, 0x04, 0x0b));
+    // The daemon pushes the state; router 1 posts what its nexuses lost.
+    r1.replace_reservations(store.latest());
+    assert_check(
+        &run(&r1, &a1, &TUR, &[], 0),
+        key::UNIT_ATTENTION,
+        (0x2a, 0x05),
+    );
+    assert_check(
+        &run(&r1, &c1, &TUR, &[], 0),
+        key::UNIT_ATTENTION,
+        (0x2a, 0x04),
+    );
+    assert_good(&run(&r1, &a1, &TUR, &[], 0));
+    assert_eq!(
+        run(&r1, &a1, &cdb10(0x2a, 0, 0, 1), &[0; BS], 0).status,
+        Status::RESERVATION_CONFLICT
+    );
+    assert_eq!(read_keys(&r1, &c1), vec![0xc, 0xb]);
+    // Pushing the same state again (or to the router that executed it)
+    // posts nothing.
+    r1.replace_reservations(store.latest());
+    r2.replace_reservations(store.latest());
+    assert_good(&run(&r1, &a1, &TUR, &[], 0));
+    assert_eq!(request_sense(&r2, &b2), (key::NOT_READY, 0x04, 0x0b));
+    // CLEAR through router 2: router 1's registrants see RESERVATIONS
+    // PREEMPTED.
+    assert_good(&pr_out(&r2, &b2, 3, 0, 0xb, 0));
+    r1.replace_reservations(store.latest());
+    assert_check(
+        &run(&r1, &c1, &TUR, &[], 0),
+        key::UNIT_ATTENTION,
+        (0x2a, 0x03),
+    );
+    assert_good(&run(&r1, &a1, &TUR, &[], 0));
+    assert!(read_keys(&r1, &a1).is_empty());
 }
