@@ -37,8 +37,8 @@ impl LogicalUnit {
 
     /// Executes a READ or WRITE only if it completes without waiting for
     /// storage: an active local port, no unit attention pending, no
-    /// reservation conflict, a valid
-    /// CDB, and a device that moves the data without blocking
+    /// reservation conflict, a valid CDB, and a device that moves the data
+    /// without blocking
     /// ([`BlockDevice::try_read_nowait`](depot_block::BlockDevice::try_read_nowait)
     /// / [`BlockDevice::try_write_vectored_nowait`](depot_block::BlockDevice::try_write_vectored_nowait)).
     /// `None` means nothing happened and the caller runs
