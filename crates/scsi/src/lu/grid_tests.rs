@@ -23,7 +23,7 @@ const TUR: [u8; 6] = [0, 0, 0, 0, 0, 0];
 const INQUIRY: [u8; 6] = [0x12, 0, 0, 0, 96, 0];
 const REQUEST_SENSE: [u8; 6] = [0x03, 0, 0, 0, 18, 0];
 const MODE_SENSE_6: [u8; 6] = [0x1a, 0, 0x3f, 0, 255, 0];
-const RTPG: [u8; 12] = [0xa3, 0x0a, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0];
+const RTPG: [u8; 12] = [0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0];
 const RSOC: [u8; 12] = [0xa3, 0x0c, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0];
 const PR_IN_READ_KEYS: [u8; 10] = [0x5e, 0, 0, 0, 0, 0, 0, 0x10, 0, 0];
 
@@ -147,6 +147,18 @@ fn standby_serves_its_table_without_touching_the_device() {
     assert_good(&c);
     assert_eq!(&c.data[..4], &[0, 0, 0, 24]);
     assert_eq!((c.data[4], c.data[16]), (0x00, 0x02));
+    // Allocation length honoured, in both header formats.
+    let mut short = RTPG;
+    short[8] = 0;
+    short[9] = 10;
+    let c = run(&lu, &a, &short, &[], 4096);
+    assert_eq!((c.data.len(), c.transfer_length), (10, 10));
+    short[1] |= 0x20;
+    let c = run(&lu, &a, &short, &[], 4096);
+    assert_eq!(
+        (c.data.len(), &c.data[..6]),
+        (10, &[0, 0, 0, 28, 0x10, 0][..])
+    );
     assert_good(&run(&lu, &a, &RSOC, &[], 4096));
     assert_good(&run(
         &lu,
