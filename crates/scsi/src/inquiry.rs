@@ -1,6 +1,8 @@
 //! INQUIRY data: the standard page and the vital product data pages
-//! (0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2), plus REPORT TARGET PORT
-//! GROUPS, which describes the same ports.
+//! (0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2). The target port designators
+//! of page 0x83 (relative port, type 4; port group, type 5) describe the
+//! port a command came through; REPORT TARGET PORT GROUPS, which lists
+//! every group, lives in `alua`.
 //!
 //! Everything here is a pure function of the logical unit's identity, the
 //! limits it advertises and the nexus asking. Invariants: the supported
@@ -224,31 +226,6 @@ fn block_limits(l: &Limits) -> Vec<u8> {
     b
 }
 
-/// REPORT TARGET PORT GROUPS data: one group (this portal group) in the
-/// active/optimized state holding the port the command came through.
-pub fn report_target_port_groups(nexus: &Nexus, tpg_id: u16, extended: bool) -> Vec<u8> {
-    let mut desc = Vec::with_capacity(12);
-    desc.push(0x80); // PREF, asymmetric access state 0 (active/optimized)
-    // T_SUP, U_SUP, S_SUP, AN_SUP, AO_SUP.
-    desc.push(0x80 | 0x08 | 0x04 | 0x02 | 0x01);
-    desc.extend_from_slice(&tpg_id.to_be_bytes());
-    desc.push(0);
-    desc.push(0); // status code: no status available
-    desc.push(0);
-    desc.push(1); // target port count
-    desc.extend_from_slice(&[0, 0]);
-    desc.extend_from_slice(&nexus.relative_port_id.to_be_bytes());
-    let mut d = Vec::with_capacity(8 + desc.len());
-    let header = if extended { 8 } else { 4 };
-    d.extend_from_slice(&((header - 4 + desc.len()) as u32).to_be_bytes());
-    if extended {
-        // Format type 1, implicit transition time 0.
-        d.extend_from_slice(&[0x10, 0, 0, 0]);
-    }
-    d.extend_from_slice(&desc);
-    d
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,20 +305,5 @@ mod tests {
         }
         assert_eq!(at, d.len());
         assert_eq!(types, vec![3, 1, 8, 4, 5]);
-    }
-
-    #[test]
-    fn rtpg_lengths() {
-        let d = report_target_port_groups(&nexus(), 1, false);
-        assert_eq!(
-            u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize,
-            d.len() - 4
-        );
-        let d = report_target_port_groups(&nexus(), 1, true);
-        assert_eq!(d[4], 0x10);
-        assert_eq!(
-            u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize,
-            d.len() - 4
-        );
     }
 }

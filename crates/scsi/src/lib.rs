@@ -16,9 +16,13 @@
 //! - `ua`: unit attention queues per I_T nexus.
 //! - `range_lock`: striped LBA range locks (COMPARE AND WRITE atomicity).
 //! - `mode`: mode pages (caching, control: WCE, D_SENSE, SWP).
-//! - `inquiry`: standard INQUIRY, VPD pages, REPORT TARGET PORT GROUPS.
+//! - `alua`: asymmetric access states of the target port groups
+//!   ([`Paths`]), which commands a non-active port serves, REPORT TARGET
+//!   PORT GROUPS.
+//! - `inquiry`: standard INQUIRY, VPD pages.
 //! - `rsoc`: REPORT SUPPORTED OPERATION CODES / TASK MANAGEMENT FUNCTIONS.
-//! - `pr`: the persistent reservation state machine and its persistence.
+//! - `pr`: the persistent reservation state machine ([`PrState`]) and its
+//!   persistence ([`ReservationStore`], [`FileReservationStore`]).
 //! - [`Registry`]: logical units by NAA designator, seen only through the
 //!   narrow view EXTENDED COPY needs (`CopyTarget`).
 //! - `xcopy`: the EXTENDED COPY copy manager, over the registry.
@@ -38,6 +42,7 @@ pub mod cdb;
 pub mod lun;
 pub mod sense;
 
+mod alua;
 mod inquiry;
 mod lu;
 mod mode;
@@ -53,10 +58,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+pub use alua::{AccessState, Group, Paths, PathsError};
 pub use cdb::ParsedCdb;
 pub use lu::{DEFAULT_MAX_TRANSFER_BYTES, DEPOT_OUI, LogicalUnit, LuConfig, ScsiError};
+pub use pr::{
+    FileReservationStore, PrState, PrType, Registration, Reservation, ReservationStore, StoreError,
+};
 pub use registry::Registry;
 pub use target::ScsiTarget;
+pub use ua::ItNexus;
 
 /// SCSI status codes (SAM-5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -91,13 +101,29 @@ pub struct Nexus {
     pub isid: [u8; 6],
     /// iSCSI target name.
     pub target_name: String,
-    /// Target portal group tag.
+    /// Target portal group tag: in Depot also the target port group id
+    /// (one router = one port group with one port).
     pub tpgt: u16,
-    /// Relative target port identifier (VPD 0x83 type 4), 1-based.
+    /// Relative target port identifier (VPD 0x83 type 4), 1-based: in
+    /// Depot the same number as `tpgt` ([`Nexus::new`]).
     pub relative_port_id: u16,
 }
 
 impl Nexus {
+    /// The nexus of an initiator port (`initiator_name` + `isid`) with the
+    /// target port of portal group `tpgt`. The portal group tag is the one
+    /// source of the port's identity: the relative target port identifier
+    /// and the target port group id (ALUA) are the same number.
+    pub fn new(initiator_name: &str, isid: [u8; 6], target_name: &str, tpgt: u16) -> Nexus {
+        Nexus {
+            initiator_name: initiator_name.into(),
+            isid,
+            target_name: target_name.into(),
+            tpgt,
+            relative_port_id: tpgt,
+        }
+    }
+
     /// SCSI initiator port name: `<InitiatorName>,i,0x<ISID in hex>`.
     pub fn initiator_port(&self) -> String {
         let mut s = format!("{},i,0x", self.initiator_name);

@@ -26,6 +26,12 @@ pub(crate) trait CopyTarget: Send + Sync {
     /// Whether writes are refused (configuration or software write
     /// protect).
     fn write_protected(&self) -> bool;
+    /// Whether the unit's data is reachable through this router (its
+    /// local port is active); a copy naming an inaccessible unit is
+    /// refused as if the unit were not there.
+    fn accessible(&self) -> bool {
+        true
+    }
     /// Reads whole blocks at `lba` into `buf`.
     fn read_blocks(&self, lba: u64, buf: &mut [u8]) -> BlockResult<()>;
     /// Writes whole blocks at `lba` as a WRITE command would: holding the

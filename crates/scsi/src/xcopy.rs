@@ -147,7 +147,7 @@ pub fn extended_copy(
         let designator = &d[8..8 + designator_len];
         let code_type = d[5] & 0x0f;
         let resolved = if code_type == 0x03 && designator_len == 16 {
-            registry.lookup(designator)
+            registry.lookup(designator).filter(|t| t.accessible())
         } else {
             None
         };

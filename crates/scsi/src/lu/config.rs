@@ -12,6 +12,7 @@
 use std::path::PathBuf;
 
 use crate::inquiry::Identity;
+use crate::pr::StoreError;
 
 /// Default MAXIMUM TRANSFER LENGTH in bytes.
 pub const DEFAULT_MAX_TRANSFER_BYTES: u32 = 32 << 20;
@@ -39,7 +40,8 @@ pub struct LuConfig {
     pub read_only: bool,
     /// Where persistent reservation state is kept across restarts (written
     /// atomically: temporary file, fsync, rename). `None`: memory only, and
-    /// APTPL requests are refused.
+    /// APTPL requests are refused. Ignored when the unit is created with
+    /// its own store ([`LogicalUnit::with_reservation_store`](crate::LogicalUnit::with_reservation_store)).
     pub pr_state_path: Option<PathBuf>,
     /// MAXIMUM TRANSFER LENGTH advertised and enforced, in bytes.
     pub max_transfer_bytes: u32,
@@ -119,4 +121,7 @@ pub enum ScsiError {
         #[source]
         source: std::io::Error,
     },
+    /// The reservation store given to the unit could not load its state.
+    #[error("cannot load persistent reservation state: {0}")]
+    ReservationStore(#[source] StoreError),
 }

@@ -3,11 +3,13 @@
 //! commands handed to the copy manager ([`crate::xcopy`]) with what it
 //! needs.
 //!
-//! Invariant: a copy writes to this unit exactly as a WRITE does (stripe
+//! Invariants: a copy writes to this unit exactly as a WRITE does (stripe
 //! locks shared, FUA when WCE is 0), so copies stay atomic with respect to
-//! COMPARE AND WRITE and ORWRITE.
+//! COMPARE AND WRITE and ORWRITE; a unit whose local port is not active is
+//! not accessible as a copy source or destination, and its device is not
+//! read or written for a copy.
 
-use depot_block::BlockResult;
+use depot_block::{BlockError, BlockResult};
 
 use super::LogicalUnit;
 use super::reply::{CmdResult, Reply};
@@ -29,11 +31,17 @@ impl CopyTarget for LogicalUnit {
         LogicalUnit::write_protected(self)
     }
 
+    fn accessible(&self) -> bool {
+        self.ports.local().is_active()
+    }
+
     fn read_blocks(&self, lba: u64, buf: &mut [u8]) -> BlockResult<()> {
+        self.check_accessible()?;
         self.device.read(lba, buf)
     }
 
     fn write_blocks(&self, lba: u64, data: &[u8]) -> BlockResult<()> {
+        self.check_accessible()?;
         let blocks = (data.len() / self.device.block_size() as usize) as u64;
         let _guard = self.locks.shared(lba, blocks);
         self.device.write(lba, data, self.fua(false))
@@ -41,6 +49,18 @@ impl CopyTarget for LogicalUnit {
 }
 
 impl LogicalUnit {
+    /// Refuses copy I/O while the local port is not active (the state may
+    /// change after the copy resolved this unit).
+    fn check_accessible(&self) -> BlockResult<()> {
+        if self.accessible() {
+            Ok(())
+        } else {
+            Err(BlockError::Unavailable(
+                "logical unit not accessible through this target port".into(),
+            ))
+        }
+    }
+
     /// EXTENDED COPY(LID1).
     pub(super) fn extended_copy(&self, cmd: &Command<'_>, param_len: u32) -> CmdResult {
         let p = Self::params(cmd, param_len)?;

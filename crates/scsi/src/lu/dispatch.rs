@@ -6,15 +6,20 @@
 //! Every command runs the same pipeline: unit attention check (SAM-5
 //! 5.14; INQUIRY, REPORT LUNS and REQUEST SENSE are exempt), the CDB's
 //! decoding (done once by the transport: [`ParsedCdb`](crate::ParsedCdb)),
-//! reservation checks (SPC-2 RESERVE and persistent reservations), then
-//! the command itself. Errors are sense data; nothing panics.
+//! the access state of this router's port (ALUA: a non-active port serves
+//! only some commands, `alua::refusal`), reservation checks (SPC-2 RESERVE
+//! and persistent reservations), then the command itself. Errors are sense
+//! data; nothing panics.
 //!
-//! Invariant: the inline path takes no step the blocking path would not
+//! Invariants: the inline path takes no step the blocking path would not
 //! take and leaves no trace when it declines (no unit attention consumed,
-//! nothing written), so the transport may always fall back to `execute`.
+//! nothing written), so the transport may always fall back to `execute`;
+//! it declines whenever the local port is not active. The access state
+//! costs each command one atomic load.
 
 use super::LogicalUnit;
 use super::reply::{CmdResult, Reply};
+use crate::alua;
 use crate::cdb::{Cdb, op};
 use crate::inquiry;
 use crate::lun::report_luns_data;
@@ -31,8 +36,9 @@ impl LogicalUnit {
     }
 
     /// Executes a READ or WRITE only if it completes without waiting for
-    /// storage: no unit attention pending, no reservation conflict, a valid
-    /// CDB, and a device that moves the data without blocking
+    /// storage: an active local port, no unit attention pending, no
+    /// reservation conflict, a valid CDB, and a device that moves the data
+    /// without blocking
     /// ([`BlockDevice::try_read_nowait`](depot_block::BlockDevice::try_read_nowait)
     /// / [`BlockDevice::try_write_vectored_nowait`](depot_block::BlockDevice::try_write_vectored_nowait)).
     /// `None` means nothing happened and the caller runs
@@ -45,7 +51,8 @@ impl LogicalUnit {
             Some(
                 op::READ_6 | op::READ_10 | op::READ_16 | op::WRITE_6 | op::WRITE_10 | op::WRITE_16
             )
-        ) || !self.ua.is_quiet(cmd.nexus)
+        ) || !self.ports.local().is_active()
+            || !self.ua.is_quiet(cmd.nexus)
         {
             return None;
         }
@@ -71,7 +78,9 @@ impl LogicalUnit {
             Ok(c) => c,
             Err(s) => return Reply::check(s),
         };
-        let result = if self.reservations.conflict(nexus, &parsed) {
+        let result = if let Some(refused) = alua::refusal(self.ports.local(), &parsed) {
+            Ok(Reply::check(refused))
+        } else if self.reservations.conflict(nexus, &parsed) {
             Ok(Reply::conflict())
         } else {
             self.dispatch(cmd, &parsed)
@@ -90,9 +99,12 @@ impl LogicalUnit {
                 Ok(Reply::good())
             }
             Cdb::RequestSense { desc, alloc_len } => {
+                // Pollable sense: a pending unit attention, else why the
+                // port is not ready, else nothing.
                 let s = self
                     .ua
                     .on_command(nexus, true)
+                    .or_else(|| self.ports.local().not_ready())
                     .unwrap_or(Sense::new(key::NO_SENSE, asc::NO_ADDITIONAL_SENSE));
                 Ok(Reply::alloc(s.encode(desc), alloc_len))
             }
@@ -194,10 +206,7 @@ impl LogicalUnit {
             Cdb::ReportTargetPortGroups {
                 extended,
                 alloc_len,
-            } => Ok(Reply::alloc(
-                inquiry::report_target_port_groups(nexus, nexus.tpgt, extended),
-                alloc_len,
-            )),
+            } => Ok(Reply::alloc(self.ports.report(nexus, extended), alloc_len)),
             Cdb::ExtendedCopy { param_len } => self.extended_copy(cmd, param_len),
             Cdb::ReceiveCopyResults {
                 service_action,

@@ -9,6 +9,8 @@
 //! - `reply`: what a command produces and how it becomes a
 //!   [`Completion`](crate::Completion);
 //! - `checks`: the checks shared by command families, data-out borrowing;
+//! - `access`: the path state (ALUA) the daemon sets, and its unit
+//!   attention;
 //! - `io`: the data path (READ, WRITE, VERIFY, COMPARE AND WRITE, WRITE
 //!   SAME, SYNCHRONIZE CACHE, ...) and its inline (non-blocking) variants;
 //! - `provisioning`: READ CAPACITY, GET LBA STATUS, UNMAP, capacity
@@ -20,8 +22,8 @@
 //!   dispatch from a decoded CDB to the parts above.
 //!
 //! The children stand in one order (each uses only those before it):
-//! `config`, `reply`, `checks`, `io`, `provisioning`, `reservations`,
-//! `copy`, `dispatch`.
+//! `config`, `reply`, `checks`, `access`, `io`, `provisioning`,
+//! `reservations`, `copy`, `dispatch`.
 //!
 //! Invariants (the parts state their own in detail):
 //! - Every data-in buffer is bounded by the allocation length, the
@@ -32,9 +34,15 @@
 //!   read-compare/modify-write, so they are atomic against all writes.
 //! - Writes use FUA when the CDB asks for it or when the caching mode
 //!   page's WCE is 0; SYNCHRONIZE CACHE flushes the device.
-//! - Persistent reservation changes are persisted (when a state path is
-//!   configured) before they take effect.
+//! - Persistent reservation changes are committed to the unit's
+//!   reservation store (a file when a state path is configured, or the
+//!   store the daemon gave it) before they take effect.
+//! - Through a port that is not active (standby, unavailable,
+//!   transitioning) only the commands SPC-4 5.16.2.4 allows are served, and
+//!   none of them touches the device's data path: a standby unit may sit
+//!   on a placeholder device whose I/O fails.
 
+mod access;
 mod checks;
 mod config;
 mod copy;
@@ -50,8 +58,10 @@ use bytes::Bytes;
 use depot_block::BlockDevice;
 
 use crate::Nexus;
+use crate::alua::PortState;
 use crate::inquiry::Limits;
 use crate::mode::ModeState;
+use crate::pr::{FileReservationStore, ReservationStore};
 use crate::range_lock::RangeLocks;
 use crate::registry::Registry;
 use crate::sense::{Sense, asc};
@@ -72,6 +82,7 @@ pub struct LogicalUnit {
     locks: RangeLocks,
     reservations: Reservations,
     copies: CopyResults,
+    ports: PortState,
 }
 
 impl std::fmt::Debug for LogicalUnit {
@@ -84,12 +95,34 @@ impl std::fmt::Debug for LogicalUnit {
 }
 
 impl LogicalUnit {
-    /// Creates a logical unit, loads its saved PR state and registers it
-    /// (by NAA) for EXTENDED COPY.
+    /// Creates a logical unit, loads its saved PR state (from
+    /// `config.pr_state_path`, the file store) and registers it (by NAA)
+    /// for EXTENDED COPY.
     pub fn new(
         config: LuConfig,
         device: Arc<dyn BlockDevice>,
         registry: &Arc<Registry>,
+    ) -> Result<Arc<Self>, ScsiError> {
+        Self::build(config, device, registry, None)
+    }
+
+    /// Like [`new`](Self::new), with persistent reservation state kept in
+    /// `store` (e.g. one several routers share) instead of
+    /// `config.pr_state_path`; the state `store` holds now is loaded.
+    pub fn with_reservation_store(
+        config: LuConfig,
+        device: Arc<dyn BlockDevice>,
+        registry: &Arc<Registry>,
+        store: Arc<dyn ReservationStore>,
+    ) -> Result<Arc<Self>, ScsiError> {
+        Self::build(config, device, registry, Some(store))
+    }
+
+    fn build(
+        config: LuConfig,
+        device: Arc<dyn BlockDevice>,
+        registry: &Arc<Registry>,
+        store: Option<Arc<dyn ReservationStore>>,
     ) -> Result<Arc<Self>, ScsiError> {
         let bs = device.block_size();
         if !(512..=65536).contains(&bs) || !bs.is_power_of_two() {
@@ -109,7 +142,20 @@ impl LogicalUnit {
                 "unmap granularity of {g} bytes must divide 1 MiB"
             )));
         }
-        let reservations = Reservations::load(config.pr_state_path.clone())?;
+        let store = match store {
+            Some(store) => store,
+            None => {
+                let path = config.pr_state_path.clone();
+                let file = FileReservationStore::open(path.clone()).map_err(|source| {
+                    ScsiError::PrState {
+                        path: path.unwrap_or_default(),
+                        source,
+                    }
+                })?;
+                Arc::new(file)
+            }
+        };
+        let reservations = Reservations::new(store).map_err(ScsiError::ReservationStore)?;
         let thin = device.thin_provisioned();
         let max_transfer_blocks = config.max_transfer_bytes / bs;
         let limits = Limits {
@@ -138,6 +184,7 @@ impl LogicalUnit {
             locks: RangeLocks::default(),
             reservations,
             copies: CopyResults::default(),
+            ports: PortState::default(),
         });
         registry.register(naa, &lu);
         Ok(lu)
@@ -180,5 +227,7 @@ impl LogicalUnit {
     }
 }
 
+#[cfg(test)]
+mod grid_tests;
 #[cfg(test)]
 mod tests;

@@ -54,6 +54,16 @@ impl Reply {
         }
     }
 
+    /// BUSY: the unit cannot do it now, the initiator retries later.
+    pub(super) fn busy() -> Reply {
+        Reply {
+            status: Status::BUSY,
+            sense: None,
+            data: Vec::new(),
+            transfer_length: 0,
+        }
+    }
+
     pub(super) fn conflict() -> Reply {
         Reply {
             status: Status::RESERVATION_CONFLICT,

@@ -1,12 +1,22 @@
 //! A logical unit's reservations: the SPC-2 RESERVE / RELEASE holder and
 //! the glue around the persistent reservation state machine
 //! ([`crate::pr`]): which commands conflict, PERSISTENT RESERVE IN / OUT,
-//! persisting the state, and what resets and nexus loss do to them.
+//! the store the state lives in, states other routers committed, and what
+//! resets and nexus loss do to them.
 //!
 //! Invariants:
-//! - Persistent reservation changes are persisted (when a state path is
-//!   configured) before they take effect; PERSISTENT RESERVE OUT is
-//!   serialized (clone, apply, persist, commit) so no change is lost.
+//! - PERSISTENT RESERVE OUT is serialized per unit and works on the
+//!   store's latest state: load, apply, save with compare-and-swap; a
+//!   conflict (another router committed first) loads and applies again, at
+//!   most [`MAX_STORE_TRIES`] times. A change takes effect here only after
+//!   the store committed it.
+//! - The in-memory state (what PERSISTENT RESERVE IN reports and the
+//!   command path checks against) changes only under the same lock, by a
+//!   committed PR OUT or by a state the store holds (pushed by the daemon
+//!   through [`LogicalUnit::replace_reservations`], or loaded by a PR
+//!   OUT); a state this unit did not produce itself posts the unit
+//!   attentions its changes owe this router's nexuses
+//!   ([`PrState::replacement_posts`]).
 //! - `spc2_active` mirrors "an SPC-2 reservation is held" and
 //!   `pr_reserved` mirrors "a persistent reservation exists", so the
 //!   command path checks conflicts without taking a lock when there are
@@ -17,19 +27,22 @@
 //! - Resets and nexus loss drop SPC-2 reservations, never persistent
 //!   ones.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
 use super::LogicalUnit;
-use super::config::ScsiError;
 use super::reply::{CmdResult, Reply};
 use crate::cdb::Cdb;
-use crate::pr::{Access, OutRequest, PrError, PrState, PrStore};
+use crate::pr::{Access, OutRequest, PrError, PrState, ReservationStore, StoreError, UaPosts};
 use crate::sense::{Sense, asc, key};
 use crate::ua::ItNexus;
 use crate::{Command, Nexus};
+
+/// How often PERSISTENT RESERVE OUT loads and applies again after the
+/// store reported a conflict, before it answers BUSY.
+pub const MAX_STORE_TRIES: usize = 8;
 
 /// Largest accepted PERSISTENT RESERVE OUT parameter list.
 const MAX_PR_OUT_PARAMS: u32 = 8192;
@@ -42,20 +55,17 @@ pub(super) struct Reservations {
     pr: RwLock<PrState>,
     /// Mirrors `pr.reservation.is_some()` for the hot path.
     pr_reserved: AtomicBool,
-    store: PrStore,
-    /// Serializes PERSISTENT RESERVE OUT (clone, persist, commit).
+    store: Arc<dyn ReservationStore>,
+    /// Serializes PERSISTENT RESERVE OUT and state replacement (load,
+    /// apply, save, commit).
     out: Mutex<()>,
 }
 
 impl Reservations {
-    /// No SPC-2 reservation; persistent reservation state as saved at
-    /// `path` (none saved, or no path: empty).
-    pub(super) fn load(path: Option<PathBuf>) -> Result<Reservations, ScsiError> {
-        let store = PrStore::new(path.clone());
-        let pr = store.load().map_err(|source| ScsiError::PrState {
-            path: path.unwrap_or_default(),
-            source,
-        })?;
+    /// No SPC-2 reservation; persistent reservation state as `store` holds
+    /// it.
+    pub(super) fn new(store: Arc<dyn ReservationStore>) -> Result<Reservations, StoreError> {
+        let pr = store.load()?;
         Ok(Reservations {
             spc2: Mutex::new(None),
             spc2_active: AtomicBool::new(false),
@@ -162,10 +172,25 @@ impl Reservations {
     }
 }
 
+impl Reservations {
+    /// Makes `next` the state PR IN and the conflict checks see. Call with
+    /// `out` held.
+    fn commit(&self, next: PrState) {
+        let reserved = next.reservation.is_some();
+        *self.pr.write() = next;
+        self.pr_reserved.store(reserved, Ordering::Release);
+    }
+}
+
 impl LogicalUnit {
-    /// PERSISTENT RESERVE OUT: applies the service action to a copy of the
-    /// state, persists the copy if it changed, commits it, then posts the
-    /// unit attentions it caused.
+    /// PERSISTENT RESERVE OUT: loads the store's latest state, applies the
+    /// service action to it, saves it if it changed (retrying from the load
+    /// when another router committed first), commits it here, then posts
+    /// the unit attentions it caused to this router's nexuses.
+    ///
+    /// Store failures: unavailable → NOT READY, LOGICAL UNIT IS IN PROCESS
+    /// OF BECOMING READY (04/01); I/O → HARDWARE ERROR, INTERNAL TARGET
+    /// FAILURE (44/00); still conflicting after [`MAX_STORE_TRIES`] → BUSY.
     pub(super) fn persistent_reserve_out(
         &self,
         cmd: &Command<'_>,
@@ -180,7 +205,6 @@ impl LogicalUnit {
         let params = Self::params(cmd, param_len)?;
         let res = &self.reservations;
         let _serial = res.out.lock();
-        let mut next = res.pr.read().clone();
         let it = ItNexus::of(cmd.nexus);
         let req = OutRequest {
             service_action,
@@ -190,28 +214,87 @@ impl LogicalUnit {
             relative_port_id: cmd.nexus.relative_port_id,
             ptpl_capable: res.store.persistent(),
         };
-        let posts = match next.apply_out(&it, &req) {
-            Ok(posts) => posts,
-            Err(PrError::Conflict) => return Ok(Reply::conflict()),
-            Err(PrError::Check(s)) => return Err(s),
-        };
-        if next != *res.pr.read() {
-            if let Err(e) = res.store.save(&next) {
-                tracing::error!(error = %e, serial = %self.config.serial,
-                    "cannot persist persistent reservation state");
-                return Err(Sense::new(
-                    key::HARDWARE_ERROR,
-                    asc::INTERNAL_TARGET_FAILURE,
-                ));
+        for _ in 0..MAX_STORE_TRIES {
+            let base = match res.store.load() {
+                Ok(base) => base,
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(self.store_failure(&e)),
+            };
+            // What other routers committed since this unit last looked.
+            self.adopt(&base);
+            let mut next = base.clone();
+            let posts = match next.apply_out(&it, &req) {
+                Ok(posts) => posts,
+                Err(PrError::Conflict) => return Ok(Reply::conflict()),
+                Err(PrError::Check(s)) => return Err(s),
+            };
+            if next != base {
+                match res.store.save(&next) {
+                    Ok(()) => res.commit(next),
+                    Err(StoreError::Conflict) => continue,
+                    Err(e) => return Err(self.store_failure(&e)),
+                }
             }
-            let reserved = next.reservation.is_some();
-            *res.pr.write() = next;
-            res.pr_reserved.store(reserved, Ordering::Release);
+            self.post_pr(posts);
+            return Ok(Reply::good());
         }
+        tracing::warn!(serial = %self.config.serial, tries = MAX_STORE_TRIES,
+            "persistent reserve out kept conflicting in the reservation store");
+        Ok(Reply::busy())
+    }
+
+    /// Installs a persistent reservation state another router committed
+    /// (the daemon pushes what the shared store holds, in the store's
+    /// order). PERSISTENT RESERVE IN and the reservation conflict checks
+    /// use it from now on; this router's nexuses that lost their
+    /// registration get REGISTRATIONS PREEMPTED (RESERVATIONS PREEMPTED
+    /// after a CLEAR), and those whose registrants-only / all-registrants
+    /// reservation went away or changed type get RESERVATIONS RELEASED
+    /// ([`PrState::replacement_posts`]). Installing the state this unit
+    /// already has changes nothing.
+    pub fn replace_reservations(&self, state: PrState) {
+        let _serial = self.reservations.out.lock();
+        self.adopt(&state);
+    }
+
+    /// A copy of the persistent reservation state PERSISTENT RESERVE IN
+    /// reports.
+    pub fn reservation_state(&self) -> PrState {
+        self.reservations.pr.read().clone()
+    }
+
+    /// Makes `state` (one this unit did not produce) current, posting what
+    /// its changes owe this router's nexuses. Call with `out` held.
+    fn adopt(&self, state: &PrState) {
+        let res = &self.reservations;
+        let posts = {
+            let current = res.pr.read();
+            if *current == *state {
+                return;
+            }
+            current.replacement_posts(state)
+        };
+        res.commit(state.clone());
+        self.post_pr(posts);
+    }
+
+    /// Posts PR unit attentions to the nexuses of this router they name.
+    fn post_pr(&self, posts: UaPosts) {
         for (n, code) in posts {
             self.ua.post_it(&n, code);
         }
-        Ok(Reply::good())
+    }
+
+    /// The sense a store failure is answered with.
+    fn store_failure(&self, e: &StoreError) -> Sense {
+        tracing::error!(error = %e, serial = %self.config.serial,
+            "cannot persist persistent reservation state");
+        match e {
+            StoreError::Unavailable(_) => Sense::new(key::NOT_READY, asc::LU_BECOMING_READY),
+            StoreError::Conflict | StoreError::Io(_) => {
+                Sense::new(key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE)
+            }
+        }
     }
 }
 

@@ -11,17 +11,17 @@ use super::*;
 use crate::sense::key;
 use crate::{Command, Completion, DataOut, ParsedCdb, ScsiTarget, Status, TmfOutcome};
 
-const BS: usize = 512;
-const BLOCKS: u64 = 1024;
+pub(super) const BS: usize = 512;
+pub(super) const BLOCKS: u64 = 1024;
 
-struct Rig {
-    lu: Arc<LogicalUnit>,
-    dev: Arc<MemDevice>,
-    a: Arc<Nexus>,
-    b: Arc<Nexus>,
+pub(super) struct Rig {
+    pub(super) lu: Arc<LogicalUnit>,
+    pub(super) dev: Arc<MemDevice>,
+    pub(super) a: Arc<Nexus>,
+    pub(super) b: Arc<Nexus>,
 }
 
-fn nexus(name: &str, isid: u8) -> Arc<Nexus> {
+pub(super) fn nexus(name: &str, isid: u8) -> Arc<Nexus> {
     Arc::new(Nexus {
         initiator_name: name.into(),
         isid: [0x80, 0, 0, 0, 0, isid],
@@ -31,7 +31,7 @@ fn nexus(name: &str, isid: u8) -> Arc<Nexus> {
     })
 }
 
-fn rig_with(config: LuConfig) -> Rig {
+pub(super) fn rig_with(config: LuConfig) -> Rig {
     let dev = Arc::new(MemDevice::new(BS as u32, BLOCKS));
     let registry = Registry::new();
     let lu = LogicalUnit::new(config, dev.clone(), &registry).unwrap();
@@ -43,14 +43,20 @@ fn rig_with(config: LuConfig) -> Rig {
     }
 }
 
-fn rig() -> Rig {
+pub(super) fn rig() -> Rig {
     rig_with(LuConfig::new("SN0001", LuConfig::naa_from_id(42)))
 }
 
 /// Runs a command whose data-out arrives in three pieces cut at unaligned
 /// offsets, as a transport may deliver it: every command must see the
 /// same bytes as if they came in one piece.
-fn run(lu: &LogicalUnit, n: &Arc<Nexus>, cdb: &[u8], out: &[u8], expected_in: u32) -> Completion {
+pub(super) fn run(
+    lu: &LogicalUnit,
+    n: &Arc<Nexus>,
+    cdb: &[u8],
+    out: &[u8],
+    expected_in: u32,
+) -> Completion {
     let (a, b) = (out.len() / 3, out.len() * 2 / 3);
     let pieces = [
         Bytes::copy_from_slice(&out[..a]),
@@ -66,7 +72,7 @@ fn run(lu: &LogicalUnit, n: &Arc<Nexus>, cdb: &[u8], out: &[u8], expected_in: u3
 }
 
 /// (key, asc, ascq) of a fixed-format sense in `c`.
-fn sense_of(c: &Completion) -> (u8, u8, u8) {
+pub(super) fn sense_of(c: &Completion) -> (u8, u8, u8) {
     let s = c.sense.as_ref().expect("sense");
     if s[0] & 0x7f == 0x72 {
         (s[1] & 0x0f, s[2], s[3])
@@ -80,7 +86,7 @@ fn info_of(c: &Completion) -> Option<u64> {
     (s[0] & 0x80 != 0).then(|| u64::from(u32::from_be_bytes([s[3], s[4], s[5], s[6]])))
 }
 
-fn assert_good(c: &Completion) {
+pub(super) fn assert_good(c: &Completion) {
     assert_eq!(
         c.status,
         Status::GOOD,
@@ -89,12 +95,12 @@ fn assert_good(c: &Completion) {
     );
 }
 
-fn assert_check(c: &Completion, key: u8, code: (u8, u8)) {
+pub(super) fn assert_check(c: &Completion, key: u8, code: (u8, u8)) {
     assert_eq!(c.status, Status::CHECK_CONDITION);
     assert_eq!(sense_of(c), (key, code.0, code.1));
 }
 
-fn cdb10(op: u8, flags: u8, lba: u32, blocks: u16) -> Vec<u8> {
+pub(super) fn cdb10(op: u8, flags: u8, lba: u32, blocks: u16) -> Vec<u8> {
     let mut c = vec![0u8; 10];
     c[0] = op;
     c[1] = flags;
@@ -103,7 +109,7 @@ fn cdb10(op: u8, flags: u8, lba: u32, blocks: u16) -> Vec<u8> {
     c
 }
 
-fn cdb16(op: u8, flags: u8, lba: u64, blocks: u32) -> Vec<u8> {
+pub(super) fn cdb16(op: u8, flags: u8, lba: u64, blocks: u32) -> Vec<u8> {
     let mut c = vec![0u8; 16];
     c[0] = op;
     c[1] = flags;
@@ -112,12 +118,12 @@ fn cdb16(op: u8, flags: u8, lba: u64, blocks: u32) -> Vec<u8> {
     c
 }
 
-fn write10(r: &Rig, lba: u32, data: &[u8]) -> Completion {
+pub(super) fn write10(r: &Rig, lba: u32, data: &[u8]) -> Completion {
     let n = (data.len() / BS) as u16;
     run(&r.lu, &r.a, &cdb10(0x2a, 0, lba, n), data, 0)
 }
 
-fn read10(r: &Rig, lba: u32, blocks: u16) -> Completion {
+pub(super) fn read10(r: &Rig, lba: u32, blocks: u16) -> Completion {
     run(
         &r.lu,
         &r.a,
@@ -551,7 +557,15 @@ fn report_supported_opcodes_and_tmfs() {
     assert_eq!(c.data[0], 0xca);
 }
 
-fn pr_out(r: &Rig, n: &Arc<Nexus>, sa: u8, ty: u8, res: u64, sa_key: u64, flags: u8) -> Completion {
+pub(super) fn pr_out(
+    r: &Rig,
+    n: &Arc<Nexus>,
+    sa: u8,
+    ty: u8,
+    res: u64,
+    sa_key: u64,
+    flags: u8,
+) -> Completion {
     let mut p = vec![0u8; 24];
     p[..8].copy_from_slice(&res.to_be_bytes());
     p[8..16].copy_from_slice(&sa_key.to_be_bytes());
@@ -560,7 +574,7 @@ fn pr_out(r: &Rig, n: &Arc<Nexus>, sa: u8, ty: u8, res: u64, sa_key: u64, flags:
     run(&r.lu, n, &c, &p, 0)
 }
 
-fn pr_in(r: &Rig, n: &Arc<Nexus>, sa: u8) -> Completion {
+pub(super) fn pr_in(r: &Rig, n: &Arc<Nexus>, sa: u8) -> Completion {
     run(
         &r.lu,
         n,
@@ -711,14 +725,20 @@ fn unit_attentions_and_request_sense() {
     assert_good(&read10(&r, 0, 1));
 }
 
-fn target_rig() -> (ScsiTarget, Rig) {
+pub(super) fn target_rig() -> (ScsiTarget, Rig) {
     let r = rig();
     let t = ScsiTarget::new(Registry::new());
     t.insert_lun(0, r.lu.clone());
     (t, r)
 }
 
-fn trun(t: &ScsiTarget, lun: u64, n: &Arc<Nexus>, cdb: &[u8], expected_in: u32) -> Completion {
+pub(super) fn trun(
+    t: &ScsiTarget,
+    lun: u64,
+    n: &Arc<Nexus>,
+    cdb: &[u8],
+    expected_in: u32,
+) -> Completion {
     t.execute(
         lun,
         &Command {
@@ -797,7 +817,13 @@ fn target_encodes_transport_sense_per_the_lus_d_sense() {
     assert_eq!(asc::TOO_MUCH_WRITE_DATA, (0x4b, 0x02));
 }
 
-fn xcopy_params(naa: &[u8; 16], src: u64, dst: u64, blocks: u16, dst_idx: u16) -> Vec<u8> {
+pub(super) fn xcopy_params(
+    naa: &[u8; 16],
+    src: u64,
+    dst: u64,
+    blocks: u16,
+    dst_idx: u16,
+) -> Vec<u8> {
     let mut p = vec![0u8; 16];
     p[0] = 1;
     p[3] = 32;
@@ -1062,7 +1088,7 @@ proptest! {
     }
 }
 
-fn nowait(
+pub(super) fn nowait(
     lu: &LogicalUnit,
     n: &Arc<Nexus>,
     cdb: &[u8],

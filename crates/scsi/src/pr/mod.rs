@@ -2,9 +2,11 @@
 //! PERSISTENT RESERVE IN data and the PERSISTENT RESERVE OUT state machine.
 //!
 //! [`PrState`] is plain data (serde) so the logical unit can persist it
-//! atomically after every change. Registrations are keyed on the whole I_T
-//! nexus ([`ItNexus`]: initiator name + ISID + target name + TPGT), so an
-//! initiator that logs in again with a new ISID is a new registrant.
+//! atomically after every change, in a file or in a store several routers
+//! share. Registrations are keyed on the whole I_T nexus ([`ItNexus`]:
+//! initiator name + ISID + target name + TPGT), so an initiator that logs
+//! in again with a new ISID is a new registrant, and the same initiator
+//! port through another router (another TPGT) is another I_T nexus.
 //!
 //! Invariants: at most [`MAX_REGISTRATIONS`] registrations, one per nexus;
 //! a non-all-registrants reservation's holder is always registered; an
@@ -12,15 +14,22 @@
 //! PRGENERATION changes only when registrations change (not on RESERVE or
 //! RELEASE). Operations either fully apply or return an error leaving the
 //! state untouched (the caller clones, mutates, persists, then commits).
+//!
+//! Layout: this module owns the state ([`PrState`]) and what PERSISTENT
+//! RESERVE IN reports of it; `out` owns the PERSISTENT RESERVE OUT state
+//! machine; `store` owns persistence ([`ReservationStore`], with the file
+//! store as the default implementation). The children use only this
+//! module, not each other.
 
-use std::fs;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+mod out;
+mod store;
 
 use serde::{Deserialize, Serialize};
 
 use crate::sense::{Sense, asc};
 use crate::ua::ItNexus;
+
+pub use store::{FileReservationStore, ReservationStore, StoreError};
 
 /// Registrations beyond this fail with INSUFFICIENT REGISTRATION RESOURCES.
 pub const MAX_REGISTRATIONS: usize = 256;
@@ -192,12 +201,6 @@ pub struct OutRequest<'a> {
     pub ptpl_capable: bool,
 }
 
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(x)
-}
-
 impl PrState {
     /// Registered key of `n`.
     pub fn key_of(&self, n: &ItNexus) -> Option<u64> {
@@ -218,7 +221,7 @@ impl PrState {
 
     /// Whether a command of class `access` from `n` conflicts with the
     /// reservation.
-    pub fn conflicts(&self, n: &ItNexus, access: Access) -> bool {
+    pub(crate) fn conflicts(&self, n: &ItNexus, access: Access) -> bool {
         let Some(r) = &self.reservation else {
             return false;
         };
@@ -245,318 +248,6 @@ impl PrState {
             .filter(|r| &r.nexus != except)
             .map(|r| r.nexus.clone())
             .collect()
-    }
-
-    /// Removes `n`'s registration and applies its effect on the
-    /// reservation.
-    fn unregister(&mut self, n: &ItNexus, ua: &mut UaPosts) {
-        self.registrations.retain(|r| &r.nexus != n);
-        let Some(r) = self.reservation.clone() else {
-            return;
-        };
-        if r.pr_type.all_registrants() {
-            if self.registrations.is_empty() {
-                self.reservation = None;
-            }
-        } else if &r.holder == n {
-            self.reservation = None;
-            if r.pr_type.registrants_access() {
-                for other in self.others_registered(n) {
-                    ua.push((other, asc::RESERVATIONS_RELEASED));
-                }
-            }
-        }
-    }
-
-    /// Removes every registration with `key` (except `keep`), posting
-    /// REGISTRATIONS PREEMPTED; returns how many went.
-    fn preempt_key(&mut self, key: u64, keep: Option<&ItNexus>, ua: &mut UaPosts) -> usize {
-        let victims: Vec<ItNexus> = self
-            .registrations
-            .iter()
-            .filter(|r| r.key == key && Some(&r.nexus) != keep)
-            .map(|r| r.nexus.clone())
-            .collect();
-        for v in &victims {
-            ua.push((v.clone(), asc::REGISTRATIONS_PREEMPTED));
-            self.unregister_quiet(v);
-        }
-        victims.len()
-    }
-
-    /// Removes a registration without reservation side effects other than
-    /// dropping an all-registrants reservation nobody holds any more.
-    fn unregister_quiet(&mut self, n: &ItNexus) {
-        self.registrations.retain(|r| &r.nexus != n);
-        if let Some(r) = &self.reservation {
-            let orphan = if r.pr_type.all_registrants() {
-                self.registrations.is_empty()
-            } else {
-                &r.holder == n
-            };
-            if orphan {
-                self.reservation = None;
-            }
-        }
-    }
-
-    fn bump(&mut self) {
-        self.generation = self.generation.wrapping_add(1);
-    }
-
-    /// Applies one PERSISTENT RESERVE OUT from `n`. On success returns the
-    /// unit attentions to establish.
-    pub fn apply_out(&mut self, n: &ItNexus, req: &OutRequest<'_>) -> Result<UaPosts, PrError> {
-        let p = req.params;
-        let sa = req.service_action;
-        if sa == out_sa::REGISTER_AND_MOVE {
-            return self.register_and_move(n, req);
-        }
-        if p.len() != 24 {
-            return Err(Sense::param_list_length().into());
-        }
-        let res_key = be64(p, 0);
-        let sa_key = be64(p, 8);
-        let flags = p[20];
-        let mut ua = UaPosts::new();
-        match sa {
-            out_sa::REGISTER | out_sa::REGISTER_AND_IGNORE => {
-                if flags & 0x08 != 0 {
-                    // SPEC_I_PT: not supported (SIP_C = 0).
-                    return Err(Sense::invalid_param_field(20).into());
-                }
-                if flags & 0x04 != 0 {
-                    // ALL_TG_PT: not supported (ATP_C = 0).
-                    return Err(Sense::invalid_param_field(20).into());
-                }
-                let aptpl = flags & 0x01 != 0;
-                if aptpl && !req.ptpl_capable {
-                    return Err(Sense::invalid_param_field(20).into());
-                }
-                let current = self.key_of(n);
-                if sa == out_sa::REGISTER && res_key != current.unwrap_or(0) {
-                    return Err(PrError::Conflict);
-                }
-                match (current, sa_key) {
-                    (None, 0) => {}
-                    (None, key) => {
-                        if self.registrations.len() >= MAX_REGISTRATIONS {
-                            return Err(
-                                Sense::illegal(asc::INSUFFICIENT_REGISTRATION_RESOURCES).into()
-                            );
-                        }
-                        self.registrations.push(Registration {
-                            nexus: n.clone(),
-                            key,
-                            relative_port_id: req.relative_port_id,
-                        });
-                        self.aptpl = aptpl;
-                        self.bump();
-                    }
-                    (Some(_), 0) => {
-                        self.unregister(n, &mut ua);
-                        self.bump();
-                    }
-                    (Some(_), key) => {
-                        for r in self.registrations.iter_mut().filter(|r| &r.nexus == n) {
-                            r.key = key;
-                        }
-                        self.aptpl = aptpl;
-                        self.bump();
-                    }
-                }
-                Ok(ua)
-            }
-            out_sa::RESERVE => {
-                self.check_key(n, res_key)?;
-                let ty = check_scope_type(req.scope, req.pr_type)?;
-                match &self.reservation {
-                    None => {
-                        self.reservation = Some(Reservation {
-                            holder: n.clone(),
-                            pr_type: ty,
-                        });
-                        Ok(ua)
-                    }
-                    Some(r) if self.is_holder(n) && r.pr_type == ty => Ok(ua),
-                    Some(_) => Err(PrError::Conflict),
-                }
-            }
-            out_sa::RELEASE => {
-                self.check_key(n, res_key)?;
-                let Some(r) = self.reservation.clone() else {
-                    return Ok(ua);
-                };
-                if !self.is_holder(n) {
-                    return Ok(ua);
-                }
-                if req.scope != 0 || PrType::from_code(req.pr_type) != Some(r.pr_type) {
-                    return Err(Sense::illegal(asc::INVALID_RELEASE_OF_PR).into());
-                }
-                self.reservation = None;
-                if r.pr_type.registrants_access() {
-                    for other in self.others_registered(n) {
-                        ua.push((other, asc::RESERVATIONS_RELEASED));
-                    }
-                }
-                Ok(ua)
-            }
-            out_sa::CLEAR => {
-                self.check_key(n, res_key)?;
-                for other in self.others_registered(n) {
-                    ua.push((other, asc::RESERVATIONS_PREEMPTED));
-                }
-                self.registrations.clear();
-                self.reservation = None;
-                self.bump();
-                Ok(ua)
-            }
-            out_sa::PREEMPT | out_sa::PREEMPT_AND_ABORT => {
-                self.check_key(n, res_key)?;
-                self.preempt(n, sa_key, req, &mut ua)?;
-                self.bump();
-                Ok(ua)
-            }
-            _ => Err(Sense::invalid_cdb_field(1, Some(4)).into()),
-        }
-    }
-
-    fn check_key(&self, n: &ItNexus, res_key: u64) -> Result<(), PrError> {
-        match self.key_of(n) {
-            Some(k) if k == res_key => Ok(()),
-            _ => Err(PrError::Conflict),
-        }
-    }
-
-    fn preempt(
-        &mut self,
-        n: &ItNexus,
-        sa_key: u64,
-        req: &OutRequest<'_>,
-        ua: &mut UaPosts,
-    ) -> Result<(), PrError> {
-        let Some(r) = self.reservation.clone() else {
-            if sa_key == 0 {
-                return Err(Sense::invalid_param_field(8).into());
-            }
-            if self.preempt_key(sa_key, None, ua) == 0 {
-                return Err(PrError::Conflict);
-            }
-            // The preempting nexus gets no unit attention for itself.
-            ua.retain(|(v, _)| v != n);
-            return Ok(());
-        };
-        let holder_key = if r.pr_type.all_registrants() {
-            None
-        } else {
-            self.key_of(&r.holder)
-        };
-        let takes_over = if r.pr_type.all_registrants() {
-            sa_key == 0
-        } else {
-            Some(sa_key) == holder_key
-        };
-        if takes_over {
-            let ty = check_scope_type(req.scope, req.pr_type)?;
-            let victims: Vec<ItNexus> = if r.pr_type.all_registrants() {
-                self.others_registered(n)
-            } else {
-                self.registrations
-                    .iter()
-                    .filter(|x| x.key == sa_key && &x.nexus != n)
-                    .map(|x| x.nexus.clone())
-                    .collect()
-            };
-            for v in &victims {
-                ua.push((v.clone(), asc::REGISTRATIONS_PREEMPTED));
-            }
-            self.registrations.retain(|x| !victims.contains(&x.nexus));
-            if ty != r.pr_type {
-                for other in self.others_registered(n) {
-                    ua.push((other, asc::RESERVATIONS_RELEASED));
-                }
-            }
-            self.reservation = Some(Reservation {
-                holder: n.clone(),
-                pr_type: ty,
-            });
-            return Ok(());
-        }
-        if sa_key == 0 {
-            return Err(Sense::invalid_param_field(8).into());
-        }
-        if self.preempt_key(sa_key, None, ua) == 0 {
-            return Err(PrError::Conflict);
-        }
-        ua.retain(|(v, _)| v != n);
-        Ok(())
-    }
-
-    fn register_and_move(&mut self, n: &ItNexus, req: &OutRequest<'_>) -> Result<UaPosts, PrError> {
-        let p = req.params;
-        if p.len() < 24 {
-            return Err(Sense::param_list_length().into());
-        }
-        let res_key = be64(p, 0);
-        let sa_key = be64(p, 8);
-        let unreg = p[17] & 0x02 != 0;
-        let aptpl = p[17] & 0x01 != 0;
-        let rel_port = u16::from_be_bytes([p[18], p[19]]);
-        let tid_len = u32::from_be_bytes([p[20], p[21], p[22], p[23]]) as usize;
-        if p.len() - 24 < tid_len {
-            return Err(Sense::param_list_length().into());
-        }
-        self.check_key(n, res_key)?;
-        let Some(r) = self.reservation.clone() else {
-            return Err(PrError::Conflict);
-        };
-        if r.pr_type.all_registrants() || r.holder != *n {
-            return Err(PrError::Conflict);
-        }
-        if sa_key == 0 {
-            return Err(Sense::invalid_param_field(8).into());
-        }
-        if aptpl && !req.ptpl_capable {
-            return Err(Sense::invalid_param_field(17).into());
-        }
-        if rel_port != req.relative_port_id {
-            // Only the target port the command came through is known here.
-            return Err(Sense::invalid_param_field(18).into());
-        }
-        let (name, isid) = parse_iscsi_transport_id(&p[24..24 + tid_len])
-            .ok_or_else(|| PrError::from(Sense::invalid_param_field(24)))?;
-        let dest = ItNexus {
-            initiator_name: name,
-            isid,
-            target_name: n.target_name.clone(),
-            tpgt: n.tpgt,
-        };
-        if &dest == n {
-            return Err(Sense::invalid_param_field(24).into());
-        }
-        match self.registrations.iter_mut().find(|x| x.nexus == dest) {
-            Some(x) => x.key = sa_key,
-            None => {
-                if self.registrations.len() >= MAX_REGISTRATIONS {
-                    return Err(Sense::illegal(asc::INSUFFICIENT_REGISTRATION_RESOURCES).into());
-                }
-                self.registrations.push(Registration {
-                    nexus: dest.clone(),
-                    key: sa_key,
-                    relative_port_id: rel_port,
-                });
-            }
-        }
-        self.reservation = Some(Reservation {
-            holder: dest,
-            pr_type: r.pr_type,
-        });
-        if unreg {
-            self.registrations.retain(|x| &x.nexus != n);
-        }
-        self.aptpl = aptpl;
-        self.bump();
-        Ok(UaPosts::new())
     }
 
     /// READ KEYS parameter data (full length; the caller truncates).
@@ -630,11 +321,47 @@ impl PrState {
     }
 }
 
-fn check_scope_type(scope: u8, ty: u8) -> Result<PrType, PrError> {
-    if scope != 0 {
-        return Err(Sense::invalid_cdb_field(2, Some(7)).into());
+impl PrState {
+    /// The unit attentions a router that did not execute a PERSISTENT
+    /// RESERVE OUT owes when its state moves from `self` to `new`, which
+    /// another router committed (one or several PR OUTs later):
+    /// - a nexus registered before and not after lost its registration:
+    ///   RESERVATIONS PREEMPTED (2A/03) if nobody is registered any more
+    ///   (a CLEAR), REGISTRATIONS PREEMPTED (2A/05) otherwise;
+    /// - a nexus registered before and after gets RESERVATIONS RELEASED
+    ///   (2A/04) when a registrants-only or all-registrants reservation went
+    ///   away (not the holder of a registrants-only one), or when the
+    ///   reservation changed type (not the new holder).
+    ///
+    /// These are the conditions the executing router posts to the nexuses
+    /// it knows; the nexus that acted is on the other router, so the
+    /// caller (who posts only to its own nexuses) never posts to it.
+    pub fn replacement_posts(&self, new: &PrState) -> UaPosts {
+        let lost = if new.registrations.is_empty() {
+            asc::RESERVATIONS_PREEMPTED
+        } else {
+            asc::REGISTRATIONS_PREEMPTED
+        };
+        // Some(except): RESERVATIONS RELEASED for all but `except`.
+        let released: Option<Option<&ItNexus>> = match (&self.reservation, &new.reservation) {
+            (Some(old), None) if old.pr_type.registrants_access() => {
+                Some((!old.pr_type.all_registrants()).then_some(&old.holder))
+            }
+            (Some(old), Some(now)) if old.pr_type != now.pr_type => Some(Some(&now.holder)),
+            _ => None,
+        };
+        let mut ua = UaPosts::new();
+        for r in &self.registrations {
+            if new.key_of(&r.nexus).is_none() {
+                ua.push((r.nexus.clone(), lost));
+            } else if let Some(except) = released
+                && except != Some(&r.nexus)
+            {
+                ua.push((r.nexus.clone(), asc::RESERVATIONS_RELEASED));
+            }
+        }
+        ua
     }
-    PrType::from_code(ty).ok_or_else(|| Sense::invalid_cdb_field(2, Some(3)).into())
 }
 
 /// iSCSI TransportID, format 01b (initiator port: name + ISID), padded to a
@@ -672,72 +399,6 @@ fn parse_iscsi_transport_id(tid: &[u8]) -> Option<(String, [u8; 6])> {
         *b = u8::from_str_radix(isid_hex.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some((name.to_ascii_lowercase(), isid))
-}
-
-/// Where a logical unit keeps its PR state across restarts.
-#[derive(Debug)]
-pub struct PrStore {
-    path: Option<PathBuf>,
-}
-
-impl PrStore {
-    /// A store at `path` (or none: state lives in memory only).
-    pub fn new(path: Option<PathBuf>) -> PrStore {
-        PrStore { path }
-    }
-
-    /// Whether state survives restarts (PTPL_C).
-    pub fn persistent(&self) -> bool {
-        self.path.is_some()
-    }
-
-    /// Loads the saved state; a missing file is an empty state.
-    pub fn load(&self) -> std::io::Result<PrState> {
-        let Some(path) = &self.path else {
-            return Ok(PrState::default());
-        };
-        match fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PrState::default()),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Saves `state` atomically: temporary file, fsync, rename, fsync of
-    /// the directory.
-    pub fn save(&self, state: &PrState) -> std::io::Result<()> {
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
-        let bytes = serde_json::to_vec_pretty(state)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        let tmp = tmp_path(path);
-        {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    }
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|s| s.to_os_string())
-        .unwrap_or_default();
-    name.push(".tmp");
-    path.with_file_name(name)
 }
 
 #[cfg(test)]
@@ -921,21 +582,50 @@ mod tests {
         assert_eq!(isid, n.isid);
     }
 
+    /// What another router derives from the state change equals what the
+    /// executing router posts, for every service action that posts.
     #[test]
-    fn store_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = PrStore::new(Some(dir.path().join("pr.json")));
-        assert_eq!(store.load().unwrap(), PrState::default());
-        let mut st = PrState::default();
-        out(
-            &mut st,
-            &nx(1),
-            out_sa::REGISTER_AND_IGNORE,
-            0,
-            &params(0, 1, 1),
-        )
-        .unwrap();
-        store.save(&st).unwrap();
-        assert_eq!(store.load().unwrap(), st);
+    fn replacement_posts_match_what_the_executing_router_posts() {
+        let (a, b, c) = (nx(1), nx(2), nx(3));
+        let base = |ty: Option<u8>| {
+            let mut st = PrState::default();
+            for (n, k) in [(&a, 1), (&b, 2), (&c, 3)] {
+                out(&mut st, n, out_sa::REGISTER_AND_IGNORE, 0, &params(0, k, 0)).unwrap();
+            }
+            if let Some(ty) = ty {
+                out(&mut st, &a, out_sa::RESERVE, ty, &params(1, 0, 0)).unwrap();
+            }
+            st
+        };
+        let sorted = |mut v: UaPosts| {
+            v.sort_by_key(|x| x.0.isid);
+            v
+        };
+        // (reservation type, actor, service action, type, params).
+        type Case<'a> = (Option<u8>, &'a ItNexus, u8, u8, Vec<u8>);
+        let cases: Vec<Case<'_>> = vec![
+            (None, &b, out_sa::PREEMPT, 0, params(2, 1, 0)),
+            (Some(1), &b, out_sa::PREEMPT, 1, params(2, 1, 0)),
+            (Some(5), &b, out_sa::PREEMPT, 3, params(2, 1, 0)),
+            (Some(7), &b, out_sa::PREEMPT, 5, params(2, 0, 0)),
+            (Some(5), &a, out_sa::RELEASE, 5, params(1, 0, 0)),
+            (Some(1), &a, out_sa::RELEASE, 1, params(1, 0, 0)),
+            (Some(6), &a, out_sa::REGISTER, 0, params(1, 0, 0)),
+            (Some(3), &b, out_sa::CLEAR, 0, params(2, 0, 0)),
+        ];
+        for (ty, actor, sa, pr_type, p) in cases {
+            let old = base(ty);
+            let mut new = old.clone();
+            let posted = out(&mut new, actor, sa, pr_type, &p).unwrap();
+            let derived: UaPosts = old
+                .replacement_posts(&new)
+                .into_iter()
+                .filter(|(n, _)| n != actor)
+                .collect();
+            assert_eq!(sorted(derived), sorted(posted), "{ty:?} sa {sa}");
+        }
+        // No change, nothing owed.
+        let st = base(Some(5));
+        assert!(st.replacement_posts(&st).is_empty());
     }
 }
