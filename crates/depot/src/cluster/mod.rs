@@ -18,6 +18,7 @@
 pub mod device;
 pub mod feed;
 pub mod peer;
+pub mod reservations;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

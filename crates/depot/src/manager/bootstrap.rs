@@ -21,6 +21,7 @@ use crate::catalog::Catalog;
 use crate::catalog::cluster::ClusterPersist;
 use crate::cluster::Node;
 use crate::cluster::device::{Routed, Standby};
+use crate::cluster::reservations::EtcdReservations;
 use crate::error::{DepotError, DepotResult};
 use crate::identity::{self, Identity};
 use crate::metrics::Metrics;
@@ -194,8 +195,22 @@ impl Manager {
                 .map_err(|e| DepotError::io(format!("creating {}", dir.display()), e))?;
         }
         lu_cfg.pr_state_path = Some(pr);
-        let lu = LogicalUnit::new(lu_cfg, metered.clone(), &self.scsi_registry)
-            .map_err(|e| DepotError::Internal(format!("vDisk {}: {e}", info.name)))?;
+        // In a cluster the reservations are the cluster's (every router's
+        // port registers there); standalone, a file per vDisk.
+        let reservations = self
+            .cluster
+            .as_ref()
+            .map(|n| EtcdReservations::new(n.clone(), &info.name));
+        let lu = match &reservations {
+            None => LogicalUnit::new(lu_cfg, metered.clone(), &self.scsi_registry),
+            Some(r) => LogicalUnit::with_reservation_store(
+                lu_cfg,
+                metered.clone(),
+                &self.scsi_registry,
+                r.clone(),
+            ),
+        }
+        .map_err(|e| DepotError::Internal(format!("vDisk {}: {e}", info.name)))?;
         let scsi = st
             .scsi
             .get(&info.vm)
@@ -213,6 +228,7 @@ impl Manager {
                 raw,
                 routed,
                 generation,
+                reservations,
             },
         );
         if self.cluster.is_some() && !serving {

@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use depot_block::BlockDevice;
+use depot_cluster::keys::kind;
 use depot_cluster::{FeedEvent, Ownership, owner};
 use depot_engine::BackendConfig;
 
@@ -25,6 +26,24 @@ use super::{Manager, State};
 use crate::cluster::feed::revision_of;
 use crate::error::{DepotError, DepotResult};
 use crate::model::{VDiskRecord, VPoolRecord};
+
+/// Gives vDisk `name`'s logical unit a reservation state another router
+/// committed (unless its own store already has that or a newer one).
+fn push_reservations(st: &State, name: &str, v: &depot_cluster::Versioned) {
+    let Some(live) = st.disks.get(name) else {
+        return;
+    };
+    let Some(store) = &live.reservations else {
+        return;
+    };
+    if !store.newer(v.mod_revision) {
+        return;
+    }
+    match v.json::<depot_scsi::PrState>() {
+        Ok(state) => live.lu.replace_reservations(state),
+        Err(e) => tracing::warn!(vdisk = name, error = %e, "ignoring a bad reservation state"),
+    }
+}
 
 impl Manager {
     /// Whether this router opens vPool `p`: every vPool on a standalone
@@ -180,6 +199,9 @@ impl Manager {
                         depot_cluster::Change::Put(v) => {
                             if !node.apply_view(Some(v), &v.key) {
                                 st.catalog.apply_put(v);
+                            } else if let Some((kind::PR, name)) = node.store().keys().parse(&v.key)
+                            {
+                                push_reservations(&st, name, v);
                             }
                         }
                         depot_cluster::Change::Delete { key, revision } => {
@@ -389,6 +411,38 @@ impl Manager {
             let mut cur = entry.paths.write();
             if *cur != paths {
                 *cur = paths;
+            }
+        }
+        // ALUA: one target port group per router; the owner's is
+        // active/optimized while it is up, every other router's standby.
+        let Some(local) = v.routers.get(me).map(|r| r.tpgt) else {
+            return;
+        };
+        for (name, live) in &st.disks {
+            let owner = v.owners.get(name).map(|o| o.router.as_str());
+            let groups = v
+                .routers
+                .values()
+                .map(|r| depot_scsi::Group {
+                    tpg: r.tpgt,
+                    relative_port: r.tpgt,
+                    state: if !v.is_up(&r.name) {
+                        depot_scsi::AccessState::Unavailable
+                    } else if owner == Some(r.name.as_str()) {
+                        depot_scsi::AccessState::ActiveOptimized
+                    } else {
+                        depot_scsi::AccessState::Standby
+                    },
+                })
+                .collect();
+            let paths = depot_scsi::Paths {
+                local_tpg: local,
+                groups,
+            };
+            if live.lu.paths().as_ref() != Some(&paths)
+                && let Err(e) = live.lu.set_paths(paths)
+            {
+                tracing::warn!(vdisk = %name, error = %e, "cannot set the vDisk's paths");
             }
         }
     }

@@ -54,6 +54,7 @@ use tokio::runtime::Handle;
 use crate::catalog::Catalog;
 use crate::cluster::Node;
 use crate::cluster::device::Routed;
+use crate::cluster::reservations::EtcdReservations;
 use crate::error::{DepotError, DepotResult};
 use crate::metrics::{MeteredDevice, Metrics};
 use crate::model::IQN_PREFIX;
@@ -78,6 +79,8 @@ struct LiveDisk {
     routed: Option<Arc<Routed>>,
     /// The generation this router serves the vDisk under (cluster only).
     generation: Option<u64>,
+    /// Its persistent reservations in etcd (cluster only).
+    reservations: Option<Arc<EtcdReservations>>,
 }
 
 impl LiveDisk {

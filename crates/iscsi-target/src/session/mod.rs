@@ -177,13 +177,14 @@ impl Session {
         out: &mut impl Wire,
     ) -> Session {
         let nexus = est.target.as_ref().map(|t| {
-            Arc::new(Nexus {
-                initiator_name: est.initiator.clone(),
-                isid: est.isid,
-                target_name: t.name.clone(),
-                tpgt: config.portal_group_tag,
-                relative_port_id: 1,
-            })
+            // One port per portal group: the relative target port id is
+            // the group's tag (distinct per router of a cluster).
+            Arc::new(Nexus::new(
+                &est.initiator,
+                est.isid,
+                &t.name,
+                config.portal_group_tag,
+            ))
         });
         let mut session = Session {
             window: CmdWindow::new(est.cmd_sn, config.queue_depth),

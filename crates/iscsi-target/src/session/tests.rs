@@ -992,7 +992,10 @@ fn send_targets_lists_every_router_serving_the_target() {
     );
     let t = r.registry.target(TARGET).unwrap();
     t.paths.write().others = vec![("192.0.2.2:3260".into(), 2), ("192.0.2.3:3260".into(), 3)];
-    let sent = r.feed(text_req(3, RESERVED_TAG, FIRST_CMD_SN), b"SendTargets=All\0");
+    let sent = r.feed(
+        text_req(3, RESERVED_TAG, FIRST_CMD_SN),
+        b"SendTargets=All\0",
+    );
     let kv = KeyValues::parse(&sent[0].data).unwrap();
     let addrs: Vec<&str> =
         kv.0.iter()
