@@ -196,6 +196,26 @@ impl Depot {
     pub fn respawn(&mut self) {
         self.spawn();
     }
+
+    /// `depot --json ARGS` parsed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.cli_ok(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    }
+}
+
+/// The `[cluster]` section of router `name` on `etcd` (comma-separated
+/// client URLs): a free peer port and a short lease so failure tests are
+/// quick.
+pub fn router_config(name: &str, etcd: &str, lease_ttl_secs: u64) -> String {
+    let urls: Vec<String> = etcd.split(',').map(|u| format!("\"{u}\"")).collect();
+    format!(
+        "[cluster]\nrouter = \"{name}\"\netcd = [{}]\npeer_listen = \"127.0.0.1:{}\"\nlease_ttl_secs = {lease_ttl_secs}\n",
+        urls.join(", "),
+        free_port()
+    )
 }
 
 impl Drop for Depot {

@@ -6,6 +6,7 @@
 //! The peers are installed by `scripts/install-deps.sh`; a missing peer fails
 //! the test with that hint rather than skipping it.
 
+mod cluster;
 mod common;
 mod conformance;
 mod daemon;

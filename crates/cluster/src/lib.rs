@@ -25,8 +25,6 @@ pub mod lease;
 pub mod members;
 pub mod owner;
 pub mod store;
-#[cfg(feature = "testing")]
-pub mod testing;
 pub mod watch;
 
 pub use config::{ClusterConfig, EtcdTls};

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use depot_cluster::testing::EtcdCluster;
 use depot_cluster::{
     ClusterConfig, ClusterError, Committed, FeedEvent, Fence, Guard, Lease, LeaseStatus, Op,
     RouterRecord, Store, Txn, members, owner, watch,
 };
+use depot_testkit::EtcdCluster;
 use tokio_util::sync::CancellationToken;
 
 fn config(etcd: &EtcdCluster, router: &str) -> ClusterConfig {

@@ -1,9 +1,7 @@
-//! Test support (feature `testing`): a real etcd cluster of N members on
-//! 127.0.0.1, each a child process of the test with its data in a
-//! temporary directory, killed when dropped. Uses the `etcd` binary on
-//! `PATH` (Debian's etcd-server, 3.4).
+//! A real etcd cluster of N members on 127.0.0.1, each a child process of
+//! the test with its data in a temporary directory, killed when dropped.
+//! Uses the `etcd` binary on `PATH` (Debian's etcd-server, 3.4).
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,12 +22,7 @@ struct Member {
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+use crate::free_port;
 
 impl EtcdCluster {
     /// Starts `n` members and waits until the cluster answers.
@@ -118,6 +111,16 @@ impl EtcdCluster {
     /// Client URLs, comma-separated (as `--etcd` takes them).
     pub fn endpoints_arg(&self) -> String {
         self.endpoints().join(",")
+    }
+
+    /// Sends SIGSTOP (`pause`) or SIGCONT to member `i`.
+    pub fn signal(&self, i: usize, sig: &str) {
+        if let Some(c) = &self.members[i].child {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(c.id().to_string())
+                .status();
+        }
     }
 
     /// Kills member `i` with SIGKILL.
