@@ -1,21 +1,45 @@
 //! Fuzzes the PDU framer and BHS parser: arbitrary bytes, with and without
 //! digests, at several receive limits. Must never panic or over-allocate.
+//!
+//! Invariants checked: a framed PDU never carries more data than the limit;
+//! it consumes at least its header, AHS and data; its header is what
+//! `parse_bhs` makes of its BHS; an incomplete PDU consumes nothing.
 #![no_main]
 
 use bytes::BytesMut;
-use depot_iscsi_proto::pdu::Decoder;
+use depot_iscsi_proto::BHS_LEN;
+use depot_iscsi_proto::pdu::{Decoder, parse_bhs};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&flags, rest)) = data.split_first() else { return };
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
     let dec = Decoder {
         max_data_segment: [512, 8192, 262_144][usize::from(flags % 3)],
         header_digest: flags & 0x10 != 0,
         data_digest: flags & 0x20 != 0,
     };
     let mut buf = BytesMut::from(rest);
-    while let Ok(Some(pdu)) = dec.decode(&mut buf) {
-        let _ = pdu.full_cdb();
-        let _ = pdu.header.cmd_sn();
+    loop {
+        let before = buf.len();
+        match dec.decode(&mut buf) {
+            Ok(Some(pdu)) => {
+                assert!(pdu.data.len() <= dec.max_data_segment as usize);
+                assert_eq!(pdu.ahs.len(), usize::from(pdu.bhs[4]) * 4);
+                assert!(before - buf.len() >= BHS_LEN + pdu.ahs.len() + pdu.data.len());
+                assert_eq!(parse_bhs(&pdu.bhs), pdu.header);
+                let _ = pdu.full_cdb();
+                let _ = pdu.header.cmd_sn();
+                let _ = pdu.header.exp_stat_sn();
+                let _ = pdu.header.itt();
+                let _ = pdu.header.is_immediate();
+            }
+            Ok(None) => {
+                assert_eq!(buf.len(), before);
+                break;
+            }
+            Err(_) => break,
+        }
     }
 });
