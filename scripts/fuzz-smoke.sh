@@ -58,8 +58,8 @@ for t in $targets; do
   rc=$?
   set -e
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
-  seed=$(sed -n 's/^INFO: Seed: *//p' "$log" | head -n 1)
-  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n 1 | cut -d' ' -f2)
+  seed=$(sed -n 's/^INFO: Seed: *//p' "$log" | tail -n 1)
+  cov=$(sed -n 's/.* cov: \([0-9]*\) .*/\1/p' "$log" | tail -n 1)
   n_seeds=$(find "$seeds" -type f | wc -l)
   n_corpus=$(find "$work/$t" -type f | wc -l)
   if [ "$rc" -eq 0 ]; then
@@ -70,7 +70,7 @@ for t in $targets; do
     grep -v '^#[0-9]' "$log" | tail -n 60
     for a in "fuzz/artifacts/$t"/*; do
       [ -f "$a" ] || continue
-      echo "input $a (base64): $(base64 -w0 <"$a" | head -c 4096)"
+      echo "input $a (base64, first 3 KB): $(head -c 3072 "$a" | base64 -w0)"
     done
     failed=$((failed + 1))
   fi
