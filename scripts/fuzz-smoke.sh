@@ -39,7 +39,7 @@ t0=$(date +%s)
 cargo build --manifest-path fuzz/Cargo.toml --target "$triple" --profile fuzz "${bins[@]}"
 echo "fuzz build: $(($(date +%s) - t0))s"
 
-out=fuzz/target/$triple/fuzz
+out=${CARGO_TARGET_DIR:-fuzz/target}/$triple/fuzz
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
