@@ -250,6 +250,38 @@ seed("cluster_records", "owner-negative-revision", record(5, "/x", "/x/owners/d"
 seed("cluster_records", "ca", record(16, "/depot", "/depot/ca/root", {
     "name": "Depot cluster test", "cert_pem": CERT.decode(), "key_pem": "(not a key)"}))
 
+# --- pr_state: the state's JSON, NUL, then nexus selector (0: unregistered,
+# n: registration n-1), cdb length, cdb, expected length (u16 BE), data-out.
+def nexus(host: str, isid_last: int) -> dict:
+    return {"initiator_name": f"iqn.1994-05.com.example:{host}", "isid": [0x80, 0, 0, 0, 0, isid_last],
+            "target_name": "iqn.2026-11.io.depot:vm1", "tpgt": 1}
+
+
+K1, K2 = 0x1122334455667788, 0xAABBCCDDEEFF0011
+PR = {"generation": 3, "registrations": [
+    {"nexus": nexus("host1", 1), "key": K1, "relative_port_id": 1},
+    {"nexus": nexus("host2", 2), "key": K2, "relative_port_id": 2}],
+    "reservation": {"holder": nexus("host1", 1), "pr_type": "WriteExclusiveRegistrantsOnly"},
+    "aptpl": False}
+PR_EMPTY = {"generation": 0, "registrations": [], "reservation": None, "aptpl": False}
+
+
+def pr(state: dict, who: int, cdb: bytes, expected: int = 0, data: bytes = b"") -> bytes:
+    return (json.dumps(state, separators=(",", ":")).encode() + b"\0" + bytes([who, len(cdb)])
+            + cdb + struct.pack(">H", expected) + data)
+
+
+seed("pr_state", "read-full-status", pr(PR, 1, bytes.fromhex("5e030000000000100000"), 4096))
+seed("pr_state", "read-keys-unregistered", pr(PR, 0, bytes.fromhex("5e000000000000010000"), 256))
+seed("pr_state", "preempt", pr(PR, 2, bytes.fromhex("5f040500000000001800"), 0,
+                               struct.pack(">QQ", K2, K1) + bytes(8)))
+seed("pr_state", "release", pr(PR, 1, bytes.fromhex("5f020500000000001800"), 0,
+                               struct.pack(">QQ", K1, 0) + bytes(8)))
+seed("pr_state", "write-conflict", pr(PR, 0, bytes.fromhex("2a000000000000000100"), 0, bytes(512)))
+seed("pr_state", "read-holder", pr(PR, 1, bytes.fromhex("28000000000000000100"), 512))
+seed("pr_state", "register-empty", pr(PR_EMPTY, 0, bytes.fromhex("5f000000000000001800"), 0,
+                                      struct.pack(">QQ", 0, 0x42) + bytes(8)))
+
 if __name__ == "__main__":
     for target, seeds in SEEDS.items():
         d = os.path.join(ROOT, target)
