@@ -7,6 +7,8 @@
 //! modules above it; no import circle):
 //! - [`name`]: the one naming rule for vPools, VMs, vDisks and snapshots.
 //! - [`error`]: typed engine errors and their mapping onto block errors.
+//! - [`owner`]: the owner context of a grid (generation, the daemon's
+//!   fencing hook) and the backend's fencing mode.
 //! - [`format`](mod@format): every byte format on flash and on the backend (spec:
 //!   docs/engine-formats.md).
 //! - [`config`]: vPool configuration and validation.
@@ -40,6 +42,7 @@ mod icache;
 pub mod index;
 pub mod meta;
 pub mod name;
+pub mod owner;
 pub mod pool;
 pub(crate) mod ranges;
 pub mod scrub;
@@ -49,6 +52,9 @@ pub mod volume;
 pub use backend::FaultInjector;
 pub use config::{BackendConfig, RetryPolicy, VPoolConfig};
 pub use error::{EngineError, EngineResult};
-pub use pool::{VPool, VPoolStats};
+pub use owner::{Fencing, FencingMode, Owner, Standalone};
+pub use pool::{ImportPrep, VPool, VPoolStats};
 pub use scrub::ScrubReport;
-pub use volume::{SnapshotInfo, Volume, VolumeStats};
+pub use volume::{
+    HandoverFile, HandoverFileKind, HandoverState, SnapshotInfo, Volume, VolumeStats,
+};
