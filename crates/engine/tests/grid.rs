@@ -367,7 +367,12 @@ fn an_interrupted_import_can_be_retried() {
     bad[n - 100] ^= 0x55;
     if f.kind == depot_engine::HandoverFileKind::Container {
         std::fs::write(&path, &bad).unwrap();
-        let prep = pb.prepare_import("mv", &reg.owner(2)).unwrap();
+        let mut prep = pb.prepare_import("mv", &reg.owner(2)).unwrap();
+        assert!(matches!(
+            pb.import_precopied(&mut prep, &state.files, &staged),
+            Err(EngineError::Integrity { .. })
+        ));
+        assert!(prep.applied_tlogs().is_empty());
         reg.set(2);
         assert!(matches!(
             pb.finish_import(prep, &state, &staged),
@@ -408,7 +413,9 @@ fn an_import_prepared_before_a_scrub_restores_again() {
     let root = dir.path();
     let reg = Registry::default();
     let pa = pool_at(root, "flash-a", &rt);
-    let a = pa.create_volume_as("sc", 8 << 20, 4096, &reg.grant(1)).unwrap();
+    let a = pa
+        .create_volume_as("sc", 8 << 20, 4096, &reg.grant(1))
+        .unwrap();
     let mut m = Model::new(8 << 20);
     m.random_4k(&a, 400, 1);
     a.sync_to_backend().unwrap();

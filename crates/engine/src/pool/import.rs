@@ -11,16 +11,26 @@
 //! 2. The daemon copies the old owner's files into [`VPool::import_dir`]
 //!    (or any directory on this flash's file system), each under
 //!    [`HandoverFile::file_name`](crate::volume::HandoverFile::file_name).
+//!    [`VPool::import_precopied`] then checks and applies the precopied
+//!    segments (immutable since the precopy) to the index, oldest first,
+//!    still before the freeze: the pause is left with only what was
+//!    written after the precopy.
 //! 3. [`VPool::finish_import`] takes the old owner's
-//!    [`HandoverState`]: applies the tlogs shipped since step 1 (fetched
-//!    from the backend; a full restore instead if a scrub, checkpoint or
-//!    rollback moved the manifest on), links the files into the volume's
-//!    flash directory, persists the final metadata, replays the imported
-//!    tlogs strictly (every slot must hold its last record's bytes), and
-//!    claims the vDisk: a new epoch at the shipped frontier, so the
-//!    imported segments ship under this owner's generation, published
-//!    (conditional on the manifest e-tag the old owner saw) before the
-//!    volume is returned.
+//!    [`HandoverState`]: applies the tlogs shipped since step 1 and not
+//!    applied in step 2 (fetched from the backend; a full restore instead
+//!    if a scrub, checkpoint or rollback moved the manifest on), links the
+//!    files into the volume's flash directory, persists the final
+//!    metadata, replays the imported tlogs not applied yet strictly (every
+//!    slot must hold its last record's bytes), and claims the vDisk: a new
+//!    epoch at the shipped frontier, so the imported segments ship under
+//!    this owner's generation, published (conditional on the manifest
+//!    e-tag the old owner saw) before the volume is returned.
+//!
+//! Order is what keeps the index right: tlogs are applied oldest first —
+//! the prepared manifest's, then the precopied ones after it, then those
+//! shipped meanwhile after those, then the rest of the received ones.
+//! Applying a tlog again after itself and older ones is harmless (same
+//! records, same order); an older one after a newer one never happens.
 //!
 //! Invariants:
 //! - Nothing is written to the backend before the claim's manifest PUT.
@@ -33,17 +43,23 @@
 //! - [`VPool::forget_volume`] never touches the backend, and refuses while
 //!   an open clone reads through the vDisk.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::checksum;
 use crate::error::{EngineError, EngineResult};
-use crate::format::Mapping;
-use crate::index::IndexBatch;
-use crate::meta::VolumeMeta;
+use crate::format::{
+    CLUSTER_SIZE, CLUSTER_SIZE_U64, ContainerHeader, Mapping, TLOG_HEADER_SIZE, TLOG_RECORD_SIZE,
+    TlogHeader, TlogRecord,
+};
+use crate::index::{Entry, IndexBatch, Marker};
+use crate::meta::{TlogRef, VolumeMeta};
 use crate::name::check_name;
 use crate::owner::Owner;
 use crate::volume::{
-    HandoverFileKind, HandoverState, Opening, Volume, restore_index, restore_tlogs,
+    HandoverFile, HandoverFileKind, HandoverState, Opening, Volume, restore_index, restore_tlogs,
 };
 
 use super::VPool;
@@ -58,6 +74,10 @@ pub struct ImportPrep {
     /// The manifest restored; `None`: an earlier attempt imported the
     /// volume completely (only opening it is left).
     base: Option<VolumeMeta>,
+    /// Precopied tlogs checked and applied to the index, ascending.
+    applied: Vec<u64>,
+    /// Received files made durable already (checked precopied ones).
+    synced: HashSet<(HandoverFileKind, u64)>,
 }
 
 impl ImportPrep {
@@ -70,6 +90,102 @@ impl ImportPrep {
     pub fn id(&self) -> u64 {
         self.id
     }
+
+    /// The precopied tlogs applied so far ([`VPool::import_precopied`]).
+    pub fn applied_tlogs(&self) -> &[u64] {
+        &self.applied
+    }
+}
+
+/// Bytes of a received container read at a time while checking it.
+const CHECK_CHUNK: usize = 8 << 20;
+
+/// What [`check_received`] found: the tlog's header and records, and the
+/// containers it points into.
+type Checked = (TlogHeader, Vec<TlogRecord>, Vec<u64>);
+
+/// A received segment's tlog and its containers, checked strictly: the
+/// tlog is whole and names this volume, each container's header is its
+/// own, and every slot holds the bytes of its last record. `Ok(None)` if a
+/// file is missing or not of its listed length (not received yet).
+fn check_received(
+    dir: &Path,
+    id: u64,
+    seq: u64,
+    lens: &HashMap<(HandoverFileKind, u64), u64>,
+) -> EngineResult<Option<Checked>> {
+    let received = |kind, seq: u64, name: String| {
+        let p = dir.join(name);
+        let ok = lens
+            .get(&(kind, seq))
+            .is_some_and(|&len| std::fs::metadata(&p).is_ok_and(|m| m.len() == len));
+        ok.then_some(p)
+    };
+    let Some(path) = received(HandoverFileKind::Tlog, seq, format!("{seq:016x}.tlog")) else {
+        return Ok(None);
+    };
+    let data = std::fs::read(&path).map_err(|e| EngineError::io("reading a received tlog", e))?;
+    let bad = |detail: String| EngineError::Integrity {
+        what: format!("received tlog {seq:016x}"),
+        detail,
+        lba: None,
+    };
+    let hdr = TlogHeader::decode(&data)?;
+    if hdr.volume_id != id || hdr.seq != seq {
+        return Err(bad("its header names another log".into()));
+    }
+    let body = data.get(TLOG_HEADER_SIZE..).unwrap_or_default();
+    if !body.len().is_multiple_of(TLOG_RECORD_SIZE) {
+        return Err(bad("ends inside a record".into()));
+    }
+    let mut recs = Vec::with_capacity(body.len() / TLOG_RECORD_SIZE);
+    for rec in body.chunks(TLOG_RECORD_SIZE) {
+        recs.push(TlogRecord::decode(rec).ok_or_else(|| bad("a record fails its crc".into()))?);
+    }
+    // The last record of each slot, by container.
+    let mut last: BTreeMap<u64, HashMap<u32, u32>> = BTreeMap::new();
+    for r in &recs {
+        if let Mapping::Data(l) = r.mapping {
+            last.entry(l.container).or_default().insert(l.slot, l.crc);
+        }
+    }
+    let containers: Vec<u64> = last.keys().copied().collect();
+    let mut buf = vec![0u8; CHECK_CHUNK];
+    for (c, slots) in last {
+        let Some(path) = received(HandoverFileKind::Container, c, format!("{c:016x}.sco")) else {
+            return Ok(None);
+        };
+        let f = std::fs::File::open(&path)
+            .map_err(|e| EngineError::io("opening a received container", e))?;
+        let len = f
+            .metadata()
+            .map_err(|e| EngineError::io("a received container", e))?
+            .len();
+        let mut crcs = Vec::with_capacity((len / CLUSTER_SIZE_U64) as usize);
+        let mut off = 0u64;
+        while off < len {
+            let n = CHECK_CHUNK.min((len - off) as usize);
+            f.read_exact_at(&mut buf[..n], off)
+                .map_err(|e| EngineError::io("reading a received container", e))?;
+            if off == 0 {
+                let h = ContainerHeader::decode(&buf[..CLUSTER_SIZE])?;
+                if h.volume_id != id || h.seq != c {
+                    return Err(bad(format!("container {c:016x} has another's header")));
+                }
+            }
+            crcs.extend(buf[..n].chunks(CLUSTER_SIZE).map(checksum::crc32c));
+            off += n as u64;
+        }
+        for (slot, crc) in slots {
+            if crcs.get(slot as usize + 1) != Some(&crc) {
+                return Err(bad(format!(
+                    "container {c:016x} slot {slot} does not hold what the tlog says: \
+                     the copy is incomplete or damaged"
+                )));
+            }
+        }
+    }
+    Ok(Some((hdr, recs, containers)))
 }
 
 impl VPool {
@@ -122,6 +238,8 @@ impl VPool {
             id: remote.id,
             owner: owner.clone(),
             base: None,
+            applied: Vec::new(),
+            synced: HashSet::new(),
         };
         if let Some(l) = &local {
             if l.id == remote.id && l.owner_generation() == g {
@@ -136,6 +254,76 @@ impl VPool {
         restore_index(&self.shared, &remote, false)?;
         prep.base = Some(remote);
         Ok(prep)
+    }
+
+    /// Step 2 of an import (module docs), optional: checks the precopied
+    /// segments received in `files_dir` (`files`: the old owner's
+    /// `handover_precopy` list) strictly and applies them to the index,
+    /// oldest first, stopping at the first one not wholly received (call
+    /// again as more arrive). Segments the prepared manifest already has
+    /// are skipped. Returns the tlogs applied by this call. A damaged file
+    /// is an error: copy it again.
+    pub fn import_precopied(
+        &self,
+        prep: &mut ImportPrep,
+        files: &[HandoverFile],
+        files_dir: &Path,
+    ) -> EngineResult<usize> {
+        self.check_open()?;
+        let Some(base) = &prep.base else {
+            return Ok(0);
+        };
+        let lens: HashMap<(HandoverFileKind, u64), u64> =
+            files.iter().map(|f| ((f.kind, f.seq), f.len)).collect();
+        let floor = prep
+            .applied
+            .last()
+            .map_or(base.shipped.next_tlog, |s| s + 1)
+            .max(base.shipped.next_tlog);
+        let mut tlogs: Vec<u64> = files
+            .iter()
+            .filter(|f| f.kind == HandoverFileKind::Tlog && f.seq >= floor)
+            .map(|f| f.seq)
+            .collect();
+        tlogs.sort_unstable();
+        let mut n = 0;
+        for seq in tlogs {
+            let Some((hdr, recs, containers)) = check_received(files_dir, prep.id, seq, &lens)?
+            else {
+                break;
+            };
+            // Durable now, so that the pause only links them.
+            let names = containers
+                .iter()
+                .map(|&c| (HandoverFileKind::Container, c))
+                .chain([(HandoverFileKind::Tlog, seq)]);
+            for (kind, s) in names {
+                if prep.synced.contains(&(kind, s)) {
+                    continue;
+                }
+                let name = match kind {
+                    HandoverFileKind::Container => format!("{s:016x}.sco"),
+                    HandoverFileKind::Tlog => format!("{s:016x}.tlog"),
+                };
+                std::fs::File::open(files_dir.join(name))
+                    .and_then(|f| f.sync_data())
+                    .map_err(|e| EngineError::io("syncing a received file", e))?;
+                prep.synced.insert((kind, s));
+            }
+            let entries: Vec<Entry> = if base.is_discarded(hdr.generation) {
+                Vec::new()
+            } else {
+                recs.iter()
+                    .map(|r| (r.cluster, hdr.generation, r.mapping))
+                    .collect()
+            };
+            self.shared
+                .index
+                .commit(prep.id, &entries, &Marker::at((seq + 1, 0), (0, 0)))?;
+            prep.applied.push(seq);
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Step 3 of an import (module docs): builds the volume from the
@@ -187,7 +375,7 @@ impl VPool {
         }
         let vol = match &prep.base {
             None => self.open_inner(&prep.name, 0, &OpenAs::Owner(owner))?,
-            Some(base) => match self.build_import(base, state, files_dir, &owner) {
+            Some(base) => match self.build_import(&prep, base, state, files_dir, &owner) {
                 Ok(v) => v,
                 Err(e) => {
                     // Nothing half-built stays: a retry starts over from
@@ -221,6 +409,7 @@ impl VPool {
     /// `finish_import`'s work once the files are checked.
     fn build_import(
         &self,
+        prep: &ImportPrep,
         base: &VolumeMeta,
         state: &HandoverState,
         files_dir: &Path,
@@ -230,15 +419,33 @@ impl VPool {
         let extends = base.shipped.checkpoint == fin.shipped.checkpoint
             && base.discarded_gens == fin.discarded_gens
             && fin.shipped.tlogs.starts_with(&base.shipped.tlogs);
-        if extends {
-            let delta = &fin.shipped.tlogs[base.shipped.tlogs.len()..];
-            restore_tlogs(&self.shared, fin, delta, false)?;
+        let applied = &prep.applied;
+        let verified = if extends {
+            // Shipped since the prepare, and not among the precopied ones
+            // applied already (those are the same bytes, and older).
+            let after = applied.last().copied();
+            let delta: Vec<TlogRef> = fin.shipped.tlogs[base.shipped.tlogs.len()..]
+                .iter()
+                .filter(|t| after.is_none_or(|a| t.seq > a))
+                .copied()
+                .collect();
+            restore_tlogs(&self.shared, fin, &delta, false)?;
+            if let Some(a) = after {
+                let next = (a + 1)
+                    .max(fin.shipped.next_tlog)
+                    .max(delta.last().map_or(0, |t| t.seq + 1));
+                self.shared
+                    .index
+                    .commit(fin.id, &[], &Marker::at((next, 0), (0, 0)))?;
+            }
+            applied.to_vec()
         } else {
             tracing::info!(volume = %state.name,
                 "the manifest moved on since the import was prepared; restoring again");
             self.forget_local(fin.id, &fin.name)?;
             restore_index(&self.shared, fin, false)?;
-        }
+            Vec::new()
+        };
         let dir = crate::volume::local_dir_of(&self.shared.dir, fin.id);
         for f in &state.files {
             let sub = match f.kind {
@@ -248,7 +455,12 @@ impl VPool {
             let to_dir = dir.join(sub);
             std::fs::create_dir_all(&to_dir)
                 .map_err(|e| EngineError::io(format!("creating {}", to_dir.display()), e))?;
-            place_file(&files_dir.join(f.file_name()), &to_dir.join(f.file_name()))?;
+            let synced = prep.synced.contains(&(f.kind, f.seq));
+            place_file(
+                &files_dir.join(f.file_name()),
+                &to_dir.join(f.file_name()),
+                !synced,
+            )?;
         }
         for sub in ["containers", "tlogs"] {
             let d = dir.join(sub);
@@ -275,6 +487,7 @@ impl VPool {
             owner: owner.clone(),
             reader: false,
             import: true,
+            verified,
         };
         let vol = Volume::load(self.shared.clone(), fin.clone(), parent, opening)?;
         let etag = match &state.manifest_etag {
@@ -357,14 +570,19 @@ impl VPool {
 
 /// Puts a received file at `to`: a hard link (the received copy stays
 /// until the import succeeded), or a copy across file systems; then
-/// fdatasyncs it.
-fn place_file(from: &Path, to: &Path) -> EngineResult<()> {
+/// fdatasyncs it unless `sync` is false (its data was synced already; a
+/// copy is synced anyway). The caller syncs the directory.
+fn place_file(from: &Path, to: &Path, sync: bool) -> EngineResult<()> {
     let _ = std::fs::remove_file(to);
-    if std::fs::hard_link(from, to).is_err() {
+    let copied = std::fs::hard_link(from, to).is_err();
+    if copied {
         std::fs::copy(from, to)
             .map_err(|e| EngineError::io(format!("copying {}", from.display()), e))?;
     }
-    std::fs::File::open(to)
-        .and_then(|f| f.sync_data())
-        .map_err(|e| EngineError::io(format!("syncing {}", to.display()), e))
+    if sync || copied {
+        std::fs::File::open(to)
+            .and_then(|f| f.sync_data())
+            .map_err(|e| EngineError::io(format!("syncing {}", to.display()), e))?;
+    }
+    Ok(())
 }

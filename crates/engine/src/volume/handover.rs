@@ -43,7 +43,7 @@ use super::sync::Commit;
 use super::{Volume, Writer};
 
 /// What a hand-over file holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HandoverFileKind {
     /// A container (`<seq>.sco`).

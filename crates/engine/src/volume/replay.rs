@@ -53,6 +53,9 @@ pub(crate) struct Opening {
     /// Its unshipped tlogs were just imported from a hand-over: replay
     /// checks them strictly (module docs).
     pub(crate) import: bool,
+    /// Imported tlogs already checked (and applied, as the replay marker
+    /// says): their records hold as they are, like a shipped tlog's.
+    pub(crate) verified: Vec<u64>,
 }
 
 impl Opening {
@@ -62,6 +65,7 @@ impl Opening {
             owner,
             reader: false,
             import: false,
+            verified: Vec::new(),
         }
     }
 
@@ -71,6 +75,7 @@ impl Opening {
             owner: Owner::standalone(),
             reader: true,
             import: false,
+            verified: Vec::new(),
         }
     }
 }
@@ -152,7 +157,7 @@ impl Volume {
             shared,
             dir,
         };
-        vol.replay_local(opening.import)?;
+        vol.replay_local(opening.import, &opening.verified)?;
         Ok(Arc::new(vol))
     }
 
@@ -166,7 +171,7 @@ impl Volume {
     /// were never written and are dropped. A tlog that loses records this
     /// way is rewritten without them (its committed prefix unchanged), so
     /// a restore from the backend never sees them either.
-    pub(super) fn replay_local(&self, strict: bool) -> EngineResult<()> {
+    pub(super) fn replay_local(&self, strict: bool, verified: &[u64]) -> EngineResult<()> {
         let index = &self.shared.index;
         let marker = index.marker(self.id)?;
         let meta = self.meta.lock().clone();
@@ -230,10 +235,11 @@ impl Volume {
             let skip = usize::try_from(marker.records_applied(seq))
                 .unwrap_or(usize::MAX)
                 .min(recs.len());
-            let tail = if seq < meta.shipped.next_tlog {
+            let tail = if seq < meta.shipped.next_tlog || verified.contains(&seq) {
                 // Shipped: `ship_one` made every record durable and its
                 // slot final first, and the containers may be evicted
-                // since; the records hold as they are.
+                // since; the records hold as they are. So do those of an
+                // imported tlog checked when it was received.
                 recs[skip..].to_vec()
             } else {
                 self.check_slots(seq, &recs, skip, marker.frozen, &mut open_files, strict)?

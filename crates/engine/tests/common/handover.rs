@@ -153,7 +153,10 @@ pub fn round_trip(root: &Path, backend: &BackendConfig, ship_midway: bool) {
     let pb = open("flash-b");
     let dir = pb.import_dir("mv").unwrap();
     let precopied = copy_files(&pre, &dir);
-    let prep = pb.prepare_import("mv", &reg.owner(2)).unwrap();
+    let mut prep = pb.prepare_import("mv", &reg.owner(2)).unwrap();
+    // The precopied segments are checked and applied before the pause.
+    let applied = pb.import_precopied(&mut prep, &pre, &dir).unwrap();
+    assert_eq!(applied, prep.applied_tlogs().len());
     // More writes on A: new segments, in-place rewrites of new slots (the
     // slots written before the precopy are final: these append), an
     // unshipped snapshot.
