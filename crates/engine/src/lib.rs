@@ -31,6 +31,16 @@
 //! successful flush, survives `kill -9` and power loss of the flash node; a
 //! restart from the backend alone recovers everything that was shipped (the
 //! recovery point is the last manifest upload, bounded by `ship_interval`).
+//!
+//! Grid: a volume opened under an [`Owner`] of generation > 0 writes its
+//! objects under generation-named keys, publishes its manifest only while
+//! the daemon's [`Fencing`] check passes (and, where the store enforces it,
+//! conditionally on the manifest's e-tag), and is fenced for good
+//! ([`EngineError::Fenced`]) once another owner took over. A live move
+//! hands the unshipped segments to the new owner as files
+//! ([`Volume::handover_precopy`], [`Volume::handover_freeze`],
+//! [`VPool::prepare_import`], [`VPool::finish_import`]). Specification:
+//! docs/engine-formats.md, *Grid* and *Live hand-over*.
 
 pub mod backend;
 pub mod cache;

@@ -203,8 +203,17 @@ impl Volume {
             None => PutMode::Create,
         };
         match be.put_mode(&key, body.clone(), &mode, forever)? {
-            PutOutcome::Stored(t) => {
-                *etag = t;
+            PutOutcome::Stored(Some(t)) => {
+                *etag = Some(t);
+                Ok(())
+            }
+            PutOutcome::Stored(None) => {
+                // No e-tag in the reply: learn it, or the next PUT would
+                // be refused as if another owner had written.
+                *etag = match be.get_with_etag(&key) {
+                    Ok((cur, t)) if cur == body => t,
+                    _ => None,
+                };
                 Ok(())
             }
             PutOutcome::Refused(why) => {
