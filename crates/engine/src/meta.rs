@@ -8,11 +8,10 @@
 //! was written, and snapshots whose data is all shipped.
 //!
 //! The epoch table ([`Epoch`]) says which owner generation wrote each
-//! container, tlog and checkpoint, and so under which key it is stored
-//! (`crate::backend::keys`): an object's generation is derived from its
-//! sequence number and the newest epoch that covers it
-//! ([`VolumeMeta::container_owner`] and its siblings), never stored per
-//! object.
+//! container, tlog and checkpoint, and so under which backend key it is
+//! stored: an object's generation is derived from its sequence number and
+//! the newest epoch that covers it ([`VolumeMeta::container_owner`] and
+//! its siblings), never stored per object.
 //!
 //! Invariants:
 //! - Epochs are in strictly increasing generation order and their first

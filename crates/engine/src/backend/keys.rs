@@ -16,7 +16,7 @@
 //!
 //! where `<id>`, `<seq>`, `<gen>` and `<nonce>` are 16 lower-case hex
 //! digits. Which generation an object has is derived from its sequence
-//! number and the manifest's epoch table (`crate::meta::Epoch`), so a
+//! number and the manifest's epoch table (`meta::Epoch`), so a
 //! reader builds exactly one key per object.
 //!
 //! Invariants:

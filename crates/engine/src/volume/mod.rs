@@ -89,6 +89,8 @@
 //! - `segments`: flash files — container and tlog names and headers, the
 //!   open container and tlog, sealed segments, vectored positioned writes,
 //!   page-cache hints, container handles and scrub's local containers.
+//! - `fence`: ownership — object keys from the epoch table, fencing, the
+//!   fenced manifest upload, claiming a new epoch at open.
 //! - `lookup`: the memtables and the lookups (memtable → index cache →
 //!   RocksDB → parent chain).
 //! - `defrag`: relocation on read.
@@ -100,8 +102,6 @@
 //! - `replay`: building a volume and the local replay of its tlogs.
 //! - `restore`: rebuilding a volume's index from the backend.
 //! - `ship`: shipping segments to the backend.
-//! - `fence`: ownership — object keys from the epoch table, fencing, the
-//!   fenced manifest upload, claiming a new epoch at open.
 //! - `handover`: a live move's source side — precopy, freeze, close.
 //! - `snapshot`: snapshots, rollback, resize, templates and scrub's cut.
 //! - `unmap`: unmap and provisioning.
