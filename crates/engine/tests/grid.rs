@@ -346,6 +346,12 @@ fn an_interrupted_import_can_be_retried() {
     let staged = pb.import_dir("mv").unwrap();
     copy_files(&state.files, &staged);
     let prep = pb.prepare_import("mv", &reg.owner(2)).unwrap();
+    // Nothing else opens it meanwhile.
+    assert!(matches!(
+        pb.open_volume("mv"),
+        Err(EngineError::InvalidArgument(_))
+    ));
+    assert!(pb.prepare_import("mv", &reg.owner(2)).is_err());
     drop(prep);
     pb.abandon();
     drop(pb);

@@ -1,7 +1,8 @@
 //! How long the pause of a live move takes on the receiving side: a
 //! `finish_import` of 1 GiB of unshipped segments, written as 4 KiB random
 //! writes and as 1 MiB sequential writes. Prints numbers, asserts no
-//! timing. Ignored by default (it writes 2 GiB per case):
+//! timing. Ignored by default (it writes 2 GiB per case, under
+//! `DEPOT_TIMING_DIR` or the temporary directory):
 //! `cargo test -p depot-engine --test import_timing -- --ignored --nocapture`.
 #![allow(missing_docs)]
 

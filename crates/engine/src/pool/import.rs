@@ -48,6 +48,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use crate::checksum;
 use crate::error::{EngineError, EngineResult};
 use crate::format::{
@@ -66,8 +68,10 @@ use super::VPool;
 use super::volumes::OpenAs;
 
 /// What [`VPool::prepare_import`] restored, for [`VPool::finish_import`].
-#[derive(Debug)]
+/// While it lives, the vDisk is opened by nothing but its import.
 pub struct ImportPrep {
+    /// The pool's set of names being imported; this one leaves it on drop.
+    importing: Arc<Mutex<HashSet<String>>>,
     name: String,
     id: u64,
     owner: Owner,
@@ -78,6 +82,22 @@ pub struct ImportPrep {
     applied: Vec<u64>,
     /// Received files made durable already (checked precopied ones).
     synced: HashSet<(HandoverFileKind, u64)>,
+}
+
+impl std::fmt::Debug for ImportPrep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportPrep")
+            .field("name", &self.name)
+            .field("id", &format_args!("{:016x}", self.id))
+            .field("applied", &self.applied)
+            .finish()
+    }
+}
+
+impl Drop for ImportPrep {
+    fn drop(&mut self) {
+        self.importing.lock().remove(&self.name);
+    }
 }
 
 impl ImportPrep {
@@ -219,6 +239,20 @@ impl VPool {
                 "vDisk {name:?} is open on this router"
             )));
         }
+        if !self.state.importing.lock().insert(name.to_string()) {
+            return Err(EngineError::InvalidArgument(format!(
+                "vDisk {name:?} is being imported already"
+            )));
+        }
+        let mut prep = ImportPrep {
+            importing: self.state.importing.clone(),
+            name: name.to_string(),
+            id: 0,
+            owner: owner.clone(),
+            base: None,
+            applied: Vec::new(),
+            synced: HashSet::new(),
+        };
         self.shared.probe_fencing()?;
         let (remote, _) = self.read_remote(name)?;
         let g = owner.generation();
@@ -233,14 +267,7 @@ impl VPool {
             Some(id) => idx.meta(id)?,
             None => None,
         };
-        let mut prep = ImportPrep {
-            name: name.to_string(),
-            id: remote.id,
-            owner: owner.clone(),
-            base: None,
-            applied: Vec::new(),
-            synced: HashSet::new(),
-        };
+        prep.id = remote.id;
         if let Some(l) = &local {
             if l.id == remote.id && l.owner_generation() == g {
                 return Ok(prep);
@@ -373,6 +400,8 @@ impl VPool {
                 prep.name
             )));
         }
+        // The import opens it itself.
+        self.state.importing.lock().remove(&prep.name);
         let vol = match &prep.base {
             None => self.open_inner(&prep.name, 0, &OpenAs::Owner(owner))?,
             Some(base) => match self.build_import(&prep, base, state, files_dir, &owner) {

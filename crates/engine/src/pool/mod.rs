@@ -29,6 +29,7 @@
 //! - Pool-level admin work (create, clone, delete, scrub, checkpoints) is
 //!   serialised by one admin lock; anything that loads, inserts or drops an
 //!   open volume by one open lock (taken after the admin lock).
+//! - A vDisk being imported is opened by nothing but its import.
 //! - A volume is in the open-volume map at most once; `Shared`'s count of
 //!   open volumes follows the map.
 //! - Workers only run while the pool is not shut down; shutdown joins them
@@ -118,6 +119,9 @@ struct PoolState {
     /// Serialises loading, inserting and dropping open volumes (opens,
     /// creates, clones, deletes, imports, forgets).
     open: Mutex<()>,
+    /// Names of vDisks being imported (from `prepare_import` until its
+    /// [`ImportPrep`] is finished or dropped): nothing else opens them.
+    importing: Arc<Mutex<HashSet<String>>>,
 }
 
 impl PoolState {

@@ -308,6 +308,11 @@ impl VPool {
         if depth > 1024 {
             return Err(EngineError::corrupt("clone chain", "too deep or cyclic"));
         }
+        if self.state.importing.lock().contains(name) {
+            return Err(EngineError::InvalidArgument(format!(
+                "vDisk {name:?} is being imported on this router"
+            )));
+        }
         if let Some(v) = self.open_instance(name) {
             if let OpenAs::Owner(o) = how {
                 if o.is_grid() {
