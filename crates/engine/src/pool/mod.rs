@@ -150,7 +150,9 @@ impl std::fmt::Debug for VPool {
 impl VPool {
     /// Opens (creating) a vPool. `rt` must be a multi-threaded runtime; the
     /// engine blocks on it from its own threads and from blocking-pool
-    /// threads, never from async tasks.
+    /// threads, never from async tasks. An S3 backend is probed for
+    /// conditional PUTs ([`VPool::fencing_mode`]; a few small requests, one
+    /// attempt each); an unreachable store does not fail the open.
     pub fn open(cfg: VPoolConfig, rt: Handle) -> EngineResult<Arc<VPool>> {
         cfg.validate()?;
         let dir = cfg.cache_dir.clone();
