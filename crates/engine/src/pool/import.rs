@@ -1,7 +1,7 @@
 //! A live move's receiving side, and forgetting a vDisk this router no
 //! longer owns.
 //!
-//! The new owner imports a vDisk in two steps, so the slow part runs while
+//! The new owner imports a vDisk in steps, so that the slow part runs while
 //! the old owner still serves I/O:
 //! 1. [`VPool::prepare_import`] restores the backend part — checkpoint and
 //!    shipped tlogs of the manifest as it is now, like a restart from the
