@@ -237,6 +237,27 @@ impl ReadCache {
         }
     }
 
+    /// Drops the clusters with these content hashes (a vDisk forgotten by
+    /// this router); returns how many were cached. Entries are never
+    /// wrong for anyone (they are checked against the index's crc32c on
+    /// every hit), so this only gives their room back early; a shared
+    /// cluster is fetched again by whoever reads it next.
+    pub fn forget(&self, hashes: &[u128]) -> usize {
+        if self.file.is_none() {
+            return 0;
+        }
+        let mut g = self.inner.lock();
+        let inner = &mut *g;
+        let mut n = 0;
+        for h in hashes {
+            if let Some(&slot) = inner.map.get(h) {
+                Self::free_slot(inner, slot as usize);
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Bytes of cached data.
     pub fn used_bytes(&self) -> u64 {
         self.inner.lock().valid * CLUSTER_SIZE_U64
@@ -289,6 +310,25 @@ mod tests {
         }
         assert!(c.used_bytes() <= 4 * CLUSTER_SIZE_U64);
         assert!(c.counters.evictions.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn forgotten_clusters_miss_and_free_their_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ReadCache::open(dir.path(), 4 * CLUSTER_SIZE_U64).unwrap();
+        let (a, b) = (block(1), block(2));
+        let (ha, hb) = (
+            crate::format::content_hash(&a),
+            crate::format::content_hash(&b),
+        );
+        c.insert(ha, 1, &a);
+        c.insert(hb, 2, &b);
+        assert_eq!(c.forget(&[ha, 12345]), 1);
+        assert_eq!(c.used_bytes(), CLUSTER_SIZE_U64);
+        let mut out = vec![0u8; CLUSTER_SIZE];
+        assert!(!c.lookup(ha, 1, crc32c::crc32c(&a), &mut out));
+        assert!(c.lookup(hb, 2, crc32c::crc32c(&b), &mut out));
+        assert_eq!(out, b);
     }
 
     #[test]

@@ -90,6 +90,11 @@ pub enum EngineError {
     /// The pool is shutting down.
     #[error("vPool is shut down")]
     ShutDown,
+    /// This router no longer owns the vDisk (another owner took over, the
+    /// daemon's fencing check failed, or it was handed over): every later
+    /// read, write and ship on the volume fails with this.
+    #[error("vDisk is fenced on this router: {0}")]
+    Fenced(String),
 }
 
 impl From<crate::name::NameError> for EngineError {
@@ -162,6 +167,7 @@ impl From<EngineError> for BlockError {
             EngineError::NoSpace(m) => BlockError::NoSpace(m),
             EngineError::BackendUnavailable(m) => BlockError::Unavailable(m),
             EngineError::ShutDown => BlockError::Unavailable("vPool is shut down".into()),
+            EngineError::Fenced(m) => BlockError::Unavailable(format!("fenced: {m}")),
             EngineError::Io { context, source } => BlockError::Io(std::io::Error::new(
                 source.kind(),
                 format!("{context}: {source}"),

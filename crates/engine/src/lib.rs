@@ -7,6 +7,8 @@
 //! modules above it; no import circle):
 //! - [`name`]: the one naming rule for vPools, VMs, vDisks and snapshots.
 //! - [`error`]: typed engine errors and their mapping onto block errors.
+//! - [`owner`]: the owner context of a grid (generation, the daemon's
+//!   fencing hook) and the backend's fencing mode.
 //! - [`format`](mod@format): every byte format on flash and on the backend (spec:
 //!   docs/engine-formats.md).
 //! - [`config`]: vPool configuration and validation.
@@ -29,6 +31,16 @@
 //! successful flush, survives `kill -9` and power loss of the flash node; a
 //! restart from the backend alone recovers everything that was shipped (the
 //! recovery point is the last manifest upload, bounded by `ship_interval`).
+//!
+//! Grid: a volume opened under an [`Owner`] of generation > 0 writes its
+//! objects under generation-named keys, publishes its manifest only while
+//! the daemon's [`Fencing`] check passes (and, where the store enforces it,
+//! conditionally on the manifest's e-tag), and is fenced for good
+//! ([`EngineError::Fenced`]) once another owner took over. A live move
+//! hands the unshipped segments to the new owner as files
+//! ([`Volume::handover_precopy`], [`Volume::handover_freeze`],
+//! [`VPool::prepare_import`], [`VPool::finish_import`]). Specification:
+//! docs/engine-formats.md, *Grid* and *Live hand-over*.
 
 pub mod backend;
 pub mod cache;
@@ -40,6 +52,7 @@ mod icache;
 pub mod index;
 pub mod meta;
 pub mod name;
+pub mod owner;
 pub mod pool;
 pub(crate) mod ranges;
 pub mod scrub;
@@ -49,6 +62,9 @@ pub mod volume;
 pub use backend::FaultInjector;
 pub use config::{BackendConfig, RetryPolicy, VPoolConfig};
 pub use error::{EngineError, EngineResult};
-pub use pool::{VPool, VPoolStats};
+pub use owner::{Fencing, FencingMode, Owner, Standalone};
+pub use pool::{ImportPrep, VPool, VPoolStats};
 pub use scrub::ScrubReport;
-pub use volume::{SnapshotInfo, Volume, VolumeStats};
+pub use volume::{
+    HandoverFile, HandoverFileKind, HandoverState, SnapshotInfo, Volume, VolumeStats,
+};

@@ -17,6 +17,15 @@
 //! 5. *Delete*: only now are old containers, folded tlogs, old checkpoints
 //!    and any other unreferenced object of the volume deleted.
 //!
+//! In a grid, the deletes of step 5 follow the fenced manifest PUT of step
+//! 4 (which a deposed owner cannot make) and one more ownership check
+//! (`Fencing::check`), and never touch an object whose key carries an
+//! owner generation newer than every epoch the volume knows. An object
+//! whose key is not the one the epoch table derives for its sequence
+//! number (a deposed owner's late upload, an interrupted attempt) is
+//! unreferenced. Readers (a grid clone's parent) and moving volumes are
+//! not scrubbed.
+//!
 //! Interrupting at any point is safe: before step 4's manifest switch the
 //! old manifest still names only old objects (new ones are unreferenced);
 //! after it, old objects are unreferenced. Either way the next scrub's
@@ -82,7 +91,16 @@ pub(crate) fn checkpoint_volume(vol: &Volume, report: &mut ScrubReport) -> Engin
 }
 
 fn scrub_inner(vol: &Volume, report: &mut ScrubReport, rewrite_sparse: bool) -> EngineResult<()> {
+    if vol.is_reader() {
+        return Ok(());
+    }
     let _a = vol.admin_lock();
+    if vol.is_moving() {
+        return Err(EngineError::InvalidArgument(format!(
+            "vDisk {:?} is being moved to another router",
+            vol.name()
+        )));
+    }
     let shared = &vol.shared;
     let be = &shared.backend;
     let id = vol.id;
@@ -132,9 +150,12 @@ fn scrub_inner(vol: &Volume, report: &mut ScrubReport, rewrite_sparse: bool) -> 
     let mut rewrite: HashSet<u64> = HashSet::new();
     let mut sizes: HashMap<u64, u64> = HashMap::new();
     for (k, size) in &objects {
-        let Some((_, VolumeObject::Container(seq))) = keys::parse_volume_object(k) else {
+        let Some((_, VolumeObject::Container(seq, _))) = keys::parse_volume_object(k) else {
             continue;
         };
+        if *k != vol.container_key(seq) {
+            continue;
+        }
         sizes.insert(seq, *size);
         if seq >= cut_container {
             continue;
@@ -161,7 +182,7 @@ fn scrub_inner(vol: &Volume, report: &mut ScrubReport, rewrite_sparse: bool) -> 
     let mut builder: Option<Builder> = None;
     let finish = |b: Builder, report: &mut ScrubReport| -> EngineResult<()> {
         be.put(
-            &keys::container(id, b.seq),
+            &vol.container_key(b.seq),
             Bytes::from(b.data.clone()),
             false,
         )?;
@@ -256,7 +277,7 @@ fn scrub_inner(vol: &Volume, report: &mut ScrubReport, rewrite_sparse: bool) -> 
         .chain(reloc.values().map(|&(c, _)| c))
         .collect();
     let ck_seq = vol.meta.lock().shipped.checkpoint.map_or(0, |(s, _)| s + 1);
-    be.put(&keys::checkpoint(id, ck_seq), Bytes::from(body), false)?;
+    be.put(&vol.checkpoint_key(ck_seq), Bytes::from(body), false)?;
     report.checkpoints_written += 1;
     if !reloc.is_empty() {
         let _ig = vol.index_guard();
@@ -286,21 +307,46 @@ fn scrub_inner(vol: &Volume, report: &mut ScrubReport, rewrite_sparse: bool) -> 
         }
         vol.upload_manifest(false)?;
     }
-    // 5. Delete what nothing references any more.
+    // 5. Delete what nothing references any more, now that the manifest
+    // (fenced) no longer names it and the owner still holds the vDisk.
+    vol.check_owner()?;
     for (k, size) in &objects {
-        let obj = keys::parse_volume_object(k).map(|(_, o)| o);
-        let del = match obj {
-            Some(VolumeObject::Container(seq)) => seq < cut_container && !referenced.contains(&seq),
-            Some(VolumeObject::Tlog(seq)) => seq < cut_tlog,
-            Some(VolumeObject::Checkpoint(seq)) => seq != ck_seq,
-            Some(VolumeObject::Manifest) | None => false,
+        let Some((_, obj)) = keys::parse_volume_object(k) else {
+            continue;
+        };
+        if !vol.may_delete_generation(obj.generation()) {
+            continue;
+        }
+        // The object the epoch table names for this sequence number, or a
+        // stray under another owner's key.
+        let (current, del) = match obj {
+            VolumeObject::Container(seq, _) => {
+                let cur = *k == vol.container_key(seq);
+                (
+                    cur,
+                    !cur || (seq < cut_container && !referenced.contains(&seq)),
+                )
+            }
+            VolumeObject::Tlog(seq, _) => {
+                let cur = *k == vol.tlog_key(seq);
+                (cur, !cur || seq < cut_tlog)
+            }
+            VolumeObject::Checkpoint(seq, _) => {
+                let cur = *k == vol.checkpoint_key(seq);
+                (cur, !cur || seq != ck_seq)
+            }
+            VolumeObject::Manifest => (true, false),
         };
         if !del {
             continue;
         }
         be.delete(k, false)?;
         report.bytes_reclaimed += size;
-        if let Some(VolumeObject::Container(seq)) = obj {
+        if !current {
+            report.orphans_deleted += 1;
+            continue;
+        }
+        if let VolumeObject::Container(seq, _) = obj {
             vol.drop_local_container(seq);
             if rewrite.contains(&seq) || live.get(&seq).is_none_or(|n| *n == 0) {
                 report.containers_deleted += 1;
@@ -308,7 +354,7 @@ fn scrub_inner(vol: &Volume, report: &mut ScrubReport, rewrite_sparse: bool) -> 
             if !rewrite.contains(&seq) && live.contains_key(&seq) {
                 report.orphans_deleted += 1;
             }
-        } else if let Some(VolumeObject::Tlog(_)) = obj {
+        } else if let VolumeObject::Tlog(..) = obj {
             report.tlogs_deleted += 1;
         }
     }

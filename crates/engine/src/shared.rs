@@ -1,6 +1,7 @@
 //! [`Shared`]: the state a vPool shares with its volumes and its workers —
 //! configuration, the flash directory, the RocksDB index, the backend, the
-//! read cache, the shipper's wake-up signal and the shutdown flag.
+//! read cache, the backend's fencing mode, the shipper's wake-up signal and
+//! the shutdown flag.
 //!
 //! It names no volume: the pool keeps the map of open volumes, so
 //! volumes depend on this module and never on the pool.
@@ -10,6 +11,9 @@
 //!   by the pool, every volume and every worker.
 //! - `open_volumes` follows the size of the pool's volume map: the pool
 //!   stores it whenever the map changes, under the map's lock.
+//! - The fencing mode is probed at most until it is known, then never
+//!   changes; unknown counts as [`FencingMode::External`] (nothing is
+//!   assumed of the store).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,8 +24,10 @@ use parking_lot::{Condvar, Mutex};
 use crate::backend::Backend;
 use crate::cache::ReadCache;
 use crate::config::VPoolConfig;
+use crate::error::EngineResult;
 use crate::icache::{CHUNK_BYTES, MAX_CHUNKS};
 use crate::index::Index;
+use crate::owner::FencingMode;
 
 /// State shared by the pool, its volumes and its workers.
 pub(crate) struct Shared {
@@ -36,6 +42,8 @@ pub(crate) struct Shared {
     wake: Mutex<bool>,
     wake_cv: Condvar,
     shutdown: AtomicBool,
+    /// The backend's fencing mode once probed.
+    fencing: Mutex<Option<FencingMode>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -65,7 +73,32 @@ impl Shared {
             wake: Mutex::new(false),
             wake_cv: Condvar::new(),
             shutdown: AtomicBool::new(false),
+            fencing: Mutex::new(None),
         }
+    }
+
+    /// The fencing mode, probing the backend if it is not known yet (a
+    /// local directory is [`FencingMode::Local`] without asking).
+    pub(crate) fn probe_fencing(&self) -> EngineResult<FencingMode> {
+        let mut f = self.fencing.lock();
+        if let Some(m) = *f {
+            return Ok(m);
+        }
+        let m = if self.backend.is_local() {
+            FencingMode::Local
+        } else if self.backend.probe_conditional()? {
+            FencingMode::Conditional
+        } else {
+            FencingMode::External
+        };
+        *f = Some(m);
+        Ok(m)
+    }
+
+    /// The fencing mode as known now: unknown (the probe could not reach
+    /// the store yet) is [`FencingMode::External`].
+    pub(crate) fn fencing_mode(&self) -> FencingMode {
+        self.fencing.lock().unwrap_or(FencingMode::External)
     }
 
     /// Wakes the shipper (a segment was sealed, metadata changed).

@@ -1,19 +1,30 @@
 //! The backend's object-key layout: the only code that builds or parses an
 //! object key. Everything else asks these functions, so a change of layout
-//! (router generations, say) is a change of this module.
+//! is a change of this module.
 //!
 //! Layout, relative to the vPool's prefix (which [`super::Backend`] adds):
 //! - `catalog/<vdisk name>`: the catalog entry of a vDisk (name → id);
 //! - `vol/<id>/manifest`: a volume's manifest;
-//! - `vol/<id>/sco/<seq>`: a container;
-//! - `vol/<id>/tlog/<seq>`: a shipped tlog;
-//! - `vol/<id>/ckpt/<seq>`: an index checkpoint;
+//! - `vol/<id>/sco/<seq>`: a container written by owner generation 0;
+//! - `vol/<id>/tlog/<seq>`: a shipped tlog of generation 0;
+//! - `vol/<id>/ckpt/<seq>`: an index checkpoint of generation 0;
+//! - `vol/<id>/sco/<seq>.<gen>`, `vol/<id>/tlog/<seq>.<gen>`,
+//!   `vol/<id>/ckpt/<seq>.<gen>`: the same objects written by owner
+//!   generation `gen` > 0 (a router of a grid);
+//! - `fencing-probe/<nonce>`: the short-lived object a vPool writes to find
+//!   out whether the store honours conditional PUTs;
 //!
-//! where `<id>` and `<seq>` are 16 lower-case hex digits.
+//! where `<id>`, `<seq>`, `<gen>` and `<nonce>` are 16 lower-case hex
+//! digits. Which generation an object has is derived from its sequence
+//! number and the manifest's epoch table (`meta::Epoch`), so a
+//! reader builds exactly one key per object.
 //!
 //! Invariants:
-//! - These exact strings are what existing backends hold: a layout change
-//!   must keep reading the old keys.
+//! - These exact strings are what existing backends hold: generation 0
+//!   keys are the keys written before grids existed, and keep reading.
+//! - Two owners never build the same data-object key: every key of a
+//!   generation above 0 carries it, so a deposed owner's late uploads land
+//!   beside the new owner's objects, never on them.
 //! - A key built here parses back to what built it ([`parse_volume_object`],
 //!   [`catalog_name`], [`volume_of`]).
 
@@ -23,6 +34,9 @@ pub const CATALOG_PREFIX: &str = "catalog/";
 /// Prefix of every volume's objects.
 pub const VOLUMES_PREFIX: &str = "vol/";
 
+/// Prefix of the conditional-PUT probe objects.
+pub const PROBE_PREFIX: &str = "fencing-probe/";
+
 /// Object name of a catalog entry.
 pub fn catalog(name: &str) -> String {
     format!("{CATALOG_PREFIX}{name}")
@@ -31,6 +45,11 @@ pub fn catalog(name: &str) -> String {
 /// The vDisk name a catalog key names (`None` for other keys).
 pub fn catalog_name(key: &str) -> Option<&str> {
     key.strip_prefix(CATALOG_PREFIX)
+}
+
+/// Object name of a conditional-PUT probe.
+pub fn probe(nonce: u64) -> String {
+    format!("{PROBE_PREFIX}{nonce:016x}")
 }
 
 /// Prefix of everything a volume owns.
@@ -43,19 +62,28 @@ pub fn manifest(vol: u64) -> String {
     format!("{VOLUMES_PREFIX}{vol:016x}/manifest")
 }
 
-/// Object name of a container.
-pub fn container(vol: u64, seq: u64) -> String {
-    format!("{VOLUMES_PREFIX}{vol:016x}/{CONTAINER_DIR}/{seq:016x}")
+/// `vol/<id>/<dir>/<seq>`, with `.<gen>` for generations above 0.
+fn data_object(vol: u64, dir: &str, seq: u64, generation: u64) -> String {
+    if generation == 0 {
+        format!("{VOLUMES_PREFIX}{vol:016x}/{dir}/{seq:016x}")
+    } else {
+        format!("{VOLUMES_PREFIX}{vol:016x}/{dir}/{seq:016x}.{generation:016x}")
+    }
 }
 
-/// Object name of a tlog.
-pub fn tlog(vol: u64, seq: u64) -> String {
-    format!("{VOLUMES_PREFIX}{vol:016x}/{TLOG_DIR}/{seq:016x}")
+/// Object name of a container written by owner `generation`.
+pub fn container(vol: u64, seq: u64, generation: u64) -> String {
+    data_object(vol, CONTAINER_DIR, seq, generation)
 }
 
-/// Object name of an index checkpoint.
-pub fn checkpoint(vol: u64, seq: u64) -> String {
-    format!("{VOLUMES_PREFIX}{vol:016x}/{CHECKPOINT_DIR}/{seq:016x}")
+/// Object name of a tlog written by owner `generation`.
+pub fn tlog(vol: u64, seq: u64, generation: u64) -> String {
+    data_object(vol, TLOG_DIR, seq, generation)
+}
+
+/// Object name of an index checkpoint written by owner `generation`.
+pub fn checkpoint(vol: u64, seq: u64, generation: u64) -> String {
+    data_object(vol, CHECKPOINT_DIR, seq, generation)
 }
 
 const CONTAINER_DIR: &str = "sco";
@@ -75,12 +103,25 @@ pub fn volume_of(key: &str) -> Option<u64> {
 pub enum VolumeObject {
     /// `vol/<id>/manifest`.
     Manifest,
-    /// `vol/<id>/sco/<seq>`.
-    Container(u64),
-    /// `vol/<id>/tlog/<seq>`.
-    Tlog(u64),
-    /// `vol/<id>/ckpt/<seq>`.
-    Checkpoint(u64),
+    /// `vol/<id>/sco/<seq>[.<gen>]`: (seq, owner generation).
+    Container(u64, u64),
+    /// `vol/<id>/tlog/<seq>[.<gen>]`: (seq, owner generation).
+    Tlog(u64, u64),
+    /// `vol/<id>/ckpt/<seq>[.<gen>]`: (seq, owner generation).
+    Checkpoint(u64, u64),
+}
+
+impl VolumeObject {
+    /// The owner generation a data object's key carries (0 for the
+    /// manifest).
+    pub fn generation(&self) -> u64 {
+        match *self {
+            VolumeObject::Manifest => 0,
+            VolumeObject::Container(_, g)
+            | VolumeObject::Tlog(_, g)
+            | VolumeObject::Checkpoint(_, g) => g,
+        }
+    }
 }
 
 /// The volume id and object a key names; `None` for any key this module
@@ -91,12 +132,18 @@ pub fn parse_volume_object(key: &str) -> Option<(u64, VolumeObject)> {
     if rest == "manifest" {
         return Some((vol, VolumeObject::Manifest));
     }
-    let (dir, seq) = rest.split_once('/')?;
-    let seq = hex16(seq)?;
+    let (dir, name) = rest.split_once('/')?;
+    let (seq, generation) = match name.split_once('.') {
+        None => (hex16(name)?, 0),
+        Some((s, g)) => match hex16(g)? {
+            0 => return None,
+            g => (hex16(s)?, g),
+        },
+    };
     let obj = match dir {
-        CONTAINER_DIR => VolumeObject::Container(seq),
-        TLOG_DIR => VolumeObject::Tlog(seq),
-        CHECKPOINT_DIR => VolumeObject::Checkpoint(seq),
+        CONTAINER_DIR => VolumeObject::Container(seq, generation),
+        TLOG_DIR => VolumeObject::Tlog(seq, generation),
+        CHECKPOINT_DIR => VolumeObject::Checkpoint(seq, generation),
         _ => return None,
     };
     Some((vol, obj))
@@ -137,40 +184,82 @@ mod tests {
 
     #[test]
     fn container_keys_round_trip() {
-        let k = container(VOL, SEQ);
+        let k = container(VOL, SEQ, 0);
         assert_eq!(k, "vol/0123456789abcdef/sco/000000000000002a");
         assert_eq!(
             parse_volume_object(&k),
-            Some((VOL, VolumeObject::Container(SEQ)))
+            Some((VOL, VolumeObject::Container(SEQ, 0)))
         );
         assert_eq!(volume_of(&k), Some(VOL));
-        let max = container(u64::MAX, u64::MAX);
+        let max = container(u64::MAX, u64::MAX, 0);
         assert_eq!(
             parse_volume_object(&max),
-            Some((u64::MAX, VolumeObject::Container(u64::MAX)))
+            Some((u64::MAX, VolumeObject::Container(u64::MAX, 0)))
         );
     }
 
     #[test]
     fn tlog_keys_round_trip() {
-        let k = tlog(VOL, SEQ);
+        let k = tlog(VOL, SEQ, 0);
         assert_eq!(k, "vol/0123456789abcdef/tlog/000000000000002a");
         assert_eq!(
             parse_volume_object(&k),
-            Some((VOL, VolumeObject::Tlog(SEQ)))
+            Some((VOL, VolumeObject::Tlog(SEQ, 0)))
         );
         assert_eq!(volume_of(&k), Some(VOL));
     }
 
     #[test]
     fn checkpoint_keys_round_trip() {
-        let k = checkpoint(VOL, SEQ);
+        let k = checkpoint(VOL, SEQ, 0);
         assert_eq!(k, "vol/0123456789abcdef/ckpt/000000000000002a");
         assert_eq!(
             parse_volume_object(&k),
-            Some((VOL, VolumeObject::Checkpoint(SEQ)))
+            Some((VOL, VolumeObject::Checkpoint(SEQ, 0)))
         );
         assert_eq!(volume_of(&k), Some(VOL));
+    }
+
+    #[test]
+    fn generation_keys_round_trip_and_differ_per_owner() {
+        let gens = [1u64, 2, 0xdead_beef, u64::MAX];
+        for g in gens {
+            let c = container(VOL, SEQ, g);
+            assert_eq!(
+                c,
+                format!("vol/0123456789abcdef/sco/000000000000002a.{g:016x}")
+            );
+            let t = tlog(VOL, SEQ, g);
+            let k = checkpoint(VOL, SEQ, g);
+            assert_eq!(
+                parse_volume_object(&c),
+                Some((VOL, VolumeObject::Container(SEQ, g)))
+            );
+            assert_eq!(
+                parse_volume_object(&t),
+                Some((VOL, VolumeObject::Tlog(SEQ, g)))
+            );
+            assert_eq!(
+                parse_volume_object(&k),
+                Some((VOL, VolumeObject::Checkpoint(SEQ, g)))
+            );
+            assert_eq!(parse_volume_object(&c).unwrap().1.generation(), g);
+            assert_eq!(volume_of(&c), Some(VOL));
+            // Never the key of another owner, nor the old layout's.
+            assert_ne!(c, container(VOL, SEQ, 0));
+            for h in gens.iter().filter(|&&h| h != g) {
+                assert_ne!(c, container(VOL, SEQ, *h));
+            }
+        }
+    }
+
+    #[test]
+    fn probe_keys_are_not_volume_objects() {
+        let k = probe(0x2a);
+        assert_eq!(k, "fencing-probe/000000000000002a");
+        assert_eq!(parse_volume_object(&k), None);
+        assert_eq!(volume_of(&k), None);
+        assert_eq!(catalog_name(&k), None);
     }
 
     #[test]
@@ -180,9 +269,12 @@ mod tests {
         assert_eq!(volume_of(&p), Some(VOL));
         for k in [
             manifest(VOL),
-            container(VOL, SEQ),
-            tlog(VOL, SEQ),
-            checkpoint(VOL, SEQ),
+            container(VOL, SEQ, 0),
+            tlog(VOL, SEQ, 0),
+            checkpoint(VOL, SEQ, 0),
+            container(VOL, SEQ, 3),
+            tlog(VOL, SEQ, 3),
+            checkpoint(VOL, SEQ, 3),
         ] {
             assert!(k.starts_with(&p), "{k}");
             assert!(k.starts_with(VOLUMES_PREFIX), "{k}");
@@ -201,6 +293,10 @@ mod tests {
             "vol/+123456789abcdef/manifest",
             "vol/0123456789abcdef/tlog/+00000000000002a",
             "other/0123456789abcdef/manifest",
+            "vol/0123456789abcdef/sco/000000000000002a.0000000000000000",
+            "vol/0123456789abcdef/sco/000000000000002a.3",
+            "vol/0123456789abcdef/sco/000000000000002a.000000000000003.",
+            "vol/0123456789abcdef/tlog/000000000000002a.0000000000000003.tmp",
         ] {
             assert_eq!(parse_volume_object(k), None, "{k}");
         }

@@ -11,6 +11,12 @@
 //! layout is [`keys`]'s alone. Data objects are write-once; only manifests
 //! and catalog entries are overwritten.
 //!
+//! Conditional PUTs (`conditional`): [`Backend::put_mode`] writes an object
+//! only if it does not exist or still has a given e-tag, and
+//! [`Backend::probe_conditional`] finds out whether the store enforces
+//! that (AWS S3 and moto do, Garage ignores it; docs/engine-formats.md,
+//! *Grid*). Volumes of a grid fence their manifest with it.
+//!
 //! Local-directory shortcut: [`Backend::put_link`] stores a sealed flash
 //! file as an object by hard-linking it into the backend directory (plus a
 //! directory fsync) instead of copying it through `object_store`. This is
@@ -33,13 +39,28 @@ use tokio::runtime::Handle;
 use crate::config::{BackendConfig, RetryPolicy};
 use crate::error::{EngineError, EngineResult};
 
+mod conditional;
 pub mod keys;
 
+pub use conditional::{ETag, PutMode, PutOutcome};
+
 // The key functions under the names they had before `keys` existed.
-pub use keys::{
-    catalog as catalog_key, checkpoint as checkpoint_key, container as container_key,
-    manifest as manifest_key, tlog as tlog_key, volume_prefix,
-};
+pub use keys::{catalog as catalog_key, manifest as manifest_key, volume_prefix};
+
+/// Key of a container written standalone (owner generation 0).
+pub fn container_key(vol: u64, seq: u64) -> String {
+    keys::container(vol, seq, 0)
+}
+
+/// Key of a tlog written standalone (owner generation 0).
+pub fn tlog_key(vol: u64, seq: u64) -> String {
+    keys::tlog(vol, seq, 0)
+}
+
+/// Key of a checkpoint written standalone (owner generation 0).
+pub fn checkpoint_key(vol: u64, seq: u64) -> String {
+    keys::checkpoint(vol, seq, 0)
+}
 
 /// Injectable backend faults, for tests and drills. All knobs are atomics;
 /// production code pays one relaxed load per call when nothing is set.
@@ -150,7 +171,9 @@ pub struct BackendCounters {
 }
 
 /// Whether `key` is made only of characters object_store's local file
-/// system stores verbatim (so the object's file name is predictable).
+/// system stores verbatim (so the object's file name is predictable): path
+/// segments of letters, digits, `_`, `-` and `.`, none starting with `.`
+/// (generation keys are `<seq>.<gen>`).
 fn plain_key(key: &str) -> bool {
     !key.is_empty()
         && key.split('/').all(|seg| {
@@ -158,7 +181,7 @@ fn plain_key(key: &str) -> bool {
                 && !seg.starts_with('.')
                 && seg
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
         })
 }
 
@@ -193,6 +216,8 @@ fn link_durably(src: &Path, dest: &Path) -> bool {
 
 /// Blocking, retrying facade over the vPool's object store.
 pub struct Backend {
+    /// A local-directory backend (one router; no conditional PUTs).
+    local: bool,
     store: Arc<dyn ObjectStore>,
     prefix: String,
     /// `<backend dir>/<prefix>` for a local-directory backend whose keys
@@ -264,6 +289,10 @@ impl Backend {
                 allow_http,
             } => {
                 let mut b = object_store::aws::AmazonS3Builder::new()
+                    // If-Match / If-None-Match on conditional PUTs (grid
+                    // manifests); stores that ignore them are found out by
+                    // `probe_conditional`.
+                    .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
                     .with_bucket_name(bucket)
                     .with_region(region)
                     .with_access_key_id(access_key_id)
@@ -298,6 +327,7 @@ impl Backend {
             _ => None,
         };
         Ok(Backend {
+            local: matches!(cfg, BackendConfig::Local { .. }),
             store,
             prefix: pool.to_string(),
             local_root,

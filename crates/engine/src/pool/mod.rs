@@ -16,12 +16,20 @@
 //!   checkpoints, stats, shutdown — and the map of open volumes it shares
 //!   with its workers;
 //! - `volumes`: the vDisk API — create, open (a local restart, or a restore
-//!   from the backend), clone, delete, list;
+//!   from the backend), clone, delete, list; standalone or as a grid owner;
+//! - `import`: a live move's receiving side (prepare, receive, finish) and
+//!   forgetting a vDisk this router no longer owns;
 //! - `workers`: the worker threads (shipper, ticker, checkpointer).
+//!
+//! Fencing mode: opening a pool on S3 probes whether the store enforces
+//! conditional PUTs ([`VPool::fencing_mode`]); a store that cannot be
+//! reached then is probed again when a grid owner first needs to know.
 //!
 //! Invariants:
 //! - Pool-level admin work (create, clone, delete, scrub, checkpoints) is
-//!   serialised by one admin lock.
+//!   serialised by one admin lock; anything that loads, inserts or drops an
+//!   open volume by one open lock (taken after the admin lock).
+//! - A vDisk being imported is opened by nothing but its import.
 //! - A volume is in the open-volume map at most once; `Shared`'s count of
 //!   open volumes follows the map.
 //! - Workers only run while the pool is not shut down; shutdown joins them
@@ -42,13 +50,17 @@ use crate::config::VPoolConfig;
 use crate::error::{EngineError, EngineResult};
 use crate::index::Index;
 use crate::meta::CatalogEntry;
+use crate::owner::FencingMode;
 use crate::shared::Shared;
 use crate::volume::Volume;
 
 pub use crate::scrub::ScrubReport;
 
+mod import;
 mod volumes;
 mod workers;
+
+pub use import::ImportPrep;
 
 /// Pool-wide numbers the daemon can export.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -104,6 +116,12 @@ struct PoolState {
     /// Serialises pool-level admin work (create, clone, delete, scrub,
     /// background checkpoints).
     admin: Mutex<()>,
+    /// Serialises loading, inserting and dropping open volumes (opens,
+    /// creates, clones, deletes, imports, forgets).
+    open: Mutex<()>,
+    /// Names of vDisks being imported (from `prepare_import` until its
+    /// [`ImportPrep`] is finished or dropped): nothing else opens them.
+    importing: Arc<Mutex<HashSet<String>>>,
 }
 
 impl PoolState {
@@ -132,7 +150,9 @@ impl std::fmt::Debug for VPool {
 impl VPool {
     /// Opens (creating) a vPool. `rt` must be a multi-threaded runtime; the
     /// engine blocks on it from its own threads and from blocking-pool
-    /// threads, never from async tasks.
+    /// threads, never from async tasks. An S3 backend is probed for
+    /// conditional PUTs ([`VPool::fencing_mode`]; a few small requests, one
+    /// attempt each); an unreachable store does not fail the open.
     pub fn open(cfg: VPoolConfig, rt: Handle) -> EngineResult<Arc<VPool>> {
         cfg.validate()?;
         let dir = cfg.cache_dir.clone();
@@ -142,6 +162,10 @@ impl VPool {
         let backend = Backend::open(&cfg.backend, &cfg.name, rt, cfg.retry.clone())?;
         let cache = ReadCache::open(&dir.join("readcache"), cfg.read_cache_bytes)?;
         let shared = Arc::new(Shared::new(cfg, dir, index, backend, cache));
+        if let Err(e) = shared.probe_fencing() {
+            tracing::warn!(pool = %shared.cfg.name, error = %e,
+                "could not probe the backend for conditional PUTs; will retry when a grid owner needs it");
+        }
         let state = Arc::new(PoolState::default());
         let threads = workers::spawn(&shared, &state)?;
         Ok(Arc::new(VPool {
@@ -158,6 +182,20 @@ impl VPool {
         } else {
             Ok(())
         }
+    }
+
+    /// How this pool's backend fences a deposed grid owner: conditional
+    /// PUTs the store enforces (probed when the pool was opened), only the
+    /// daemon's check (`External`: the store ignores conditions or was not
+    /// reachable to probe), or a local directory.
+    pub fn fencing_mode(&self) -> FencingMode {
+        self.shared.fencing_mode()
+    }
+
+    /// Probes the backend again if its fencing mode is not known yet.
+    pub fn probe_fencing(&self) -> EngineResult<FencingMode> {
+        self.check_open()?;
+        self.shared.probe_fencing()
     }
 
     /// The backend fault injector (tests, drills).
@@ -258,6 +296,11 @@ impl VPool {
         }
         let mut first_err = None;
         for v in self.state.list() {
+            if v.is_fenced() {
+                // Not this router's any more: nothing to ship or flush.
+                v.close();
+                continue;
+            }
             if let Err(e) = v.sync_to_backend() {
                 tracing::warn!(volume = v.name(), error = %e, "shutdown: could not ship everything; it stays on flash");
             }

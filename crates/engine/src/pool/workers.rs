@@ -12,7 +12,8 @@
 //! - Each worker stops once the pool is shut down; a failing volume is
 //!   logged and retried on the next round, never fatal to the worker.
 //! - Checkpoints take the pool's admin lock and skip volumes deleted
-//!   meanwhile.
+//!   meanwhile, being moved to another router, fenced, or open only as a
+//!   grid clone's parent.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -82,6 +83,9 @@ pub(super) fn checkpoint_due(shared: &Shared, state: &PoolState) -> EngineResult
     for v in state.list() {
         if want == 0 || shared.is_shut_down() {
             break;
+        }
+        if v.is_moving() || v.is_fenced() || v.is_reader() {
+            continue;
         }
         if v.meta.lock().shipped.tlogs.len() < want {
             continue;

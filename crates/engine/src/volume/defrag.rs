@@ -197,8 +197,9 @@ impl Volume {
     /// writable, and the write buffer stays below the shipping threshold.
     fn may_relocate(&self, clusters: usize) -> bool {
         let bytes = (clusters * CLUSTER_SIZE) as u64;
-        !self.closed.load(Ordering::Relaxed)
+        !self.inactive()
             && !self.template.load(Ordering::Relaxed)
+            && !self.is_reader()
             && self.failed.try_lock().is_some_and(|f| f.is_none())
             && self.unshipped.load(Ordering::Relaxed) + bytes <= self.ship_threshold()
     }

@@ -48,7 +48,7 @@ impl BlockDevice for Volume {
     /// lock or a closed/failed volume; the blocking `read` then handles it
     /// (and reports any error).
     fn try_read_nowait(&self, lba: u64, buf: &mut [u8]) -> BlockResult<bool> {
-        if self.closed.load(Ordering::Relaxed) {
+        if self.inactive() {
             return Ok(false);
         }
         match self.failed.try_lock() {

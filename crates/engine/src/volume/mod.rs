@@ -39,9 +39,21 @@
 //! checksum failure that raced an in-place rewrite is read again (the
 //! `rewrites` seqlock), at last under the range lock of its clusters.
 //!
+//! Ownership (grid): a volume is opened under an [`Owner`] (generation and
+//! the daemon's fencing hook; generation 0 is standalone). Its objects'
+//! keys carry the generation of the epoch that covers them (`epochs`, a
+//! copy of the manifest's table); a grid owner's manifest PUTs are fenced
+//! (`fence`: the hook, then a conditional PUT on the last e-tag, or a read
+//! of the manifest's newest epoch where the store ignores conditions). A
+//! fenced volume fails every later read, write and ship with
+//! [`EngineError::Fenced`]. A volume opened only as a grid clone's parent
+//! is a *reader*: it reads, and never writes, ships or publishes. A live
+//! move hands the unshipped segments over (`handover`).
+//!
 //! Lock order (never acquired in the other direction):
-//! `admin` → `ship_lock` → `ranges` → `writer` → `commit` →
-//! `index_lock` → `memtable` / `meta` / `files` / `icache`.
+//! `admin` → `ship_lock` → `manifest` → `ranges` → `writer` → `commit` →
+//! `index_lock` → `memtable` / `meta` / `files` / `icache` / `epochs` /
+//! `owner`.
 //!
 //! Invariants:
 //! - An appended cluster's record is written after its data; an in-place
@@ -64,6 +76,10 @@
 //! - The index cache is updated by commits under `index_lock` and filled
 //!   under it (see `crate::icache`), so it never serves a mapping older
 //!   than RocksDB's; a committed memtable is dropped only after that.
+//! - The owner check costs the I/O path one atomic load (`fence`) and,
+//!   under the writer lock it already holds, one bool (`Writer::stopped`);
+//!   the daemon's hook and the backend are asked per manifest PUT and
+//!   per delete only.
 //!
 //! Layout: `impl Volume` is spread over the child modules, one
 //! responsibility each; this module keeps the struct, the small types they
@@ -73,6 +89,8 @@
 //! - `segments`: flash files — container and tlog names and headers, the
 //!   open container and tlog, sealed segments, vectored positioned writes,
 //!   page-cache hints, container handles and scrub's local containers.
+//! - `fence`: ownership — object keys from the epoch table, fencing, the
+//!   fenced manifest upload, claiming a new epoch at open.
 //! - `lookup`: the memtables and the lookups (memtable → index cache →
 //!   RocksDB → parent chain).
 //! - `defrag`: relocation on read.
@@ -83,7 +101,8 @@
 //! - `sync`: group commit, index commits and the background tick.
 //! - `replay`: building a volume and the local replay of its tlogs.
 //! - `restore`: rebuilding a volume's index from the backend.
-//! - `ship`: shipping segments and manifests to the backend.
+//! - `ship`: shipping segments to the backend.
+//! - `handover`: a live move's source side — precopy, freeze, close.
 //! - `snapshot`: snapshots, rollback, resize, templates and scrub's cut.
 //! - `unmap`: unmap and provisioning.
 //! - `device`: the [`BlockDevice`](depot_block::BlockDevice) impl.
@@ -92,22 +111,26 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use depot_block::blocks_in;
 use parking_lot::{Condvar, Mutex, RwLock};
 
+use crate::backend::ETag;
 use crate::error::{EngineError, EngineResult};
 use crate::format::{CLUSTER_SIZE, Location};
 use crate::icache::{self, IndexCache};
 use crate::index::IndexBatch;
-use crate::meta::VolumeMeta;
+use crate::meta::{Epoch, VolumeMeta};
+use crate::owner::Owner;
 use crate::ranges::RangeLocks;
 use crate::shared::Shared;
 
 mod defrag;
 mod device;
+mod fence;
+mod handover;
 mod lookup;
 mod read;
 mod replay;
@@ -120,7 +143,9 @@ mod sync;
 mod unmap;
 mod write;
 
-pub(crate) use restore::restore_index;
+pub use handover::{HandoverFile, HandoverFileKind, HandoverState};
+pub(crate) use replay::Opening;
+pub(crate) use restore::{restore_index, restore_tlogs};
 
 use lookup::Memtables;
 use segments::{OpenContainer, OpenTlog, Segment};
@@ -236,6 +261,9 @@ struct Writer {
     /// [`DEAD_SLOTS_MAX`](write::DEAD_SLOTS_MAX): their page cache is
     /// dropped once a sync made them clean (`drop_dead_pages`).
     dead: Vec<(u64, u32)>,
+    /// Set by a hand-over's freeze: nothing more is appended, rewritten or
+    /// unmapped, and no segment is marked shipped (`handover`).
+    stopped: bool,
 }
 
 impl Writer {
@@ -310,6 +338,23 @@ pub struct Volume {
     /// the periodic sync commits early once the reads have cost about what
     /// the commit will ([`Volume::read_commit_due`]).
     memtable_hits: AtomicU64,
+    /// The owner this volume was opened under.
+    owner: Mutex<Owner>,
+    /// Opened only as a grid clone's parent: reads only; never writes,
+    /// ships or publishes its manifest.
+    reader: AtomicBool,
+    /// `fence::FENCE_*`: not fenced, frozen for a hand-over (abortable), or
+    /// fenced for good.
+    fence: AtomicU8,
+    /// Why the volume is fenced.
+    fence_reason: Mutex<Option<String>>,
+    /// The e-tag of the manifest last read or written (conditional
+    /// fencing); held across every manifest upload.
+    manifest: Mutex<Option<ETag>>,
+    /// The manifest's epoch table, for building object keys.
+    epochs: RwLock<Vec<Epoch>>,
+    /// A live move is under way: background checkpoints leave it alone.
+    moving: AtomicBool,
 }
 
 impl std::fmt::Debug for Volume {
@@ -319,6 +364,11 @@ impl std::fmt::Debug for Volume {
             .field("id", &format_args!("{:016x}", self.id))
             .finish()
     }
+}
+
+/// A volume's flash directory (`<cache_dir>/vols/<id>`).
+pub(crate) fn local_dir_of(cache_dir: &Path, id: u64) -> PathBuf {
+    cache_dir.join("vols").join(format!("{id:016x}"))
 }
 
 /// Whether a location is stored as version 1 writes it (a whole, plain
@@ -353,6 +403,9 @@ impl Volume {
     }
 
     fn check_ok(&self) -> EngineResult<()> {
+        if self.fence.load(Ordering::Relaxed) != fence::FENCE_NONE {
+            return Err(self.fenced_error());
+        }
         if self.closed.load(Ordering::Relaxed) {
             return Err(EngineError::ShutDown);
         }
@@ -364,10 +417,27 @@ impl Volume {
 
     fn check_writable(&self) -> EngineResult<()> {
         self.check_ok()?;
-        if self.template.load(Ordering::Relaxed) {
+        if self.template.load(Ordering::Relaxed) || self.reader.load(Ordering::Relaxed) {
             return Err(EngineError::ReadOnly);
         }
         Ok(())
+    }
+
+    /// For admin changes (snapshots, resize, templates): open, not fenced,
+    /// and owned here (a reader publishes nothing).
+    fn check_admin(&self) -> EngineResult<()> {
+        self.check_ok()?;
+        if self.reader.load(Ordering::Relaxed) {
+            return Err(EngineError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    /// Closed or fenced: background work and non-blocking paths leave it
+    /// alone.
+    fn inactive(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+            || self.fence.load(Ordering::Relaxed) != fence::FENCE_NONE
     }
 
     fn byte_range(&self, lba: u64, len: usize) -> EngineResult<(u64, u64)> {
@@ -432,6 +502,16 @@ impl Volume {
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.throttle_cv.notify_all();
+    }
+
+    /// Whether the volume was closed (deleted, shut down, handed over).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Remembers the e-tag of the manifest just written or read.
+    pub(crate) fn set_manifest_etag(&self, etag: Option<ETag>) {
+        *self.manifest.lock() = etag;
     }
 
     pub(crate) fn local_dir(&self) -> &Path {

@@ -18,7 +18,6 @@
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 
-use crate::backend::keys;
 use crate::checksum;
 use crate::error::{EngineError, EngineResult};
 use crate::format::{CLUSTER_SIZE, CLUSTER_SIZE_U64, Location, slot_offset};
@@ -62,7 +61,7 @@ impl Volume {
         if self.shared.cache.lookup(loc.hash, loc_id, loc.crc, out) {
             return Ok(());
         }
-        let key = keys::container(self.id, loc.container);
+        let key = self.container_key(loc.container);
         let off = slot_offset(loc.slot);
         let data = match self
             .shared
@@ -235,7 +234,7 @@ impl Volume {
         {
             return false;
         }
-        let key = keys::container(self.id, first.container);
+        let key = self.container_key(first.container);
         let off = slot_offset(first.slot);
         match self
             .shared

@@ -12,12 +12,15 @@
 //! - Every slot replay kept is made durable before the marker that calls
 //!   it final is committed, and RocksDB's WAL is synced before a shipped
 //!   tlog is deleted.
+//! - Tlogs imported from a hand-over are checked strictly: every slot must
+//!   hold the bytes of its last record (the previous owner froze and
+//!   synced them), or the import fails instead of dropping records.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -31,13 +34,51 @@ use crate::format::{
 use crate::icache::IndexCache;
 use crate::index::{Entry, Marker};
 use crate::meta::VolumeMeta;
+use crate::owner::Owner;
 use crate::ranges::RangeLocks;
 use crate::shared::Shared;
 
+use super::fence::FENCE_NONE;
 use super::lookup::Memtables;
 use super::segments::{Segment, list_seqs, sync_dir};
 use super::sync::CommitState;
 use super::{Counters, Volume, Writer};
+
+/// How a volume is loaded.
+pub(crate) struct Opening {
+    /// The owner it is opened under.
+    pub(crate) owner: Owner,
+    /// Only as a grid clone's parent: reads only.
+    pub(crate) reader: bool,
+    /// Its unshipped tlogs were just imported from a hand-over: replay
+    /// checks them strictly (module docs).
+    pub(crate) import: bool,
+    /// Imported tlogs already checked (and applied, as the replay marker
+    /// says): their records hold as they are, like a shipped tlog's.
+    pub(crate) verified: Vec<u64>,
+}
+
+impl Opening {
+    /// Opened by (or for) `owner`.
+    pub(crate) fn owner(owner: Owner) -> Self {
+        Opening {
+            owner,
+            reader: false,
+            import: false,
+            verified: Vec::new(),
+        }
+    }
+
+    /// Opened as a grid clone's parent.
+    pub(crate) fn reader() -> Self {
+        Opening {
+            owner: Owner::standalone(),
+            reader: true,
+            import: false,
+            verified: Vec::new(),
+        }
+    }
+}
 
 impl Volume {
     /// Builds the in-memory volume and replays local tlogs. `meta` comes
@@ -46,8 +87,9 @@ impl Volume {
         shared: Arc<Shared>,
         meta: VolumeMeta,
         parent: Option<(Arc<Volume>, u32)>,
+        opening: Opening,
     ) -> EngineResult<Arc<Volume>> {
-        let dir = shared.dir.join("vols").join(format!("{:016x}", meta.id));
+        let dir = super::local_dir_of(&shared.dir, meta.id);
         for sub in ["containers", "tlogs"] {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(|e| EngineError::io(format!("creating {}", dir.display()), e))?;
@@ -78,11 +120,14 @@ impl Volume {
                 mutable: HashMap::default(),
                 touched: Vec::new(),
                 dead: Vec::new(),
+                stopped: false,
             }),
+            epochs: RwLock::new(meta.epochs.clone()),
             meta: Mutex::new(meta),
             // The previous incarnation may have died between a metadata
-            // change and its upload: always re-upload once after opening.
-            meta_dirty: AtomicBool::new(true),
+            // change and its upload: always re-upload once after opening
+            // (a reader never uploads).
+            meta_dirty: AtomicBool::new(!opening.reader),
             memtable: RwLock::new(Memtables::default()),
             commit: Mutex::new(CommitState::default()),
             commit_cv: Condvar::new(),
@@ -103,10 +148,16 @@ impl Volume {
             counters: Counters::default(),
             rewrites: AtomicU64::new(0),
             memtable_hits: AtomicU64::new(0),
+            owner: Mutex::new(opening.owner),
+            reader: AtomicBool::new(opening.reader),
+            fence: AtomicU8::new(FENCE_NONE),
+            fence_reason: Mutex::new(None),
+            manifest: Mutex::new(None),
+            moving: AtomicBool::new(false),
             shared,
             dir,
         };
-        vol.replay_local()?;
+        vol.replay_local(opening.import, &opening.verified)?;
         Ok(Arc::new(vol))
     }
 
@@ -120,7 +171,7 @@ impl Volume {
     /// were never written and are dropped. A tlog that loses records this
     /// way is rewritten without them (its committed prefix unchanged), so
     /// a restore from the backend never sees them either.
-    pub(super) fn replay_local(&self) -> EngineResult<()> {
+    pub(super) fn replay_local(&self, strict: bool, verified: &[u64]) -> EngineResult<()> {
         let index = &self.shared.index;
         let marker = index.marker(self.id)?;
         let meta = self.meta.lock().clone();
@@ -184,13 +235,14 @@ impl Volume {
             let skip = usize::try_from(marker.records_applied(seq))
                 .unwrap_or(usize::MAX)
                 .min(recs.len());
-            let tail = if seq < meta.shipped.next_tlog {
+            let tail = if seq < meta.shipped.next_tlog || verified.contains(&seq) {
                 // Shipped: `ship_one` made every record durable and its
                 // slot final first, and the containers may be evicted
-                // since; the records hold as they are.
+                // since; the records hold as they are. So do those of an
+                // imported tlog checked when it was received.
                 recs[skip..].to_vec()
             } else {
-                self.check_slots(seq, &recs, skip, marker.frozen, &mut open_files)?
+                self.check_slots(seq, &recs, skip, marker.frozen, &mut open_files, strict)?
             };
             let rewritten = tail.len() != recs.len() - skip
                 || tail.iter().zip(&recs[skip..]).any(|(a, b)| a != b);
@@ -332,6 +384,9 @@ impl Volume {
     /// and hash is inserted after the slot's last record. Below `frozen`
     /// the slot was final and synced, so a mismatch is corruption: it is
     /// left for reads to report, never adopted.
+    ///
+    /// With `strict` (imported tlogs) a slot whose bytes are not those of
+    /// its last record is an error.
     pub(super) fn check_slots(
         &self,
         seq: u64,
@@ -339,6 +394,7 @@ impl Volume {
         skip: usize,
         frozen: (u64, u32),
         open_files: &mut HashMap<u64, File>,
+        strict: bool,
     ) -> EngineResult<Vec<TlogRecord>> {
         let mut slots: HashMap<(u64, u32), Vec<usize>> = HashMap::new();
         for (i, r) in recs.iter().enumerate() {
@@ -367,6 +423,15 @@ impl Volume {
             };
             let last = idxs[idxs.len() - 1];
             let newest_match = idxs.iter().rev().find(|i| matches(i)).copied();
+            if strict && newest_match != Some(last) {
+                return Err(EngineError::Integrity {
+                    what: format!("imported container {container:016x} slot {slot}"),
+                    detail: format!(
+                        "does not hold what tlog {seq:016x} says: the copy is incomplete or damaged"
+                    ),
+                    lba: None,
+                });
+            }
             let drop_from = match newest_match {
                 Some(k) => k + 1,
                 None => 0,

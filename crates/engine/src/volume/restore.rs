@@ -5,7 +5,13 @@
 //!
 //! Invariants:
 //! - Only what the manifest names is read: its checkpoint, then its tlogs,
-//!   skipping generations a rollback discarded.
+//!   skipping generations a rollback discarded, each under the key its
+//!   epoch table derives (the owner generation that wrote it).
+//! - Generations are folded into their live boundary only when `meta` is
+//!   the volume's whole truth: a hand-over's early restore (from a
+//!   manifest that lists only shipped snapshots) keeps them as written,
+//!   which reads the same and stays right whatever snapshots the final
+//!   metadata has.
 //! - Memory stays bounded by one checkpoint chunk whatever the index size,
 //!   and the checkpoint's crc32c is checked before anything is ingested.
 //! - Tlog entries are committed after the checkpoint's are ingested, so the
@@ -17,7 +23,7 @@ use crate::format::{
     TLOG_HEADER_SIZE, TLOG_RECORD_SIZE, TlogHeader, TlogRecord, stream_checkpoint,
 };
 use crate::index::{Entry, Marker};
-use crate::meta::VolumeMeta;
+use crate::meta::{TlogRef, VolumeMeta};
 use crate::shared::Shared;
 
 /// Checkpoint bytes fetched per ranged GET while restoring (whole entries).
@@ -31,10 +37,13 @@ const RESTORE_CHUNK: u64 = 16 << 20;
 /// so memory stays bounded by one chunk whatever the index size, and the
 /// crc32c of the whole object is checked before anything is ingested. Tlogs
 /// are then committed normally; they are newer than the ingested entries.
-pub(crate) fn restore_index(shared: &Shared, meta: &VolumeMeta) -> EngineResult<()> {
+/// With `fold`, generations are folded into their live boundary (module
+/// docs).
+pub(crate) fn restore_index(shared: &Shared, meta: &VolumeMeta, fold: bool) -> EngineResult<()> {
     let be = &shared.backend;
+    let gen_of = |g: u32| if fold { meta.boundary(g) } else { g };
     if let Some((ck, _cut)) = meta.shipped.checkpoint {
-        let key = keys::checkpoint(meta.id, ck);
+        let key = keys::checkpoint(meta.id, ck, meta.checkpoint_owner(ck));
         let sst = shared.dir.join(format!("restore-{:016x}.sst", meta.id));
         let mut load = shared.index.bulk_load(meta.id, sst)?;
         let h = stream_checkpoint(
@@ -44,7 +53,7 @@ pub(crate) fn restore_index(shared: &Shared, meta: &VolumeMeta) -> EngineResult<
                 if meta.is_discarded(e.generation) {
                     Ok(())
                 } else {
-                    load.add(e.cluster, meta.boundary(e.generation), e.mapping)
+                    load.add(e.cluster, gen_of(e.generation), e.mapping)
                 }
             },
         )?;
@@ -56,13 +65,25 @@ pub(crate) fn restore_index(shared: &Shared, meta: &VolumeMeta) -> EngineResult<
         }
         load.ingest()?;
     }
+    restore_tlogs(shared, meta, &meta.shipped.tlogs, fold)
+}
+
+/// Commits the records of shipped `tlogs` (of `meta`, in order) to the
+/// index, then a replay marker past them and `meta.shipped.next_tlog`.
+pub(crate) fn restore_tlogs(
+    shared: &Shared,
+    meta: &VolumeMeta,
+    tlogs: &[TlogRef],
+    fold: bool,
+) -> EngineResult<()> {
+    let be = &shared.backend;
     let mut batch: Vec<Entry> = Vec::new();
     let mut last = meta.shipped.next_tlog;
-    for t in &meta.shipped.tlogs {
+    for t in tlogs {
         if meta.is_discarded(t.generation) {
             continue;
         }
-        let data = be.get(&keys::tlog(meta.id, t.seq))?;
+        let data = be.get(&keys::tlog(meta.id, t.seq, meta.tlog_owner(t.seq)))?;
         let hdr = TlogHeader::decode(&data)?;
         if hdr.volume_id != meta.id || hdr.seq != t.seq {
             return Err(EngineError::corrupt(
@@ -70,7 +91,11 @@ pub(crate) fn restore_index(shared: &Shared, meta: &VolumeMeta) -> EngineResult<
                 "header names another log",
             ));
         }
-        let gen_ = meta.boundary(hdr.generation);
+        let gen_ = if fold {
+            meta.boundary(hdr.generation)
+        } else {
+            hdr.generation
+        };
         for rec in data
             .get(TLOG_HEADER_SIZE..)
             .unwrap_or_default()

@@ -85,6 +85,7 @@ impl Volume {
         parts: &[&[u8]],
         sums: &[(u32, u128)],
     ) -> EngineResult<bool> {
+        self.check_running(w)?;
         let n = sums.len();
         if n == 0
             || n * CLUSTER_SIZE != parts.iter().map(|p| p.len()).sum::<usize>()

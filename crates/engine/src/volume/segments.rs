@@ -24,7 +24,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use smallvec::SmallVec;
 
-use crate::backend::keys;
 use crate::error::{EngineError, EngineResult};
 use crate::format::{TLOG_HEADER_SIZE, TLOG_RECORD_SIZE};
 
@@ -286,7 +285,7 @@ impl Volume {
         let f = match File::open(self.container_path(seq)) {
             Ok(f) => f,
             Err(_) if self.shared.cfg.local_backend_shortcuts => {
-                let key = keys::container(self.id, seq);
+                let key = self.container_key(seq);
                 File::open(self.shared.backend.local_path(&key)?).ok()?
             }
             Err(_) => return None,
@@ -341,7 +340,7 @@ impl Volume {
     pub(crate) fn fetch_container(&self, seq: u64) -> EngineResult<Bytes> {
         match std::fs::read(self.container_path(seq)) {
             Ok(d) => Ok(Bytes::from(d)),
-            Err(_) => self.shared.backend.get(&keys::container(self.id, seq)),
+            Err(_) => self.shared.backend.get(&self.container_key(seq)),
         }
     }
 }

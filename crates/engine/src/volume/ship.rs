@@ -1,5 +1,7 @@
 //! Shipping: sealed segments (containers, then their tlog) and the
-//! manifest go to the backend, oldest first ([`Volume::ship_one`]); shipped
+//! manifest (`fence`) go to the backend, oldest first
+//! ([`Volume::ship_one`]), under the keys of the epoch that covers them;
+//! shipped
 //! local tlogs are deleted once an index commit covers them
 //! ([`Volume::drop_applied_tlogs`]), shipped local containers beyond
 //! `keep_shipped_bytes` are evicted.
@@ -12,12 +14,14 @@
 //!   ([`Volume::wants_ship`]) so its slots can still be rewritten in place.
 //! - A shipped local tlog is deleted only after RocksDB's WAL holds an
 //!   index commit that covers it.
+//! - A segment is marked shipped (metadata updated, popped from the queue)
+//!   under the writer lock, and never once a hand-over's freeze stopped
+//!   the writer; fenced volumes and readers ship nothing.
 
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use crate::backend::keys;
 use crate::error::{EngineError, EngineResult};
 use crate::meta::{TlogRef, VolumeMeta};
 
@@ -33,7 +37,7 @@ impl Volume {
     /// recovery point stays bounded by `ship_interval`, as for the open
     /// container.
     pub(crate) fn wants_ship(&self) -> bool {
-        if self.closed.load(Ordering::Relaxed) {
+        if self.inactive() || self.is_reader() {
             return false;
         }
         if self.meta_dirty.load(Ordering::SeqCst) {
@@ -68,27 +72,13 @@ impl Volume {
         m
     }
 
-    pub(crate) fn upload_manifest(&self, forever: bool) -> EngineResult<()> {
-        self.meta_dirty.store(false, Ordering::SeqCst);
-        let m = self.manifest_for_backend();
-        let body =
-            serde_json::to_vec(&m).map_err(|e| EngineError::corrupt("manifest", e.to_string()))?;
-        let r = self
-            .shared
-            .backend
-            .put(&keys::manifest(self.id), Bytes::from(body), forever);
-        if r.is_err() {
-            self.meta_dirty.store(true, Ordering::SeqCst);
-        }
-        r
-    }
-
     /// Ships the oldest sealed segment; returns whether there was one.
     pub(crate) fn ship_one(&self, forever: bool) -> EngineResult<bool> {
         let _g = self.ship_lock.lock();
-        if self.closed.load(Ordering::Relaxed) {
+        if self.closed.load(Ordering::Relaxed) || self.is_reader() {
             return Ok(false);
         }
+        self.check_fence()?;
         let seg = self.writer.lock().segments.front().cloned();
         let Some(seg) = seg else {
             if self.meta_dirty.load(Ordering::SeqCst) {
@@ -116,7 +106,7 @@ impl Volume {
         for &c in &seg.containers {
             // A sealed container is never written again (module docs), so a
             // local-directory backend can take it as a hard link.
-            let key = keys::container(self.id, c);
+            let key = self.container_key(c);
             if self.shared.cfg.local_backend_shortcuts
                 && be.put_link(&key, &self.container_path(c), forever)?
             {
@@ -124,16 +114,27 @@ impl Volume {
             }
             let data = std::fs::read(self.container_path(c))
                 .map_err(|e| EngineError::io("reading a container to ship", e))?;
-            be.put(&keys::container(self.id, c), Bytes::from(data), forever)?;
+            be.put(&key, Bytes::from(data), forever)?;
         }
         let tlog = std::fs::read(self.tlog_path(seg.tlog))
             .map_err(|e| EngineError::io("reading a tlog to ship", e))?;
-        be.put(&keys::tlog(self.id, seg.tlog), Bytes::from(tlog), forever)?;
-        let (nc, nt) = {
-            let w = self.writer.lock();
-            (w.next_container, w.next_tlog)
-        };
+        be.put(&self.tlog_key(seg.tlog), Bytes::from(tlog), forever)?;
+        let lens: Vec<(u64, u64)> = seg
+            .containers
+            .iter()
+            .map(|&c| {
+                let len = std::fs::metadata(self.container_path(c)).map_or(0, |m| m.len());
+                (c, len)
+            })
+            .collect();
         {
+            // One step under the writer lock: a hand-over's freeze sees the
+            // segment either shipped or queued.
+            let mut w = self.writer.lock();
+            if w.stopped {
+                return Err(self.fenced_error());
+            }
+            let (nc, nt) = (w.next_container, w.next_tlog);
             let mut m = self.meta.lock();
             // Sequence numbers are never reused: a reused name would
             // overwrite a shipped object.
@@ -144,16 +145,11 @@ impl Volume {
                 generation: seg.generation,
             });
             m.shipped.next_tlog = seg.tlog + 1;
-        }
-        {
-            let mut w = self.writer.lock();
+            drop(m);
             if w.segments.front().is_some_and(|s| s.tlog == seg.tlog) {
                 w.segments.pop_front();
             }
-            for &c in &seg.containers {
-                let len = std::fs::metadata(self.container_path(c))
-                    .map(|m| m.len())
-                    .unwrap_or(0);
+            for (c, len) in lens {
                 w.shipped_local.push_back((c, len));
                 w.shipped_local_bytes += len;
             }
@@ -217,6 +213,9 @@ impl Volume {
     /// returns once the backend holds every write made before the call.
     pub fn sync_to_backend(&self) -> EngineResult<()> {
         self.check_ok()?;
+        if self.is_reader() {
+            return Ok(());
+        }
         {
             let mut w = self.writer.lock();
             self.seal(&mut w)?;

@@ -44,8 +44,10 @@ impl Volume {
     }
 
     pub(crate) fn snapshot_inner(&self, name: &str) -> EngineResult<SnapshotInfo> {
-        self.check_ok()?;
+        self.check_admin()?;
         let _a = self.admin.lock();
+        // A hand-over may have frozen the volume while this waited.
+        self.check_fence()?;
         if self.meta.lock().snapshot(name).is_some() {
             return Err(EngineError::SnapshotExists(name.to_string()));
         }
@@ -111,8 +113,10 @@ impl Volume {
     /// Deletes a snapshot (metadata only; scrub reclaims its data). Refused
     /// while clones depend on it.
     pub fn delete_snapshot(&self, name: &str) -> EngineResult<()> {
-        self.check_ok()?;
+        self.check_admin()?;
         let _a = self.admin.lock();
+        // A hand-over may have frozen the volume while this waited.
+        self.check_fence()?;
         {
             let mut m = self.meta.lock();
             if m.snapshot(name).is_none() {
@@ -202,6 +206,8 @@ impl Volume {
     pub fn rollback(&self, name: &str) -> EngineResult<()> {
         self.check_writable()?;
         let _a = self.admin.lock();
+        // A hand-over may have frozen the volume while this waited.
+        self.check_fence()?;
         let target = self
             .meta
             .lock()
@@ -294,8 +300,10 @@ impl Volume {
 
     /// Grows the volume (shrinking is refused).
     pub fn resize(&self, new_size_bytes: u64) -> EngineResult<()> {
-        self.check_ok()?;
+        self.check_admin()?;
         let _a = self.admin.lock();
+        // A hand-over may have frozen the volume while this waited.
+        self.check_fence()?;
         let bs = u64::from(self.block_size);
         let cur = self.num_blocks.load(Ordering::Acquire) * bs;
         if !new_size_bytes.is_multiple_of(bs) || new_size_bytes < cur {
@@ -317,7 +325,7 @@ impl Volume {
     /// and can be cloned from its current state; marking takes an internal
     /// snapshot (`@template-N`) that clones of the current state use.
     pub fn set_template(&self, on: bool) -> EngineResult<()> {
-        self.check_ok()?;
+        self.check_admin()?;
         if on == self.template.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -326,6 +334,8 @@ impl Volume {
             self.snapshot_inner(&format!("@template-{generation}"))?;
         }
         let _a = self.admin.lock();
+        // A hand-over may have frozen the volume while this waited.
+        self.check_fence()?;
         let mut m = self.meta.lock();
         m.template = on;
         self.persist_meta(&m)?;

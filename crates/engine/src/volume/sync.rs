@@ -324,7 +324,7 @@ impl Volume {
 
     /// Background tick: periodic sync and sealing of idle containers.
     pub(crate) fn tick(&self) -> EngineResult<()> {
-        if self.closed.load(Ordering::Relaxed) || self.failed.lock().is_some() {
+        if self.inactive() || self.failed.lock().is_some() {
             return Ok(());
         }
         let cfg = &self.shared.cfg;

@@ -24,6 +24,7 @@ use super::{Volume, Writer};
 
 impl Volume {
     pub(super) fn append_unmaps(&self, w: &mut Writer, clusters: &[u64]) -> EngineResult<()> {
+        self.check_running(w)?;
         self.ensure_tlog(w)?;
         let generation = w.generation;
         let Some(t) = w.tlog.as_mut() else {

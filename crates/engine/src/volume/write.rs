@@ -106,6 +106,15 @@ impl Volume {
             .fetch_add(waited, Ordering::Relaxed);
     }
 
+    /// Under the writer lock: fails once a hand-over's freeze stopped the
+    /// writer (a bool the lock already guards; no extra cost per write).
+    pub(super) fn check_running(&self, w: &Writer) -> EngineResult<()> {
+        if w.stopped {
+            return Err(self.fenced_error());
+        }
+        Ok(())
+    }
+
     pub(super) fn ensure_tlog(&self, w: &mut Writer) -> EngineResult<()> {
         if w.tlog.is_some() {
             return Ok(());
@@ -222,6 +231,7 @@ impl Volume {
         parts: &[&[u8]],
         sums: &[(u32, u128)],
     ) -> EngineResult<()> {
+        self.check_running(w)?;
         let total: usize = parts.iter().map(|p| p.len()).sum();
         if sums.len() * CLUSTER_SIZE != total {
             return Err(EngineError::Failed(
@@ -479,8 +489,9 @@ impl Volume {
             || len > NOWAIT_WRITE_MAX
             || !off.is_multiple_of(CLUSTER_SIZE_U64)
             || !len.is_multiple_of(CLUSTER_SIZE_U64)
-            || self.closed.load(Ordering::Relaxed)
+            || self.inactive()
             || self.template.load(Ordering::Relaxed)
+            || self.is_reader()
             || self.unshipped.load(Ordering::Relaxed) + len > self.shared.cfg.write_buffer_bytes
         {
             return Ok(false);

@@ -61,3 +61,7 @@ pub fn pattern(tag: u64, lba: u64, len: usize) -> Vec<u8> {
     }
     v
 }
+
+pub mod grid;
+pub mod handover;
+pub mod moto;

@@ -1,0 +1,617 @@
+//! A live move's receiving side, and forgetting a vDisk this router no
+//! longer owns.
+//!
+//! The new owner imports a vDisk in steps, so that the slow part runs while
+//! the old owner still serves I/O:
+//! 1. [`VPool::prepare_import`] restores the backend part — checkpoint and
+//!    shipped tlogs of the manifest as it is now, like a restart from the
+//!    backend, but without folding snapshot generations (the final
+//!    metadata may list snapshots this manifest does not) — into the local
+//!    index, and opens a clone's parents as readers.
+//! 2. The daemon copies the old owner's files into [`VPool::import_dir`]
+//!    (or any directory on this flash's file system), each under
+//!    [`HandoverFile::file_name`](crate::volume::HandoverFile::file_name).
+//!    [`VPool::import_precopied`] then checks and applies the precopied
+//!    segments (immutable since the precopy) to the index, oldest first,
+//!    still before the freeze: the pause is left with only what was
+//!    written after the precopy.
+//! 3. [`VPool::finish_import`] takes the old owner's
+//!    [`HandoverState`]: applies the tlogs shipped since step 1 and not
+//!    applied in step 2 (fetched from the backend; a full restore instead
+//!    if a scrub, checkpoint or rollback moved the manifest on), links the
+//!    files into the volume's flash directory, persists the final
+//!    metadata, replays the imported tlogs not applied yet strictly (every
+//!    slot must hold its last record's bytes), and claims the vDisk: a new
+//!    epoch at the shipped frontier, so the imported segments ship under
+//!    this owner's generation, published (conditional on the manifest
+//!    e-tag the old owner saw) before the volume is returned.
+//!
+//! Order is what keeps the index right: tlogs are applied oldest first —
+//! the prepared manifest's, then the precopied ones after it, then those
+//! shipped meanwhile after those, then the rest of the received ones.
+//! Applying a tlog again after itself and older ones is harmless (same
+//! records, same order); an older one after a newer one never happens.
+//!
+//! Invariants:
+//! - Nothing is written to the backend before the claim's manifest PUT.
+//! - A crash or failure anywhere leaves a retry possible: the received
+//!   files stay in their directory until the import succeeded, and a
+//!   retried `prepare_import` drops whatever an earlier attempt left in
+//!   the index and the volume's flash directory — unless that attempt got
+//!   as far as persisting the new epoch, which only happens after the
+//!   strict replay passed; then `finish_import` just opens it.
+//! - [`VPool::forget_volume`] never touches the backend, and refuses while
+//!   an open clone reads through the vDisk.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::checksum;
+use crate::error::{EngineError, EngineResult};
+use crate::format::{
+    CLUSTER_SIZE, CLUSTER_SIZE_U64, ContainerHeader, Mapping, TLOG_HEADER_SIZE, TLOG_RECORD_SIZE,
+    TlogHeader, TlogRecord,
+};
+use crate::index::{Entry, IndexBatch, Marker};
+use crate::meta::{TlogRef, VolumeMeta};
+use crate::name::check_name;
+use crate::owner::Owner;
+use crate::volume::{
+    HandoverFile, HandoverFileKind, HandoverState, Opening, Volume, restore_index, restore_tlogs,
+};
+
+use super::VPool;
+use super::volumes::OpenAs;
+
+/// What [`VPool::prepare_import`] restored, for [`VPool::finish_import`].
+/// While it lives, the vDisk is opened by nothing but its import.
+pub struct ImportPrep {
+    /// The pool's set of names being imported; this one leaves it on drop.
+    importing: Arc<Mutex<HashSet<String>>>,
+    name: String,
+    id: u64,
+    owner: Owner,
+    /// The manifest restored; `None`: an earlier attempt imported the
+    /// volume completely (only opening it is left).
+    base: Option<VolumeMeta>,
+    /// Precopied tlogs checked and applied to the index, ascending.
+    applied: Vec<u64>,
+    /// Received files made durable already (checked precopied ones).
+    synced: HashSet<(HandoverFileKind, u64)>,
+}
+
+impl std::fmt::Debug for ImportPrep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportPrep")
+            .field("name", &self.name)
+            .field("id", &format_args!("{:016x}", self.id))
+            .field("applied", &self.applied)
+            .finish()
+    }
+}
+
+impl Drop for ImportPrep {
+    fn drop(&mut self) {
+        self.importing.lock().remove(&self.name);
+    }
+}
+
+impl ImportPrep {
+    /// The vDisk being imported.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its volume id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The precopied tlogs applied so far ([`VPool::import_precopied`]).
+    pub fn applied_tlogs(&self) -> &[u64] {
+        &self.applied
+    }
+}
+
+/// Bytes of a received container read at a time while checking it.
+const CHECK_CHUNK: usize = 8 << 20;
+
+/// What [`check_received`] found: the tlog's header and records, and the
+/// containers it points into.
+type Checked = (TlogHeader, Vec<TlogRecord>, Vec<u64>);
+
+/// A received segment's tlog and its containers, checked strictly: the
+/// tlog is whole and names this volume, each container's header is its
+/// own, and every slot holds the bytes of its last record. `Ok(None)` if a
+/// file is missing or not of its listed length (not received yet).
+fn check_received(
+    dir: &Path,
+    id: u64,
+    seq: u64,
+    lens: &HashMap<(HandoverFileKind, u64), u64>,
+) -> EngineResult<Option<Checked>> {
+    let received = |kind, seq: u64, name: String| {
+        let p = dir.join(name);
+        let ok = lens
+            .get(&(kind, seq))
+            .is_some_and(|&len| std::fs::metadata(&p).is_ok_and(|m| m.len() == len));
+        ok.then_some(p)
+    };
+    let Some(path) = received(HandoverFileKind::Tlog, seq, format!("{seq:016x}.tlog")) else {
+        return Ok(None);
+    };
+    let data = std::fs::read(&path).map_err(|e| EngineError::io("reading a received tlog", e))?;
+    let bad = |detail: String| EngineError::Integrity {
+        what: format!("received tlog {seq:016x}"),
+        detail,
+        lba: None,
+    };
+    let hdr = TlogHeader::decode(&data)?;
+    if hdr.volume_id != id || hdr.seq != seq {
+        return Err(bad("its header names another log".into()));
+    }
+    let body = data.get(TLOG_HEADER_SIZE..).unwrap_or_default();
+    if !body.len().is_multiple_of(TLOG_RECORD_SIZE) {
+        return Err(bad("ends inside a record".into()));
+    }
+    let mut recs = Vec::with_capacity(body.len() / TLOG_RECORD_SIZE);
+    for rec in body.chunks(TLOG_RECORD_SIZE) {
+        recs.push(TlogRecord::decode(rec).ok_or_else(|| bad("a record fails its crc".into()))?);
+    }
+    // The last record of each slot, by container.
+    let mut last: BTreeMap<u64, HashMap<u32, u32>> = BTreeMap::new();
+    for r in &recs {
+        if let Mapping::Data(l) = r.mapping {
+            last.entry(l.container).or_default().insert(l.slot, l.crc);
+        }
+    }
+    let containers: Vec<u64> = last.keys().copied().collect();
+    let mut buf = vec![0u8; CHECK_CHUNK];
+    for (c, slots) in last {
+        let Some(path) = received(HandoverFileKind::Container, c, format!("{c:016x}.sco")) else {
+            return Ok(None);
+        };
+        let f = std::fs::File::open(&path)
+            .map_err(|e| EngineError::io("opening a received container", e))?;
+        let len = f
+            .metadata()
+            .map_err(|e| EngineError::io("a received container", e))?
+            .len();
+        let mut crcs = Vec::with_capacity((len / CLUSTER_SIZE_U64) as usize);
+        let mut off = 0u64;
+        while off < len {
+            let n = CHECK_CHUNK.min((len - off) as usize);
+            f.read_exact_at(&mut buf[..n], off)
+                .map_err(|e| EngineError::io("reading a received container", e))?;
+            if off == 0 {
+                let h = ContainerHeader::decode(&buf[..CLUSTER_SIZE])?;
+                if h.volume_id != id || h.seq != c {
+                    return Err(bad(format!("container {c:016x} has another's header")));
+                }
+            }
+            crcs.extend(buf[..n].chunks(CLUSTER_SIZE).map(checksum::crc32c));
+            off += n as u64;
+        }
+        for (slot, crc) in slots {
+            if crcs.get(slot as usize + 1) != Some(&crc) {
+                return Err(bad(format!(
+                    "container {c:016x} slot {slot} does not hold what the tlog says: \
+                     the copy is incomplete or damaged"
+                )));
+            }
+        }
+    }
+    Ok(Some((hdr, recs, containers)))
+}
+
+impl VPool {
+    /// The directory (created) on this pool's flash where the daemon may
+    /// put the files of a hand-over of `name`, each under its
+    /// `HandoverFile::file_name`: on the flash file system, so finishing the
+    /// import links them into place instead of copying.
+    pub fn import_dir(&self, name: &str) -> EngineResult<PathBuf> {
+        check_name("vDisk", name)?;
+        let dir = self.shared.dir.join("import").join(name);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| EngineError::io(format!("creating {}", dir.display()), e))?;
+        Ok(dir)
+    }
+
+    /// Step 1 of an import (module docs): restores `name`'s backend part
+    /// for `owner` (a grid owner, newer than the backend's). Call it while
+    /// the old owner still serves I/O, after its `handover_precopy` (which
+    /// keeps scrubs and checkpoints off the manifest meanwhile).
+    pub fn prepare_import(&self, name: &str, owner: &Owner) -> EngineResult<ImportPrep> {
+        self.check_open()?;
+        check_name("vDisk", name)?;
+        if !owner.is_grid() {
+            return Err(EngineError::InvalidArgument(
+                "an import needs a grid owner (generation above 0)".into(),
+            ));
+        }
+        let _o = self.state.open.lock();
+        if self.open_instance(name).is_some() {
+            return Err(EngineError::InvalidArgument(format!(
+                "vDisk {name:?} is open on this router"
+            )));
+        }
+        if !self.state.importing.lock().insert(name.to_string()) {
+            return Err(EngineError::InvalidArgument(format!(
+                "vDisk {name:?} is being imported already"
+            )));
+        }
+        let mut prep = ImportPrep {
+            importing: self.state.importing.clone(),
+            name: name.to_string(),
+            id: 0,
+            owner: owner.clone(),
+            base: None,
+            applied: Vec::new(),
+            synced: HashSet::new(),
+        };
+        self.shared.probe_fencing()?;
+        let (remote, _) = self.read_remote(name)?;
+        let g = owner.generation();
+        if remote.owner_generation() > g {
+            return Err(EngineError::Fenced(format!(
+                "owner generation {} holds vDisk {name:?}; this router has {g}",
+                remote.owner_generation()
+            )));
+        }
+        let idx = &self.shared.index;
+        let local = match idx.name_to_id(name)? {
+            Some(id) => idx.meta(id)?,
+            None => None,
+        };
+        prep.id = remote.id;
+        if let Some(l) = &local {
+            if l.id == remote.id && l.owner_generation() == g {
+                return Ok(prep);
+            }
+            self.forget_local(l.id, name)?;
+        }
+        self.forget_local(remote.id, name)?;
+        if let Some(p) = &remote.parent {
+            self.open_inner(&p.name, 1, &OpenAs::Parent { grid: true })?;
+        }
+        restore_index(&self.shared, &remote, false)?;
+        prep.base = Some(remote);
+        Ok(prep)
+    }
+
+    /// Step 2 of an import (module docs), optional: checks the precopied
+    /// segments received in `files_dir` (`files`: the old owner's
+    /// `handover_precopy` list) strictly and applies them to the index,
+    /// oldest first, stopping at the first one not wholly received (call
+    /// again as more arrive). Segments the prepared manifest already has
+    /// are skipped. Returns the tlogs applied by this call. A damaged file
+    /// is an error: copy it again.
+    pub fn import_precopied(
+        &self,
+        prep: &mut ImportPrep,
+        files: &[HandoverFile],
+        files_dir: &Path,
+    ) -> EngineResult<usize> {
+        self.check_open()?;
+        let Some(base) = &prep.base else {
+            return Ok(0);
+        };
+        let lens: HashMap<(HandoverFileKind, u64), u64> =
+            files.iter().map(|f| ((f.kind, f.seq), f.len)).collect();
+        let floor = prep
+            .applied
+            .last()
+            .map_or(base.shipped.next_tlog, |s| s + 1)
+            .max(base.shipped.next_tlog);
+        let mut tlogs: Vec<u64> = files
+            .iter()
+            .filter(|f| f.kind == HandoverFileKind::Tlog && f.seq >= floor)
+            .map(|f| f.seq)
+            .collect();
+        tlogs.sort_unstable();
+        let mut n = 0;
+        for seq in tlogs {
+            let Some((hdr, recs, containers)) = check_received(files_dir, prep.id, seq, &lens)?
+            else {
+                break;
+            };
+            // Durable now, so that the pause only links them.
+            let names = containers
+                .iter()
+                .map(|&c| (HandoverFileKind::Container, c))
+                .chain([(HandoverFileKind::Tlog, seq)]);
+            for (kind, s) in names {
+                if prep.synced.contains(&(kind, s)) {
+                    continue;
+                }
+                let name = match kind {
+                    HandoverFileKind::Container => format!("{s:016x}.sco"),
+                    HandoverFileKind::Tlog => format!("{s:016x}.tlog"),
+                };
+                std::fs::File::open(files_dir.join(name))
+                    .and_then(|f| f.sync_data())
+                    .map_err(|e| EngineError::io("syncing a received file", e))?;
+                prep.synced.insert((kind, s));
+            }
+            let entries: Vec<Entry> = if base.is_discarded(hdr.generation) {
+                Vec::new()
+            } else {
+                recs.iter()
+                    .map(|r| (r.cluster, hdr.generation, r.mapping))
+                    .collect()
+            };
+            self.shared
+                .index
+                .commit(prep.id, &entries, &Marker::at((seq + 1, 0), (0, 0)))?;
+            prep.applied.push(seq);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Step 3 of an import (module docs): builds the volume from the
+    /// prepared backend part and the old owner's `state` and files (in
+    /// `files_dir`), claims it and opens it. On success the files are
+    /// removed from `files_dir` (and `files_dir` itself if it is this
+    /// pool's `import_dir`). A missing or short file fails before anything
+    /// changes: copy it again and retry.
+    pub fn finish_import(
+        &self,
+        prep: ImportPrep,
+        state: &HandoverState,
+        files_dir: &Path,
+    ) -> EngineResult<Arc<Volume>> {
+        self.check_open()?;
+        if state.id != prep.id || state.name != prep.name || state.meta.id != state.id {
+            return Err(EngineError::InvalidArgument(format!(
+                "hand-over state of {:?} ({:016x}) does not match the import of {:?} ({:016x})",
+                state.name, state.id, prep.name, prep.id
+            )));
+        }
+        let owner = prep.owner.clone();
+        if state.generation >= owner.generation() {
+            return Err(EngineError::InvalidArgument(format!(
+                "importing under owner generation {} needs one above the old owner's {}",
+                owner.generation(),
+                state.generation
+            )));
+        }
+        for f in &state.files {
+            let p = files_dir.join(f.file_name());
+            match std::fs::metadata(&p) {
+                Ok(m) if m.len() == f.len => {}
+                _ => {
+                    return Err(EngineError::InvalidArgument(format!(
+                        "{} is missing or not {} bytes long: copy it again",
+                        p.display(),
+                        f.len
+                    )));
+                }
+            }
+        }
+        let _o = self.state.open.lock();
+        if self.open_instance(&prep.name).is_some() {
+            return Err(EngineError::InvalidArgument(format!(
+                "vDisk {:?} is open on this router",
+                prep.name
+            )));
+        }
+        // The import opens it itself.
+        self.state.importing.lock().remove(&prep.name);
+        let vol = match &prep.base {
+            None => self.open_inner(&prep.name, 0, &OpenAs::Owner(owner))?,
+            Some(base) => match self.build_import(&prep, base, state, files_dir, &owner) {
+                Ok(v) => v,
+                Err(e) => {
+                    // Nothing half-built stays: a retry starts over from
+                    // prepare_import, with the received files.
+                    let _ = self.forget_local(state.id, &state.name);
+                    return Err(e);
+                }
+            },
+        };
+        for f in &state.files {
+            let _ = std::fs::remove_file(files_dir.join(f.file_name()));
+        }
+        if self.shared.dir.join("import").join(&state.name) == files_dir {
+            let _ = std::fs::remove_dir_all(files_dir);
+        }
+        Ok(vol)
+    }
+
+    /// Steps 1 and 3 in one call (the old owner is already frozen).
+    pub fn import_volume(
+        &self,
+        name: &str,
+        state: &HandoverState,
+        files_dir: &Path,
+        owner: &Owner,
+    ) -> EngineResult<Arc<Volume>> {
+        let prep = self.prepare_import(name, owner)?;
+        self.finish_import(prep, state, files_dir)
+    }
+
+    /// `finish_import`'s work once the files are checked.
+    fn build_import(
+        &self,
+        prep: &ImportPrep,
+        base: &VolumeMeta,
+        state: &HandoverState,
+        files_dir: &Path,
+        owner: &Owner,
+    ) -> EngineResult<Arc<Volume>> {
+        let fin = &state.meta;
+        let extends = base.shipped.checkpoint == fin.shipped.checkpoint
+            && base.discarded_gens == fin.discarded_gens
+            && fin.shipped.tlogs.starts_with(&base.shipped.tlogs);
+        let applied = &prep.applied;
+        let verified = if extends {
+            // Shipped since the prepare, and not among the precopied ones
+            // applied already (those are the same bytes, and older).
+            let after = applied.last().copied();
+            let delta: Vec<TlogRef> = fin.shipped.tlogs[base.shipped.tlogs.len()..]
+                .iter()
+                .filter(|t| after.is_none_or(|a| t.seq > a))
+                .copied()
+                .collect();
+            restore_tlogs(&self.shared, fin, &delta, false)?;
+            if let Some(a) = after {
+                let next = (a + 1)
+                    .max(fin.shipped.next_tlog)
+                    .max(delta.last().map_or(0, |t| t.seq + 1));
+                self.shared
+                    .index
+                    .commit(fin.id, &[], &Marker::at((next, 0), (0, 0)))?;
+            }
+            applied.to_vec()
+        } else {
+            tracing::info!(volume = %state.name,
+                "the manifest moved on since the import was prepared; restoring again");
+            self.forget_local(fin.id, &fin.name)?;
+            restore_index(&self.shared, fin, false)?;
+            Vec::new()
+        };
+        let dir = crate::volume::local_dir_of(&self.shared.dir, fin.id);
+        for f in &state.files {
+            let sub = match f.kind {
+                HandoverFileKind::Container => "containers",
+                HandoverFileKind::Tlog => "tlogs",
+            };
+            let to_dir = dir.join(sub);
+            std::fs::create_dir_all(&to_dir)
+                .map_err(|e| EngineError::io(format!("creating {}", to_dir.display()), e))?;
+            let synced = prep.synced.contains(&(f.kind, f.seq));
+            place_file(
+                &files_dir.join(f.file_name()),
+                &to_dir.join(f.file_name()),
+                !synced,
+            )?;
+        }
+        for sub in ["containers", "tlogs"] {
+            let d = dir.join(sub);
+            if d.exists() {
+                std::fs::File::open(&d)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| EngineError::io("syncing an imported directory", e))?;
+            }
+        }
+        // The old owner's metadata, its epochs unchanged: the new epoch is
+        // persisted by the claim, once the strict replay passed.
+        let mut b = IndexBatch::default();
+        b.put_meta(fin)?;
+        b.put_name(&fin.name, fin.id);
+        self.shared.index.write_sync(b)?;
+        let parent = match &fin.parent {
+            Some(p) => {
+                let pv = self.open_inner(&p.name, 1, &OpenAs::Parent { grid: true })?;
+                Some((pv, p.generation))
+            }
+            None => None,
+        };
+        let opening = Opening {
+            owner: owner.clone(),
+            reader: false,
+            import: true,
+            verified,
+        };
+        let vol = Volume::load(self.shared.clone(), fin.clone(), parent, opening)?;
+        let etag = match &state.manifest_etag {
+            Some(t) => Some(t.clone()),
+            None => self.read_remote(&fin.name)?.1,
+        };
+        if let Err(e) = vol.claim(owner, Some(fin), etag) {
+            vol.close();
+            return Err(e);
+        }
+        self.insert_open(&vol);
+        Ok(vol)
+    }
+
+    /// Drops a vDisk's local state on a router that no longer owns it —
+    /// flash files, index entries, read-cache entries, received hand-over
+    /// files — without touching the backend. Closes it first if it is open
+    /// ([`Volume::close_for_handover`]). Refused while an open clone reads
+    /// through it. Forgetting a vDisk this router does not know is not an
+    /// error.
+    pub fn forget_volume(&self, name: &str) -> EngineResult<()> {
+        self.check_open()?;
+        check_name("vDisk", name)?;
+        let _o = self.state.open.lock();
+        let open = self
+            .state
+            .volumes
+            .lock()
+            .values()
+            .find(|v| v.name() == name)
+            .cloned();
+        if let Some(v) = open {
+            let reads_through = self.state.volumes.lock().values().any(|c| {
+                c.id != v.id
+                    && !c.is_closed()
+                    && c.parent.as_ref().is_some_and(|(p, _)| p.id == v.id)
+            });
+            if reads_through {
+                return Err(EngineError::HasClones(format!(
+                    "vDisk {name:?} (open clones read through it)"
+                )));
+            }
+            v.close_for_handover();
+            let mut vols = self.state.volumes.lock();
+            vols.remove(&v.id);
+            self.shared.set_open_volumes(vols.len());
+        }
+        if let Some(id) = self.shared.index.name_to_id(name)? {
+            self.forget_local(id, name)?;
+        }
+        let _ = std::fs::remove_dir_all(self.shared.dir.join("import").join(name));
+        Ok(())
+    }
+
+    /// Drops volume `id`'s (named `name`) index entries, metadata, name,
+    /// replay marker, flash directory and read-cache entries.
+    pub(super) fn forget_local(&self, id: u64, name: &str) -> EngineResult<()> {
+        let cache = &self.shared.cache;
+        let mut hashes: Vec<u128> = Vec::new();
+        self.shared.index.scan(id, 0, u64::MAX, |_, _, m| {
+            if let Mapping::Data(l) = m {
+                hashes.push(l.hash);
+                if hashes.len() >= 1 << 16 {
+                    cache.forget(&hashes);
+                    hashes.clear();
+                }
+            }
+            true
+        })?;
+        cache.forget(&hashes);
+        self.shared.index.delete_volume(id, name)?;
+        let dir = crate::volume::local_dir_of(&self.shared.dir, id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(EngineError::io(format!("removing {}", dir.display()), e)),
+        }
+    }
+}
+
+/// Puts a received file at `to`: a hard link (the received copy stays
+/// until the import succeeded), or a copy across file systems; then
+/// fdatasyncs it unless `sync` is false (its data was synced already; a
+/// copy is synced anyway). The caller syncs the directory.
+fn place_file(from: &Path, to: &Path, sync: bool) -> EngineResult<()> {
+    let _ = std::fs::remove_file(to);
+    let copied = std::fs::hard_link(from, to).is_err();
+    if copied {
+        std::fs::copy(from, to)
+            .map_err(|e| EngineError::io(format!("copying {}", from.display()), e))?;
+    }
+    if sync || copied {
+        std::fs::File::open(to)
+            .and_then(|f| f.sync_data())
+            .map_err(|e| EngineError::io(format!("syncing {}", to.display()), e))?;
+    }
+    Ok(())
+}
