@@ -58,6 +58,9 @@ pub const ROUTES: &[(&str, &str)] = &[
         "/api/v1/vdisks/{name}/snapshots/{snapshot}/rollback",
     ),
     ("get", "/api/v1/routers"),
+    ("post", "/api/v1/routers/{name}/drain"),
+    ("post", "/api/v1/vdisks/{name}/move"),
+    ("post", "/api/v1/vms/{name}/move"),
     ("get", "/metrics"),
 ];
 
@@ -144,6 +147,9 @@ pub fn router(mgr: Arc<Manager>, node: Option<Arc<Node>>, token: Option<String>)
             post(rollback),
         )
         .route("/api/v1/routers", get(list_routers))
+        .route("/api/v1/routers/{name}/drain", post(drain_router))
+        .route("/api/v1/vdisks/{name}/move", post(move_vdisk))
+        .route("/api/v1/vms/{name}/move", post(move_vm))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             DepotError::NotFound {
@@ -251,6 +257,34 @@ async fn metrics(State(app): State<App>) -> Result<Response, DepotError> {
 
 async fn list_routers(State(app): State<App>) -> Answer<Vec<RouterView>> {
     blocking(move || app.mgr.list_routers())
+        .await
+        .map(axum::Json)
+}
+
+async fn drain_router(State(app): State<App>, Path(name): Path<String>) -> Answer<Vec<MoveReport>> {
+    blocking(move || app.mgr.drain_router(&name))
+        .await
+        .map(axum::Json)
+}
+
+async fn move_vdisk(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Answer<MoveReport> {
+    let req: MoveRequest = parse(&body)?;
+    blocking(move || app.mgr.move_vdisk(&name, &req.to, req.force))
+        .await
+        .map(axum::Json)
+}
+
+async fn move_vm(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Answer<Vec<MoveReport>> {
+    let req: MoveRequest = parse(&body)?;
+    blocking(move || app.mgr.move_vm(&name, &req.to))
         .await
         .map(axum::Json)
 }

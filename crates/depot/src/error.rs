@@ -128,6 +128,9 @@ impl From<EngineError> for DepotError {
             EngineError::ReadOnly => {
                 DepotError::BadRequest("the vDisk is read-only (a template?)".into())
             }
+            EngineError::Fenced(m) => DepotError::Unavailable(format!(
+                "this router no longer owns the vDisk ({m}); retry, the request goes to its owner"
+            )),
             e if e.is_retryable() => DepotError::Unavailable(e.to_string()),
             e => DepotError::Internal(e.to_string()),
         }

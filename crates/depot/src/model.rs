@@ -404,6 +404,40 @@ pub struct VDiskView {
     pub generation: Option<u64>,
 }
 
+/// `POST /api/v1/vdisks/{name}/move`, `/vms/{name}/move`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRequest {
+    /// The router to move to.
+    pub to: String,
+    /// When the owner is down: take the vDisk over from the backend on
+    /// `to`, accepting that writes the owner acknowledged but had not
+    /// shipped are lost.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// What a live move did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MoveReport {
+    /// The vDisk.
+    pub vdisk: String,
+    /// The router it left.
+    pub from: String,
+    /// The router that serves it now.
+    pub to: String,
+    /// Its new ownership generation.
+    pub generation: u64,
+    /// Un-shipped bytes copied while the guest ran.
+    pub precopied_bytes: u64,
+    /// Bytes copied while the guest's I/O was held.
+    pub paused_bytes: u64,
+    /// How long the guest's I/O was held, in milliseconds.
+    pub pause_ms: u64,
+    /// The whole move, in milliseconds.
+    pub total_ms: u64,
+}
+
 /// A router of the cluster as `depot router list` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RouterView {

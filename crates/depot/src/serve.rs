@@ -179,7 +179,7 @@ async fn serve(cfg: Config, mgr: Arc<Manager>, node: Option<Arc<Node>>) -> anyho
             peer_listener,
             n.identity().clone(),
             admit,
-            PeerHandler::new(router.clone()),
+            PeerHandler::new(router.clone(), mgr.clone()),
             shutdown.clone(),
         ));
         crate::cluster::feed::spawn(n.clone(), mgr.clone(), shutdown.clone());

@@ -65,7 +65,7 @@ fn ca_params(name: &str) -> PeerResult<CertificateParams> {
 }
 
 impl CaRecord {
-    /// Creates a new CA named `name` (e.g. "Depot cluster <id>").
+    /// Creates a new CA named `name` (e.g. `Depot cluster <id>`).
     pub fn generate(name: &str) -> PeerResult<CaRecord> {
         let key = KeyPair::generate().map_err(pki)?;
         let cert = ca_params(name)?.self_signed(&key).map_err(pki)?;

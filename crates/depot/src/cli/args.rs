@@ -134,6 +134,14 @@ pub enum VmCmd {
         /// Name.
         name: String,
     },
+    /// Move all of a VM's vDisks to another router of the cluster, live.
+    Move {
+        /// Name.
+        name: String,
+        /// The router to move it to.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 /// `depot vdisk ...`
@@ -204,6 +212,18 @@ pub enum VDiskCmd {
         #[arg(long)]
         size: Option<String>,
     },
+    /// Move a vDisk to another router of the cluster, live.
+    Move {
+        /// Name.
+        name: String,
+        /// The router to move it to.
+        #[arg(long)]
+        to: String,
+        /// The owner is down: take the vDisk over from the backend (writes
+        /// the owner acknowledged but had not shipped are lost).
+        #[arg(long)]
+        force: bool,
+    },
     /// Mark a vDisk as a template (read-only; clone VMs from it).
     Template {
         /// Name.
@@ -250,6 +270,11 @@ pub enum SnapshotCmd {
 pub enum RouterCmd {
     /// List the cluster's routers with their state and the vDisks each owns.
     List,
+    /// Move every vDisk off a router (for maintenance), VM by VM.
+    Drain {
+        /// The router to empty.
+        name: String,
+    },
 }
 
 /// A client command.

@@ -98,6 +98,16 @@ impl Ctx {
         self.out.one(&v)
     }
 
+    /// `POST path` answering a list.
+    async fn post_many<T: Tabular + Serialize + DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &impl Serialize,
+    ) -> anyhow::Result<String> {
+        let v: Vec<T> = self.client.one(Method::POST, path, body(req)?).await?;
+        self.out.many(&v)
+    }
+
     /// `method path` without an answer to show; `msg` acknowledges it.
     async fn done(&self, method: Method, path: &str, msg: String) -> anyhow::Result<String> {
         self.client.done(method, path, None).await?;
@@ -125,6 +135,11 @@ async fn execute(args: &ClientArgs, cmd: ClientCmd) -> anyhow::Result<String> {
     };
     match cmd {
         ClientCmd::Router(RouterCmd::List) => ctx.list::<RouterView>("/api/v1/routers").await,
+        ClientCmd::Router(RouterCmd::Drain { name }) => {
+            let path = format!("/api/v1/routers/{}/drain", client::enc(&name));
+            ctx.post_many::<MoveReport>(&path, &serde_json::json!({}))
+                .await
+        }
         ClientCmd::VPool(cmd) => vpool(&ctx, cmd).await,
         ClientCmd::Vm(cmd) => vm(&ctx, cmd).await,
         ClientCmd::VDisk(cmd) => vdisk(&ctx, cmd).await,
@@ -212,6 +227,11 @@ async fn vm(ctx: &Ctx, cmd: VmCmd) -> anyhow::Result<String> {
         VmCmd::List => ctx.list::<VmView>(VmView::PATH).await,
         VmCmd::Show { name } => ctx.show::<VmView>(&name).await,
         VmCmd::Delete { name } => ctx.delete::<VmView>(&name).await,
+        VmCmd::Move { name, to } => {
+            let path = format!("{}/move", VmView::item(&name));
+            ctx.post_many::<MoveReport>(&path, &MoveRequest { to, force: false })
+                .await
+        }
     }
 }
 
@@ -282,6 +302,11 @@ async fn vdisk(ctx: &Ctx, cmd: VDiskCmd) -> anyhow::Result<String> {
             ctx.post::<VDiskView>(&path, &req).await
         }
         VDiskCmd::Delete { name } => ctx.delete::<VDiskView>(&name).await,
+        VDiskCmd::Move { name, to, force } => {
+            let path = format!("{}/move", VDiskView::item(&name));
+            ctx.post::<MoveReport>(&path, &MoveRequest { to, force })
+                .await
+        }
         VDiskCmd::Template { name, off } => {
             let req = SetTemplate { template: !off };
             let path = format!("{}/template", VDiskView::item(&name));

@@ -11,7 +11,7 @@ use anyhow::Context;
 use depot_engine::BackendConfig;
 use serde::Serialize;
 
-use crate::model::{RouterView, SnapshotView, VDiskView, VPoolView, VmView};
+use crate::model::{MoveReport, RouterView, SnapshotView, VDiskView, VPoolView, VmView};
 use crate::size;
 
 /// An object shown as one table row.
@@ -180,6 +180,31 @@ impl Tabular for RouterView {
             self.vdisks.to_string(),
             self.tpgt.to_string(),
             self.failure_domain.clone().unwrap_or_else(|| "-".into()),
+        ]
+    }
+}
+
+impl Tabular for MoveReport {
+    const HEADERS: &'static [&'static str] = &[
+        "VDISK",
+        "FROM",
+        "TO",
+        "GENERATION",
+        "PRECOPIED",
+        "PAUSED",
+        "PAUSE",
+        "TOTAL",
+    ];
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.vdisk.clone(),
+            self.from.clone(),
+            self.to.clone(),
+            self.generation.to_string(),
+            size::format(self.precopied_bytes),
+            size::format(self.paused_bytes),
+            format!("{} ms", self.pause_ms),
+            format!("{} ms", self.total_ms),
         ]
     }
 }

@@ -8,10 +8,11 @@
 //!   nothing reaches an initiator after this router's lease could have
 //!   lapsed (a late write may be on local flash, but it is never
 //!   acknowledged).
-//! - Switching ([`Routed::switch`]) takes the device's write lock: it
-//!   waits for commands in progress, and new commands wait until the
-//!   switch is done (the inline, non-blocking path declines instead of
-//!   waiting).
+//! - Switching ([`Routed::switch`]) and holding ([`Routed::hold`]) take
+//!   the device's write lock: they wait for commands in progress, and new
+//!   commands wait until the switch is done (the inline, non-blocking path
+//!   declines instead of waiting), which is how a move pauses I/O without
+//!   failing it.
 //! - [`Standby`] has the vDisk's geometry for the commands a standby port
 //!   serves (INQUIRY, REPORT LUNS, RTPG, PR) and answers `Unavailable` to
 //!   any I/O that reaches it.
@@ -24,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use depot_block::{BlockDevice, BlockError, BlockResult, Provisioning};
 use depot_cluster::Fence;
-use parking_lot::RwLock;
+use parking_lot::{RwLock, RwLockWriteGuard};
 
 fn lapsed() -> BlockError {
     BlockError::Unavailable("this router's cluster lease lapsed; it no longer serves I/O".into())
@@ -35,6 +36,10 @@ pub struct Routed {
     inner: RwLock<Arc<dyn BlockDevice>>,
     fence: Arc<Fence>,
 }
+
+/// I/O held on a [`Routed`] device until this is dropped (or passed to
+/// [`Routed::switch_held`]).
+pub struct Held<'a>(RwLockWriteGuard<'a, Arc<dyn BlockDevice>>);
 
 impl Routed {
     /// Starts with `inner`.
@@ -48,6 +53,18 @@ impl Routed {
     /// Replaces the device once commands in progress are done.
     pub fn switch(&self, to: Arc<dyn BlockDevice>) {
         *self.inner.write() = to;
+    }
+
+    /// Holds new commands (they wait; the non-blocking path declines) once
+    /// those in progress are done: how a move pauses I/O without failing it.
+    pub fn hold(&self) -> Held<'_> {
+        Held(self.inner.write())
+    }
+
+    /// Replaces the device while holding, then lets commands go on.
+    pub fn switch_held(held: Held<'_>, to: Arc<dyn BlockDevice>) {
+        let mut g = held.0;
+        *g = to;
     }
 
     fn gate<T>(&self, r: BlockResult<T>) -> BlockResult<T> {
@@ -191,6 +208,22 @@ mod tests {
         let mut b = [0u8; 512];
         open.read(0, &mut b).unwrap();
         assert_eq!(b[0], 2);
+    }
+
+    #[test]
+    fn a_held_device_declines_nowait_and_switches_when_released() {
+        let mem: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(512, 64));
+        let d = Routed::new(mem, Fence::always_open());
+        let held = d.hold();
+        assert!(
+            !d.try_write_nowait(0, &[1u8; 512]).unwrap(),
+            "declines while held"
+        );
+        Routed::switch_held(held, Arc::new(Standby::new(512 * 64, 512, false)));
+        assert!(matches!(
+            d.read(0, &mut [0u8; 512]),
+            Err(BlockError::Unavailable(_))
+        ));
     }
 
     #[test]

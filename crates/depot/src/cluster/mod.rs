@@ -17,6 +17,7 @@
 
 pub mod device;
 pub mod feed;
+pub mod fencing;
 pub mod peer;
 pub mod reservations;
 

@@ -45,27 +45,47 @@ pub struct ApiAnswer {
     pub status: u16,
 }
 
+/// Operations other routers ask of this one besides API calls (the
+/// target side of a live move), run on a blocking thread.
+pub trait Ops: Send + Sync + 'static {
+    /// Runs `op`; its JSON answer or a refusal message.
+    fn run(
+        &self,
+        op: &str,
+        msg: serde_json::Value,
+        body: &[u8],
+    ) -> Result<serde_json::Value, String>;
+}
+
 /// Serves other routers' requests.
 pub struct PeerHandler {
     api: axum::Router,
+    ops: Arc<dyn Ops>,
 }
 
 impl PeerHandler {
-    /// A handler that runs forwarded API calls through `api`.
-    pub fn new(api: axum::Router) -> Arc<Self> {
-        Arc::new(PeerHandler { api })
+    /// A handler that runs forwarded API calls through `api` and every
+    /// other operation through `ops`.
+    pub fn new(api: axum::Router, ops: Arc<dyn Ops>) -> Arc<Self> {
+        Arc::new(PeerHandler { api, ops })
     }
 }
 
 impl Handler for PeerHandler {
     fn handle(&self, from: &str, op: &str, msg: serde_json::Value, body: Bytes) -> ReplyFuture {
         let api = self.api.clone();
+        let ops = self.ops.clone();
         let from = from.to_string();
         let op = op.to_string();
         Box::pin(async move {
             match op.as_str() {
                 "api" => run_api(api, &from, msg, body).await,
-                other => Err(format!("unknown operation {other:?}")),
+                _ => {
+                    let r = tokio::task::spawn_blocking(move || ops.run(&op, msg, &body))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    r.map(|v| (v, Bytes::new()))
+                }
             }
         })
     }

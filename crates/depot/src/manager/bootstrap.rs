@@ -104,6 +104,7 @@ impl Manager {
             scsi_registry: Registry::new(),
             metrics,
             moves: parking_lot::Mutex::new(Default::default()),
+            imports: parking_lot::Mutex::new(Default::default()),
         });
         {
             let mut st = m.lock();
@@ -163,12 +164,12 @@ impl Manager {
         let info = &d.info;
         let (dev, volume, raw, routed, generation) = match &self.cluster {
             None => {
-                let (dev, volume, raw) = self.open_storage(st, d, create_raw)?;
+                let (dev, volume, raw) = self.open_storage(st, d, create_raw, 0)?;
                 (dev, volume, raw, None, None)
             }
             Some(node) => {
                 let served = match self.serving_generation(d, generation)? {
-                    Some(g) => Some((self.open_storage(st, d, create_raw)?, g)),
+                    Some(g) => Some((self.open_storage(st, d, create_raw, g)?, g)),
                     None => None,
                 };
                 let (inner, volume, raw, g) = match served {
@@ -239,12 +240,14 @@ impl Manager {
         Ok(())
     }
 
-    /// Opens `d`'s storage: its engine volume or its raw image.
+    /// Opens `d`'s storage: its engine volume (in a cluster as the owner
+    /// under `generation`) or its raw image.
     pub(super) fn open_storage(
         &self,
         st: &State,
         d: &VDiskRecord,
         create_raw: bool,
+        generation: u64,
     ) -> DepotResult<Storage> {
         let info = &d.info;
         let (dev, volume, raw): Storage = match info.kind {
@@ -254,7 +257,8 @@ impl Manager {
                     .pools
                     .get(pool_name)
                     .ok_or_else(|| not_found("vPool", pool_name))?;
-                let v = pool.open_volume(&info.name)?;
+                let v =
+                    pool.open_volume_as(&info.name, &self.owner(&info.name, generation, pool))?;
                 (v.clone(), Some(v), None)
             }
             VDiskKind::Raw => {

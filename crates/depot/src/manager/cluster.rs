@@ -77,6 +77,27 @@ impl Manager {
             .or_else(|| Some(node.name().to_string()))
     }
 
+    /// The engine owner context of `vdisk` under `generation`: standalone
+    /// (generation 0) on a standalone router; in a cluster, fenced by this
+    /// router's lease and, on a backend without conditional PUTs, by the
+    /// ownership in etcd.
+    pub(super) fn owner(
+        &self,
+        vdisk: &str,
+        generation: u64,
+        pool: &depot_engine::VPool,
+    ) -> depot_engine::Owner {
+        match &self.cluster {
+            None => depot_engine::Owner::standalone(),
+            Some(node) => depot_engine::Owner::new(crate::cluster::fencing::VdiskFencing::new(
+                node.clone(),
+                vdisk,
+                generation,
+                pool.fencing_mode(),
+            )),
+        }
+    }
+
     /// Claims `vdisk` for this router under a new generation: from no owner
     /// (a new vDisk) or from this router's own earlier generation (a
     /// restart). The view learns it at once.
@@ -283,9 +304,16 @@ impl Manager {
                     live.lu.capacity_changed();
                 }
             } else if !serving && mine && !self.moving(name) {
-                // Owned here but not served (a takeover by this router, or
-                // an attach that failed earlier).
-                self.serve(st, d);
+                // Owned here but not served: a move whose commit never
+                // came (finish it from what was staged), a takeover by this
+                // router, or an attach that failed earlier.
+                if self.staged_in(st, name) {
+                    if let Err(e) = self.finish_staged_locked(st, name) {
+                        tracing::error!(vdisk = %name, error = %e, "cannot finish a staged move");
+                    }
+                } else {
+                    self.serve(st, d);
+                }
             }
         }
         let names: BTreeSet<&str> = disks.iter().map(|d| d.info.name.as_str()).collect();
@@ -447,6 +475,123 @@ impl Manager {
         }
     }
 
+    /// Moves every vDisk of `vm` to router `to` (each on its owner, in LUN
+    /// order); what each move took.
+    pub fn move_vm(&self, vm: &str, to: &str) -> DepotResult<Vec<crate::model::MoveReport>> {
+        let node = self.cluster.clone().ok_or_else(|| {
+            DepotError::BadRequest(
+                "this router runs standalone: there is nowhere to move to".into(),
+            )
+        })?;
+        let disks: Vec<String> = {
+            let st = self.lock();
+            if st.catalog.vm(vm).is_none() {
+                return Err(super::not_found("VM", vm));
+            }
+            st.catalog
+                .vm_disks(vm)
+                .iter()
+                .map(|d| d.info.name.clone())
+                .collect()
+        };
+        let mut reports = Vec::new();
+        for d in disks {
+            let owner = node.view().owners.get(&d).map(|o| o.router.clone());
+            match owner {
+                Some(o) if o == to => {}
+                Some(o) if o == node.name() => reports.push(self.move_vdisk(&d, to, false)?),
+                Some(o) => reports.push(self.move_remote(&node, &o, &d, to)?),
+                None => {
+                    return Err(DepotError::Unavailable(format!("vDisk {d:?} has no owner")));
+                }
+            }
+        }
+        Ok(reports)
+    }
+
+    /// Asks router `owner` to move vDisk `d` to `to`.
+    fn move_remote(
+        &self,
+        node: &Arc<crate::cluster::Node>,
+        owner: &str,
+        d: &str,
+        to: &str,
+    ) -> DepotResult<crate::model::MoveReport> {
+        let body = serde_json::to_vec(&crate::model::MoveRequest {
+            to: to.to_string(),
+            force: false,
+        })
+        .map_err(|e| DepotError::Internal(e.to_string()))?;
+        let uri = format!("/api/v1/vdisks/{d}/move");
+        let (status, body) = node.block_on(crate::cluster::peer::forward(
+            node,
+            owner,
+            &axum::http::Method::POST,
+            &uri,
+            &body,
+        ))?;
+        if !status.is_success() {
+            let msg = serde_json::from_slice::<crate::model::ErrorBody>(&body)
+                .map(|e| e.message)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            return Err(DepotError::Unavailable(format!(
+                "moving vDisk {d:?} on router {owner}: {msg}"
+            )));
+        }
+        serde_json::from_slice(&body).map_err(|e| DepotError::Internal(e.to_string()))
+    }
+
+    /// Moves everything off router `name` (maintenance): each VM with
+    /// vDisks there goes, whole, to the up router that owns the fewest
+    /// vDisks (another failure domain first).
+    pub fn drain_router(&self, name: &str) -> DepotResult<Vec<crate::model::MoveReport>> {
+        let node = self
+            .cluster
+            .clone()
+            .ok_or_else(|| DepotError::BadRequest("this router runs standalone".into()))?;
+        let (vms, targets) = {
+            let st = self.lock();
+            let v = node.view();
+            let Some(drained) = v.routers.get(name) else {
+                return Err(DepotError::BadRequest(format!(
+                    "router {name:?} is not a member"
+                )));
+            };
+            let mut vms: Vec<String> = st
+                .catalog
+                .vdisks()
+                .filter(|d| v.owners.get(&d.info.name).is_some_and(|o| o.router == name))
+                .map(|d| d.info.vm.clone())
+                .collect();
+            vms.sort();
+            vms.dedup();
+            let mut targets: Vec<(bool, usize, String)> = v
+                .routers
+                .values()
+                .filter(|r| r.name != name && v.is_up(&r.name))
+                .map(|r| {
+                    let load = v.owners.values().filter(|o| o.router == r.name).count();
+                    let same_domain =
+                        r.failure_domain.is_some() && r.failure_domain == drained.failure_domain;
+                    (same_domain, load, r.name.clone())
+                })
+                .collect();
+            targets.sort();
+            (vms, targets)
+        };
+        if !vms.is_empty() && targets.is_empty() {
+            return Err(DepotError::Unavailable(format!(
+                "no other router is up to take router {name:?}'s vDisks"
+            )));
+        }
+        let mut reports = Vec::new();
+        for (i, vm) in vms.iter().enumerate() {
+            let to = &targets[i % targets.len()].2;
+            reports.extend(self.move_vm(vm, to)?);
+        }
+        Ok(reports)
+    }
+
     /// Whether a move of `vdisk` is under way on this router (its state is
     /// the move's business, not reconcile's).
     pub(super) fn moving(&self, vdisk: &str) -> bool {
@@ -463,22 +608,24 @@ impl Manager {
             r.switch(standby_of(d));
         }
         live.generation = None;
-        live.volume = None;
+        let volume = live.volume.take();
         live.raw = None;
         tracing::error!(vdisk = %d.info.name, "another router took this vDisk over; it is standby here (writes this router acknowledged but had not shipped are not in the new owner's copy)");
-        self.forget_local(st, d);
-    }
-
-    /// Drops this router's local copy of `d` (another router owns it).
-    fn forget_local(&self, st: &State, d: &VDiskRecord) {
-        let _ = (st, d);
+        if let Some(v) = volume {
+            v.close_for_handover();
+        }
+        if let Some(pool) = d.info.vpool.as_ref().and_then(|p| st.pools.get(p))
+            && let Err(e) = pool.forget_volume(&d.info.name)
+        {
+            tracing::warn!(vdisk = %d.info.name, error = %e, "cannot forget the local copy");
+        }
     }
 
     /// Starts serving `d`, which this router owns, under a fresh claim.
     fn serve(&self, st: &mut State, d: &VDiskRecord) {
         let result = (|| -> DepotResult<()> {
             let g = self.claim(&d.info.name)?.generation;
-            let (dev, volume, raw) = self.open_storage(st, d, false)?;
+            let (dev, volume, raw) = self.open_storage(st, d, false, g)?;
             let live = st
                 .disks
                 .get_mut(&d.info.name)

@@ -35,6 +35,7 @@
 mod bootstrap;
 mod cluster;
 mod declared;
+mod moves;
 mod snapshot;
 mod stats;
 mod vdisk;
@@ -111,6 +112,8 @@ pub struct Manager {
     metrics: Arc<Metrics>,
     /// vDisks with a move under way on this router.
     moves: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// Imports prepared here for moves in (target side).
+    imports: parking_lot::Mutex<moves::Imports>,
 }
 
 impl std::fmt::Debug for Manager {

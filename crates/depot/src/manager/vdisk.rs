@@ -227,6 +227,7 @@ impl Manager {
             &req,
             &source,
             (kind, vpool.clone(), size, block_size),
+            generation,
         ) {
             Ok(x) => x,
             Err(e) => {
@@ -387,6 +388,7 @@ impl Manager {
         req: &CreateVDisk,
         source: &Option<(String, Option<String>)>,
         (kind, vpool, size, block_size): (VDiskKind, Option<String>, Option<u64>, u32),
+        generation: u64,
     ) -> DepotResult<(u64, u32)> {
         Ok(match kind {
             VDiskKind::Engine => {
@@ -402,10 +404,13 @@ impl Manager {
                         }
                     })?
                     .clone();
+                let owner = self.owner(&req.name, generation, &pool);
                 let v = match &source {
-                    None => pool.create_volume(&req.name, size.unwrap_or(0), block_size)?,
+                    None => {
+                        pool.create_volume_as(&req.name, size.unwrap_or(0), block_size, &owner)?
+                    }
                     Some((src, snap)) => {
-                        let v = pool.clone_volume(src, snap.as_deref(), &req.name)?;
+                        let v = pool.clone_volume_as(src, snap.as_deref(), &req.name, &owner)?;
                         let cur = v.num_blocks() * u64::from(v.block_size());
                         if let Some(s) = size {
                             if s < cur {

@@ -101,6 +101,16 @@ impl Drop for ImportPrep {
 }
 
 impl ImportPrep {
+    /// The same preparation under `owner` instead: the daemon prepares
+    /// with a provisional owner (the real generation comes from the
+    /// ownership change, after the freeze) and finishes with the real one,
+    /// which must still be above the old owner's ([`VPool::finish_import`]
+    /// checks).
+    pub fn with_owner(mut self, owner: Owner) -> Self {
+        self.owner = owner;
+        self
+    }
+
     /// The vDisk being imported.
     pub fn name(&self) -> &str {
         &self.name
