@@ -86,19 +86,134 @@ fn main() -> std::process::ExitCode {
             };
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DEPOT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let result = config::load(&command).and_then(serve::run);
+    // The configuration is read (it logs nothing) before logging starts, so
+    // a clustered router's name is on every line from the first one.
+    let result = config::load(&command).and_then(|cfg| {
+        init_logging(cfg.cluster.as_ref().map(|c| c.etcd.router.clone()));
+        serve::run(cfg)
+    });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("depot: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs of `depot serve` on stderr, filtered by `DEPOT_LOG` (default
+/// `info`); a clustered router's lines carry its name ([`RouterLines`]).
+fn init_logging(router: Option<String>) {
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DEPOT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr);
+    match router {
+        None => b.init(),
+        Some(router) => b.event_format(RouterLines::new(router)).init(),
+    }
+}
+
+/// The default log line with `router=NAME` after the timestamp:
+/// `2026-05-01T10:00:00.000000Z router=r1  INFO depot::serve: ...`. Every
+/// line of every thread carries it (a span would only cover the threads
+/// that entered it). It stands apart from an event's own fields, where
+/// `router=` names the other router of a move or a forwarded call.
+struct RouterLines {
+    router: String,
+    inner: tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Full, ()>,
+}
+
+impl RouterLines {
+    fn new(router: String) -> Self {
+        RouterLines {
+            router,
+            inner: tracing_subscriber::fmt::format().without_time(),
+        }
+    }
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for RouterLines
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut w: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use tracing_subscriber::fmt::time::FormatTime;
+        // The timestamp as the default format writes it (dimmed in colour).
+        let ansi = w.has_ansi_escapes();
+        if ansi {
+            w.write_str("\x1b[2m")?;
+        }
+        if tracing_subscriber::fmt::time::SystemTime
+            .format_time(&mut w)
+            .is_err()
+        {
+            w.write_str("<unknown time>")?;
+        }
+        if ansi {
+            w.write_str("\x1b[0m")?;
+        }
+        write!(w, " router={} ", self.router)?;
+        self.inner.format_event(ctx, w, event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn log_line(router: Option<&str>) -> String {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let b = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || out.clone());
+        let emit = || tracing::warn!(router = "r2", vdisk = "d1", "moving");
+        match router {
+            None => tracing::subscriber::with_default(b.finish(), emit),
+            Some(r) => tracing::subscriber::with_default(
+                b.event_format(RouterLines::new(r.to_string())).finish(),
+                emit,
+            ),
+        }
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn clustered_log_lines_carry_the_router_name_after_the_timestamp() {
+        let plain = log_line(None);
+        let named = log_line(Some("r1"));
+        let (ts, rest) = plain.split_once(' ').unwrap();
+        assert!(ts.ends_with('Z'), "{plain}");
+        let (ts2, rest2) = named.split_once(' ').unwrap();
+        assert!(ts2.ends_with('Z'), "{named}");
+        // Exactly the standalone line with the name after the timestamp.
+        assert_eq!(rest2, format!("router=r1 {rest}"), "{plain}{named}");
+        assert!(
+            rest.ends_with("moving router=\"r2\" vdisk=\"d1\"\n"),
+            "{rest}"
+        );
     }
 }

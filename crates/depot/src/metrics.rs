@@ -6,12 +6,17 @@
 //! Invariants: per-vDisk series are labelled `vm` and `vdisk` and removed
 //! when the vDisk is deleted; pool and session numbers are sampled from the
 //! engine and the target registry when `/metrics` is scraped, so the render
-//! is always current and costs nothing on the I/O path.
+//! is always current and costs nothing on the I/O path. The cluster
+//! families ([`ClusterSample`]) are replaced as a whole at every scrape of
+//! a clustered router, under one lock with the render, so a scrape never
+//! shows a vDisk under two owners or a router that left; a standalone
+//! router never sets them, and families without series are not rendered.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use depot_block::{BlockDevice, BlockResult, Provisioning};
+use depot_cluster::LeaseStatus;
 use prometheus::core::{Atomic, GenericCounter};
 use prometheus::{
     CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
@@ -60,6 +65,68 @@ pub struct Metrics {
     pub vpool_throttle_seconds: CounterVec,
     /// Sessions per target.
     pub sessions: IntGaugeVec,
+    cluster: ClusterFamilies,
+    /// Serializes a scrape's cluster sampling with its render.
+    scrape: parking_lot::Mutex<()>,
+}
+
+/// The families only a clustered router fills ([`Metrics::set_cluster`]).
+struct ClusterFamilies {
+    router_info: IntGaugeVec,
+    lease_remaining: GaugeVec,
+    lease_state: IntGaugeVec,
+    vdisks_owned: IntGaugeVec,
+    router_up: IntGaugeVec,
+    vdisk_owner: IntGaugeVec,
+    vdisk_generation: IntGaugeVec,
+}
+
+/// The largest lease time to live `depot serve` accepts (`lease_ttl_secs`);
+/// the fence can never be open longer, so the remaining time is clamped to
+/// it (a fence that never closes would otherwise render as 5.8e11 years).
+pub const MAX_LEASE_SECS: f64 = 300.0;
+
+/// What a clustered router reports of itself and of its view of the
+/// cluster at one scrape.
+#[derive(Debug, Clone)]
+pub struct ClusterSample {
+    /// This router's name.
+    pub router: String,
+    /// Its portal group tag.
+    pub tpgt: u16,
+    /// Its lease's renewal status (`None`: no lease held).
+    pub lease: Option<LeaseStatus>,
+    /// How long it may still acknowledge I/O without another renewal.
+    pub fence_remaining: Duration,
+    /// Every member of the cluster and whether its lease lives.
+    pub routers: Vec<(String, bool)>,
+    /// Every vDisk with an owner.
+    pub vdisks: Vec<VDiskOwner>,
+}
+
+/// One vDisk's ownership as the router's view holds it.
+#[derive(Debug, Clone)]
+pub struct VDiskOwner {
+    /// Its VM.
+    pub vm: String,
+    /// The vDisk.
+    pub vdisk: String,
+    /// The router that owns it.
+    pub owner: String,
+    /// The ownership's generation.
+    pub generation: u64,
+}
+
+/// The `state` label of `depot_router_lease_state` (one series per value).
+pub const LEASE_STATES: [&str; 4] = ["live", "renewing", "etcd_down", "expired"];
+
+fn lease_state(s: Option<LeaseStatus>) -> &'static str {
+    match s {
+        Some(LeaseStatus::Live) => "live",
+        Some(LeaseStatus::Renewing) => "renewing",
+        Some(LeaseStatus::EtcdDown) => "etcd_down",
+        Some(LeaseStatus::Expired) | None => "expired",
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -215,6 +282,44 @@ impl Metrics {
                 "Logged-in iSCSI sessions per VM target.",
                 &["vm"],
             ),
+            cluster: ClusterFamilies {
+                router_info: igv(
+                    "depot_router_info",
+                    "This router of the cluster (always 1): its name and portal group tag.",
+                    &["router", "tpgt"],
+                ),
+                lease_remaining: gv(
+                    "depot_router_lease_remaining_seconds",
+                    "How long this router may still acknowledge I/O without another lease renewal.",
+                    &["router"],
+                ),
+                lease_state: igv(
+                    "depot_router_lease_state",
+                    "This router's lease: 1 for the current state (live, renewing, etcd_down, expired), 0 for the others.",
+                    &["router", "state"],
+                ),
+                vdisks_owned: igv(
+                    "depot_router_vdisks_owned",
+                    "vDisks this router owns (serves the I/O of).",
+                    &["router"],
+                ),
+                router_up: igv(
+                    "depot_cluster_router_up",
+                    "Each member of the cluster as this router sees it: 1 while its lease lives.",
+                    &["router"],
+                ),
+                vdisk_owner: igv(
+                    "depot_vdisk_owner_info",
+                    "The router that owns each vDisk of the cluster (always 1).",
+                    &["vm", "vdisk", "owner"],
+                ),
+                vdisk_generation: igv(
+                    "depot_vdisk_generation",
+                    "The generation of each vDisk's ownership (only grows).",
+                    &disk,
+                ),
+            },
+            scrape: parking_lot::Mutex::new(()),
             registry: r,
         })
     }
@@ -286,8 +391,60 @@ impl Metrics {
         }
     }
 
-    /// The text exposition of every metric.
-    pub fn render(&self) -> String {
+    /// Replaces the cluster families with `s` (a clustered router, at
+    /// every scrape; see [`Metrics::render_with`]).
+    fn set_cluster(&self, s: &ClusterSample) {
+        let c = &self.cluster;
+        c.router_info.reset();
+        c.lease_remaining.reset();
+        c.lease_state.reset();
+        c.vdisks_owned.reset();
+        c.router_up.reset();
+        c.vdisk_owner.reset();
+        c.vdisk_generation.reset();
+        let me = s.router.as_str();
+        c.router_info
+            .with_label_values(&[me, s.tpgt.to_string().as_str()])
+            .set(1);
+        c.lease_remaining
+            .with_label_values(&[me])
+            .set(s.fence_remaining.as_secs_f64().min(MAX_LEASE_SECS));
+        let current = lease_state(s.lease);
+        for state in LEASE_STATES {
+            c.lease_state
+                .with_label_values(&[me, state])
+                .set(i64::from(state == current));
+        }
+        for (router, up) in &s.routers {
+            c.router_up
+                .with_label_values(&[router.as_str()])
+                .set(i64::from(*up));
+        }
+        let mut owned = 0i64;
+        for d in &s.vdisks {
+            c.vdisk_owner
+                .with_label_values(&[d.vm.as_str(), d.vdisk.as_str(), d.owner.as_str()])
+                .set(1);
+            c.vdisk_generation
+                .with_label_values(&[d.vm.as_str(), d.vdisk.as_str()])
+                .set(i64::try_from(d.generation).unwrap_or(i64::MAX));
+            owned += i64::from(d.owner == me);
+        }
+        c.vdisks_owned.with_label_values(&[me]).set(owned);
+    }
+
+    /// The text exposition of every metric, with the cluster families
+    /// replaced by `cluster` first when given (one scrape at a time, so a
+    /// render never sees another scrape's half-filled cluster families).
+    pub fn render_with(&self, cluster: Option<&ClusterSample>) -> String {
+        let _scrape = self.scrape.lock();
+        if let Some(s) = cluster {
+            self.set_cluster(s);
+        }
+        self.render_now()
+    }
+
+    fn render_now(&self) -> String {
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::error!(error = %e, "encoding metrics failed");
@@ -448,12 +605,98 @@ mod tests {
         // Inline (non-blocking) I/O is counted like the blocking kind.
         assert!(dev.try_read_nowait(1, &mut buf).unwrap());
         assert!(dev.try_write_nowait(2, &[2u8; 512]).unwrap());
-        let text = m.render();
+        let text = m.render_with(None);
         assert!(text.contains("depot_vdisk_write_bytes_total{vdisk=\"d1\",vm=\"vm1\"} 1536"));
         assert!(text.contains("depot_vdisk_read_ops_total{vdisk=\"d1\",vm=\"vm1\"} 2"));
         assert!(text.contains("depot_vdisk_io_errors_total{vdisk=\"d1\",vm=\"vm1\"} 1"));
         assert!(text.contains("depot_vdisk_queue_depth{vdisk=\"d1\",vm=\"vm1\"} 0"));
         m.forget_vdisk("vm1", "d1");
-        assert!(!m.render().contains("vm1"));
+        assert!(!m.render_with(None).contains("vm1"));
+    }
+
+    fn sample(owner: &str, generation: u64, lease: Option<LeaseStatus>) -> ClusterSample {
+        ClusterSample {
+            router: "r1".into(),
+            tpgt: 1,
+            lease,
+            fence_remaining: Duration::from_millis(7500),
+            routers: vec![("r1".into(), true), ("r2".into(), false)],
+            vdisks: vec![
+                VDiskOwner {
+                    vm: "web1".into(),
+                    vdisk: "web1-root".into(),
+                    owner: owner.into(),
+                    generation,
+                },
+                VDiskOwner {
+                    vm: "web1".into(),
+                    vdisk: "web1-data".into(),
+                    owner: "r1".into(),
+                    generation: 12,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_standalone_router_renders_no_cluster_family() {
+        let m = Metrics::new();
+        let _dev = m.meter("vm1", "d1", Arc::new(MemDevice::new(512, 64)));
+        let text = m.render_with(None);
+        for name in [
+            "depot_router_",
+            "depot_cluster_",
+            "depot_vdisk_owner_info",
+            "depot_vdisk_generation",
+        ] {
+            assert!(!text.contains(name), "{name} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn cluster_families_show_this_router_the_members_and_owners() {
+        let m = Metrics::new();
+        let text = m.render_with(Some(&sample("r2", 40, Some(LeaseStatus::Live))));
+        for line in [
+            "depot_router_info{router=\"r1\",tpgt=\"1\"} 1",
+            "depot_router_lease_remaining_seconds{router=\"r1\"} 7.5",
+            "depot_router_lease_state{router=\"r1\",state=\"live\"} 1",
+            "depot_router_lease_state{router=\"r1\",state=\"renewing\"} 0",
+            "depot_router_lease_state{router=\"r1\",state=\"etcd_down\"} 0",
+            "depot_router_lease_state{router=\"r1\",state=\"expired\"} 0",
+            "depot_router_vdisks_owned{router=\"r1\"} 1",
+            "depot_cluster_router_up{router=\"r1\"} 1",
+            "depot_cluster_router_up{router=\"r2\"} 0",
+            "depot_vdisk_owner_info{owner=\"r2\",vdisk=\"web1-root\",vm=\"web1\"} 1",
+            "depot_vdisk_owner_info{owner=\"r1\",vdisk=\"web1-data\",vm=\"web1\"} 1",
+            "depot_vdisk_generation{vdisk=\"web1-root\",vm=\"web1\"} 40",
+            "depot_vdisk_generation{vdisk=\"web1-data\",vm=\"web1\"} 12",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+        // The next scrape replaces everything: the moved vDisk has one
+        // owner, a member that left is gone, an unbounded fence is clamped.
+        let mut s = sample("r1", 41, Some(LeaseStatus::Renewing));
+        s.routers.pop();
+        s.fence_remaining = Duration::MAX;
+        let text = m.render_with(Some(&s));
+        assert!(!text.contains("owner=\"r2\""), "{text}");
+        assert!(!text.contains("router=\"r2\""), "{text}");
+        for line in [
+            "depot_vdisk_owner_info{owner=\"r1\",vdisk=\"web1-root\",vm=\"web1\"} 1",
+            "depot_vdisk_generation{vdisk=\"web1-root\",vm=\"web1\"} 41",
+            "depot_router_vdisks_owned{router=\"r1\"} 2",
+            "depot_router_lease_state{router=\"r1\",state=\"live\"} 0",
+            "depot_router_lease_state{router=\"r1\",state=\"renewing\"} 1",
+            "depot_router_lease_remaining_seconds{router=\"r1\"} 300",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+        // No lease held (the router left): expired.
+        let text = m.render_with(Some(&sample("r1", 42, None)));
+        assert!(
+            text.contains("depot_router_lease_state{router=\"r1\",state=\"expired\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -2,7 +2,9 @@
 //! JSON with `--json`.
 //!
 //! Invariants: one row per object and one column list per kind
-//! ([`Tabular`]); JSON output is the answer re-encoded as pretty JSON
+//! ([`Tabular`]), plus optional columns (cluster-only fields) shown only
+//! when some row of the table has them, so a standalone router's tables
+//! are what they always were; JSON output is the answer re-encoded as pretty JSON
 //! (object keys sorted), so it does not depend on field order in the
 //! views; a command that only acknowledges prints its message in table
 //! mode and nothing with `--json`.
@@ -20,6 +22,13 @@ pub trait Tabular {
     const HEADERS: &'static [&'static str];
     /// The row's cells, one per heading.
     fn row(&self) -> Vec<String>;
+    /// Headings of columns shown after [`Tabular::HEADERS`] only when some
+    /// row of the table has a value for them (a cell without one shows `-`).
+    const OPTIONAL: &'static [&'static str] = &[];
+    /// The row's optional cells, one per optional heading.
+    fn optional(&self) -> Vec<Option<String>> {
+        Vec::new()
+    }
 }
 
 /// Left-aligned columns two spaces apart, trailing blanks trimmed.
@@ -50,9 +59,29 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
-/// The table of `items`.
+/// The table of `items`: the kind's columns, then each optional column
+/// that some item has a value for.
 pub fn rows<T: Tabular>(items: &[T]) -> String {
-    table(T::HEADERS, items.iter().map(Tabular::row).collect())
+    let extra: Vec<Vec<Option<String>>> = items.iter().map(Tabular::optional).collect();
+    let shown: Vec<usize> = (0..T::OPTIONAL.len())
+        .filter(|&i| extra.iter().any(|r| r.get(i).is_some_and(Option::is_some)))
+        .collect();
+    let mut headers = T::HEADERS.to_vec();
+    headers.extend(shown.iter().map(|&i| T::OPTIONAL[i]));
+    let cells = items
+        .iter()
+        .zip(extra)
+        .map(|(item, mut opt)| {
+            let mut row = item.row();
+            row.extend(shown.iter().map(|&i| {
+                opt.get_mut(i)
+                    .and_then(Option::take)
+                    .unwrap_or_else(|| "-".into())
+            }));
+            row
+        })
+        .collect();
+    table(&headers, cells)
 }
 
 /// How answers are shown.
@@ -166,6 +195,10 @@ impl Tabular for VDiskView {
             },
         ]
     }
+    const OPTIONAL: &'static [&'static str] = &["OWNER", "GEN"];
+    fn optional(&self) -> Vec<Option<String>> {
+        vec![self.owner.clone(), self.generation.map(|g| g.to_string())]
+    }
 }
 
 impl Tabular for RouterView {
@@ -239,6 +272,10 @@ mod tests {
     const ENGINE_DISK: &str = r#"{"name":"root2","vm":"web2","lun":0,"kind":"engine","vpool":"s3pool","size_bytes":2147483648,"block_size":4096,"read_only":false,"template":false,"origin":"root1@s1","serial":"00000000000000000000000000000042","target":"iqn.2026-11.io.depot:web2","snapshots":3,"online":true}"#;
     const RAW_DISK: &str = r#"{"name":"web1-data","vm":"web1","lun":1,"kind":"raw","vpool":null,"size_bytes":67108864,"block_size":4096,"read_only":true,"template":false,"origin":null,"serial":"fedcba9876543210fedcba9876543210","target":"iqn.2026-11.io.depot:web1","snapshots":0,"online":false}"#;
 
+    // The same vDisks as a clustered router shows them.
+    const CLUSTER_DISK: &str = r#"{"name":"root2","vm":"web2","lun":0,"kind":"engine","vpool":"s3pool","size_bytes":2147483648,"block_size":4096,"read_only":false,"template":false,"origin":"root1@s1","serial":"00000000000000000000000000000042","target":"iqn.2026-11.io.depot:web2","snapshots":3,"online":true,"owner":"r2","generation":1041}"#;
+    const CLUSTER_STANDBY_DISK: &str = r#"{"name":"web1-data","vm":"web1","lun":1,"kind":"engine","vpool":"s3pool","size_bytes":67108864,"block_size":4096,"read_only":false,"template":false,"origin":null,"serial":"fedcba9876543210fedcba9876543210","target":"iqn.2026-11.io.depot:web1","snapshots":0,"online":true,"owner":"r1","generation":7}"#;
+
     fn parse<T: serde::de::DeserializeOwned>(s: &str) -> T {
         serde_json::from_str(s).unwrap()
     }
@@ -285,6 +322,58 @@ mod tests {
              s1               1700000000  yes         2\n\
              snap-1700000001  1700000001  no          0"
         );
+    }
+
+    #[test]
+    fn clustered_vdisks_show_owner_and_generation() {
+        let disks: Vec<VDiskView> = vec![parse(CLUSTER_DISK), parse(CLUSTER_STANDBY_DISK)];
+        assert_eq!(
+            rows(&disks),
+            "NAME       VM    LUN  SIZE  KIND    VPOOL   SNAPSHOTS  ORIGIN    STATE   OWNER  GEN\n\
+             root2      web2  0    2G    engine  s3pool  3          root1@s1  online  r2     1041\n\
+             web1-data  web1  1    64M   engine  s3pool  0          -         online  r1     7"
+        );
+        // `vdisk show`: the same columns for one row.
+        let table = Output { json: false };
+        assert_eq!(
+            table.one(&disks[0]).unwrap(),
+            "NAME   VM    LUN  SIZE  KIND    VPOOL   SNAPSHOTS  ORIGIN    STATE   OWNER  GEN\n\
+             root2  web2  0    2G    engine  s3pool  3          root1@s1  online  r2     1041"
+        );
+        // A row without an owner (not claimed yet) among owned ones.
+        let mut unowned: VDiskView = parse(CLUSTER_STANDBY_DISK);
+        unowned.owner = None;
+        unowned.generation = None;
+        let mixed = vec![parse::<VDiskView>(CLUSTER_DISK), unowned];
+        let t = rows(&mixed);
+        assert!(t.ends_with("online  -      -"), "{t}");
+        // `--json` carries both fields.
+        let v: serde_json::Value =
+            serde_json::from_str(&Output { json: true }.one(&disks[0]).unwrap()).unwrap();
+        assert_eq!(v["owner"], "r2");
+        assert_eq!(v["generation"], 1041);
+    }
+
+    #[test]
+    fn optional_columns_appear_only_when_a_row_has_them() {
+        struct T(Option<&'static str>, Option<&'static str>);
+        impl Tabular for T {
+            const HEADERS: &'static [&'static str] = &["A"];
+            fn row(&self) -> Vec<String> {
+                vec!["a".into()]
+            }
+            const OPTIONAL: &'static [&'static str] = &["X", "Y"];
+            fn optional(&self) -> Vec<Option<String>> {
+                vec![self.0.map(Into::into), self.1.map(Into::into)]
+            }
+        }
+        assert_eq!(rows(&[T(None, None)]), "A\na");
+        assert_eq!(rows(&[T(None, Some("y"))]), "A  Y\na  y");
+        assert_eq!(
+            rows(&[T(Some("x"), None), T(None, None)]),
+            "A  X\na  x\na  -"
+        );
+        assert_eq!(rows::<T>(&[]), "A");
     }
 
     #[test]

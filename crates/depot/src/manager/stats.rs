@@ -1,21 +1,55 @@
 //! Sampling the live numbers of the node into the metrics when `/metrics`
 //! is scraped: per vPool the engine's statistics and the logical bytes of
-//! its vDisks, per VM the logged-in sessions.
+//! its vDisks, per VM the logged-in sessions, and on a clustered router
+//! itself (name, lease, fence) and its view of the cluster (members up or
+//! down, each vDisk's owner and generation).
 //!
-//! Invariants: sampling only reads the state (under the lock) and the
-//! target registry; the I/O path never waits for it.
+//! Invariants: sampling only reads the state (under the lock), the
+//! cluster view (taken after the state lock, as everywhere) and the target
+//! registry; the I/O path never waits for it.
 
 use std::collections::BTreeMap;
 
-use super::Manager;
-use crate::metrics::Metrics;
+use super::{Manager, State};
+use crate::cluster::Node;
+use crate::metrics::{ClusterSample, Metrics, VDiskOwner};
 use crate::model::IQN_PREFIX;
 
+/// This router and its view of the cluster, for the metrics.
+fn cluster_sample(node: &Node, st: &State) -> ClusterSample {
+    let lease = node.lease_status().map(|rx| *rx.borrow());
+    let view = node.view();
+    ClusterSample {
+        router: node.name().to_string(),
+        tpgt: node.record().tpgt,
+        lease,
+        fence_remaining: node.fence().remaining(),
+        routers: view
+            .routers
+            .keys()
+            .map(|r| (r.clone(), view.is_up(r)))
+            .collect(),
+        vdisks: st
+            .catalog
+            .vdisks()
+            .filter_map(|d| {
+                view.owners.get(&d.info.name).map(|o| VDiskOwner {
+                    vm: d.info.vm.clone(),
+                    vdisk: d.info.name.clone(),
+                    owner: o.router.clone(),
+                    generation: o.generation,
+                })
+            })
+            .collect(),
+    }
+}
+
 impl Manager {
-    /// Samples pool and session numbers into the metrics and renders them.
+    /// Samples pool, session and (clustered) cluster numbers into the
+    /// metrics and renders them.
     pub fn render_metrics(&self) -> String {
         let m = &self.metrics;
-        {
+        let cluster = {
             let st = self.lock();
             let mut logical: BTreeMap<&str, u64> = BTreeMap::new();
             for d in st.catalog.vdisks() {
@@ -87,7 +121,8 @@ impl Manager {
             for (vm, n) in per {
                 m.sessions.with_label_values(&[vm.as_str()]).set(n);
             }
-        }
-        m.render()
+            self.cluster.as_ref().map(|node| cluster_sample(node, &st))
+        };
+        m.render_with(cluster.as_ref())
     }
 }
