@@ -194,6 +194,24 @@ def overview():
         (f"depot_vpool_flash_bytes{{{ps}}}", "{{vpool}} on flash"),
         (f"depot_vpool_backend_bytes{{{ps}}}", "{{vpool}} on backend"),
     ], unit="bytes", w=24))
+    # Clustered routers only (a standalone router exports none of these).
+    p.append(L.row("Grid (clustered routers)"))
+    p.append(table(L, "Routers", f"min by (router) (depot_cluster_router_up{{{SEL}}})", w=6,
+                   desc="Every member of the cluster: 1 while its lease lives, 0 when any router that "
+                        "reaches etcd sees it lapsed (its vDisks are not served)."))
+    p.append(ts(L, "Lease remaining", [
+        (f"depot_router_lease_remaining_seconds{{{SEL}}}", "{{router}}"),
+    ], unit="s", w=9, minv=0,
+        desc="How long each router may still acknowledge I/O without another lease renewal; "
+             "it falls to 0 when the router cannot reach etcd."))
+    p.append(ts(L, "vDisks owned", [
+        (f"depot_router_vdisks_owned{{{SEL}}}", "{{router}}"),
+    ], w=9, stack=True, desc="vDisks each router owns (serves the I/O of)."))
+    p.append(table(L, "vDisk owners and generations",
+                   f"max by (vm, vdisk, owner) (depot_vdisk_owner_info{{{SEL}}}"
+                   f" * on (instance, vm, vdisk) group_left depot_vdisk_generation{{{SEL}}})",
+                   desc="The router that owns each vDisk; the value is the ownership's generation "
+                        "(it only grows; a move or takeover raises it)."))
     variables = [
         var_ds(),
         var_query("job", "Job", "label_values(up, job)"),

@@ -274,3 +274,69 @@ fn losing_etcd_stops_changes_not_io() {
     });
     qemu_io(&url, &["read -P 0x23 1M 1M"]);
 }
+
+#[test]
+fn metrics_show_routers_owners_and_generations() {
+    let mut g = Grid::start(2, 3);
+    g.r(0).cli_ok(&["vm", "create", "obs1"]);
+    g.r(1).cli_ok(&[
+        "vdisk",
+        "create",
+        "obs1-root",
+        "--vm",
+        "obs1",
+        "--size",
+        "64M",
+        "--vpool",
+        "s3p",
+    ]);
+    let d = g.r(0).json(&["vdisk", "show", "obs1-root"]);
+    let generation = d["generation"].as_u64().unwrap();
+    let table = g.r(0).cli_ok(&["vdisk", "list"]);
+    assert!(
+        table.lines().next().unwrap().ends_with("OWNER  GEN"),
+        "{table}"
+    );
+    let metrics = |r: &Depot| {
+        let (st, text) = r.http_get("/metrics");
+        assert_eq!(st, 200, "{text}");
+        text
+    };
+    for (i, me) in ["r1", "r2"].into_iter().enumerate() {
+        let text = metrics(g.r(i));
+        for line in [
+            "depot_vdisk_owner_info{owner=\"r2\",vdisk=\"obs1-root\",vm=\"obs1\"} 1".into(),
+            format!("depot_vdisk_generation{{vdisk=\"obs1-root\",vm=\"obs1\"}} {generation}"),
+            "depot_cluster_router_up{router=\"r1\"} 1".into(),
+            "depot_cluster_router_up{router=\"r2\"} 1".into(),
+            format!("depot_router_lease_state{{router=\"{me}\",state=\"live\"}} 1"),
+            format!("depot_router_vdisks_owned{{router=\"{me}\"}} {i}"),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{me}: no {line} in\n{text}"
+            );
+        }
+        assert!(text.contains(&format!("depot_router_info{{router=\"{me}\",tpgt=")));
+        // Every cluster-only metric the dashboards and rules use is here,
+        // and the exposition passes promtool's linter.
+        let have = crate::dashboards::exported(&text);
+        for name in crate::dashboards::CLUSTER_ONLY {
+            assert!(have.contains(*name), "{me}: {name} not exported");
+        }
+        crate::dashboards::promtool_check_metrics(&text);
+        // Its log lines carry its name.
+        let log = g.r(i).log();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("INFO")).collect();
+        assert!(!lines.is_empty(), "{log}");
+        let tag = format!(" router={me} ");
+        assert!(lines.iter().all(|l| l.contains(&tag)), "{log}");
+    }
+    // r2 leaves: r1 shows it down at once (its lease is revoked).
+    assert!(g.routers[1].stop());
+    eventually(Duration::from_secs(10), "r1 shows r2 down", || {
+        metrics(g.r(0))
+            .lines()
+            .any(|l| l == "depot_cluster_router_up{router=\"r2\"} 0")
+    });
+}
