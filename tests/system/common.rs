@@ -197,6 +197,16 @@ impl Depot {
         self.spawn();
     }
 
+    /// Sends `sig` (`STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
     /// `depot --json ARGS` parsed.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut a = vec!["--json"];

@@ -13,6 +13,7 @@ mod daemon;
 mod dashboards;
 mod durability;
 mod fio;
+mod grid_moves;
 mod hostile;
 mod kernel;
 mod qemu;

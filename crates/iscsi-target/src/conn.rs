@@ -98,6 +98,7 @@ pub async fn run(
         data_digest: est.params.data_digest,
     };
     let cancel = shutdown.child_token();
+    let kill = CancellationToken::new();
     let _registration = match &est.target {
         Some(t) => Some(
             registry
@@ -110,6 +111,7 @@ pub async fn run(
                         peer,
                     },
                     cancel.clone(),
+                    kill.clone(),
                 )
                 .await,
         ),
@@ -120,15 +122,13 @@ pub async fn run(
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let mut shell = Shell { link, done_tx };
     let mut session = Session::new(*est, registry, config.clone(), local, &mut shell);
-    let result = serve(
-        &mut session,
-        &mut shell,
-        &mut reader,
-        done_rx,
-        cancel,
-        &config,
-    )
-    .await;
+    let result = tokio::select! {
+        biased;
+        // Dropped by the registry (a live move of a single-path VM):
+        // nothing more is answered; the initiator reconnects and resends.
+        _ = kill.cancelled() => Ok(()),
+        r = serve(&mut session, &mut shell, &mut reader, done_rx, cancel, &config) => r,
+    };
     session.nexus_lost();
     shell.link.writer.close().await;
     result

@@ -109,7 +109,10 @@ struct SessionKey {
 struct SessionSlot {
     id: u64,
     info: SessionInfo,
+    /// Ends the session gracefully (commands in flight complete).
     cancel: CancellationToken,
+    /// Drops the connection at once: nothing more is answered.
+    kill: CancellationToken,
     closed: Arc<tokio::sync::Notify>,
 }
 
@@ -181,14 +184,16 @@ impl TargetRegistry {
         Ok(entry)
     }
 
-    /// Closes every logged-in session to `target` (initiators reconnect
-    /// and log in again, which a redirect may send elsewhere). Returns how
-    /// many were closed.
+    /// Drops every logged-in session to `target` at once, answering
+    /// nothing more on them (commands still running are not answered:
+    /// initiators reconnect, log in again — where a redirect may send them
+    /// — and resend). Returns how many were dropped; they leave
+    /// [`session_count`](Self::session_count) as their connections close.
     pub fn drop_sessions(&self, target: &str) -> usize {
         let mut n = 0;
         for slot in self.sessions.lock().values() {
             if slot.info.target == target {
-                slot.cancel.cancel();
+                slot.kill.cancel();
                 n += 1;
             }
         }
@@ -261,6 +266,7 @@ impl TargetRegistry {
         self: &Arc<Self>,
         info: SessionInfo,
         cancel: CancellationToken,
+        kill: CancellationToken,
     ) -> SessionRegistration {
         let key = SessionKey {
             initiator: info.initiator.clone(),
@@ -288,6 +294,7 @@ impl TargetRegistry {
                 id,
                 info,
                 cancel,
+                kill,
                 closed: closed.clone(),
             },
         );

@@ -141,13 +141,13 @@ async fn serve_conn(
     let (mut rd, mut wr, mut buf, from) = tokio::time::timeout(HANDSHAKE, hello)
         .await
         .map_err(|_| unreachable("handshake timed out".into()))??;
-    wr.write_all(&encode(&Head::Welcome { router: me }, &[])?)
+    send(&mut wr, &encode(&Head::Welcome { router: me }, &[])?)
         .await
         .map_err(|e| unreachable(e.to_string()))?;
     let (tx, mut out) = mpsc::channel::<Bytes>(64);
     let writer = tokio::spawn(async move {
         while let Some(b) = out.recv().await {
-            if wr.write_all(&b).await.is_err() {
+            if send(&mut wr, &b).await.is_err() {
                 return;
             }
         }
@@ -201,6 +201,15 @@ async fn serve_conn(
     drop(tx);
     let _ = writer.await;
     result
+}
+
+/// Writes one frame and flushes it. TLS buffers what the socket does not
+/// take at once; without the flush the end of a frame could wait in that
+/// buffer for the next write while the peer waits for the frame (both
+/// sides idle: the deadlock a large frame under load used to hit).
+async fn send<W: tokio::io::AsyncWrite + Unpin>(wr: &mut W, frame: &[u8]) -> std::io::Result<()> {
+    wr.write_all(frame).await?;
+    wr.flush().await
 }
 
 /// Reads the next frame; `None` at a clean end of stream.
@@ -296,12 +305,15 @@ impl PeerClient {
                 PeerError::NotAuthorized(format!("{} at {}: TLS: {e}", self.target, self.addr))
             })?;
             let (mut rd, mut wr) = tokio::io::split(tls);
-            wr.write_all(&encode(
-                &Head::Hello {
-                    router: self.identity.router.clone(),
-                },
-                &[],
-            )?)
+            send(
+                &mut wr,
+                &encode(
+                    &Head::Hello {
+                        router: self.identity.router.clone(),
+                    },
+                    &[],
+                )?,
+            )
             .await
             .map_err(|e| self.unreachable(e))?;
             let mut buf = BytesMut::with_capacity(16 * 1024);
@@ -333,7 +345,7 @@ impl PeerClient {
                 tokio::select! {
                     () = wclosed.cancelled() => break,
                     b = out.recv() => match b {
-                        Some(b) => if wr.write_all(&b).await.is_err() { break },
+                        Some(b) => if send(&mut wr, &b).await.is_err() { break },
                         None => break,
                     },
                 }

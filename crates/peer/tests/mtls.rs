@@ -68,6 +68,26 @@ async fn routers_of_the_cluster_talk() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_frames_both_ways_arrive_whole() {
+    // Bodies bigger than a socket buffer, many at once, echoed back: every
+    // frame must be flushed to its end, not left in TLS's buffer.
+    let ca = CaRecord::generate("Depot cluster test").unwrap();
+    let (addr, _stop) = server(ca.issue("r1").unwrap(), &["r2"]).await;
+    let c = std::sync::Arc::new(PeerClient::new(ca.issue("r2").unwrap(), "r1", &addr));
+    let calls = (0..12u8).map(|i| {
+        let c = c.clone();
+        async move {
+            let body = vec![i; 6 << 20];
+            let (_, back): (Value, Bytes) =
+                c.call("echo", &json!({"i": i}), &body, T).await.unwrap();
+            assert_eq!(back.len(), body.len());
+            assert!(back.iter().all(|&b| b == i));
+        }
+    });
+    futures::future::join_all(calls).await;
+}
+
 #[tokio::test]
 async fn a_certificate_from_another_ca_is_refused() {
     let ca = CaRecord::generate("Depot cluster test").unwrap();

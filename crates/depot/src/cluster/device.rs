@@ -17,8 +17,11 @@
 //!   serves (INQUIRY, REPORT LUNS, RTPG, PR) and answers `Unavailable` to
 //!   any I/O that reaches it.
 //!
-//! Invariant: on the I/O path a `Routed` device adds one uncontended read
-//! lock, one atomic load and one clock read per command.
+//! Invariants: on the I/O path a `Routed` device adds one uncontended read
+//! lock, one atomic load and one clock read per command; geometry calls
+//! (`block_size`, `num_blocks`, ...) and the non-blocking calls never wait
+//! for a switch or a hold, because the inline path makes them on the
+//! runtime's threads, which a move needs to talk to the other router.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +38,13 @@ fn lapsed() -> BlockError {
 pub struct Routed {
     inner: RwLock<Arc<dyn BlockDevice>>,
     fence: Arc<Fence>,
+    /// Capacity as last read, for callers that must not wait while I/O is
+    /// held (the inline path runs on the runtime's threads: blocking there
+    /// could stall the very connection a move waits on).
+    blocks: AtomicU64,
+    /// Geometry that never changes for a vDisk: block size, physical block
+    /// exponent, thin provisioning.
+    geometry: (u32, u8, bool),
 }
 
 /// I/O held on a [`Routed`] device until this is dropped (or passed to
@@ -44,9 +54,16 @@ pub struct Held<'a>(RwLockWriteGuard<'a, Arc<dyn BlockDevice>>);
 impl Routed {
     /// Starts with `inner`.
     pub fn new(inner: Arc<dyn BlockDevice>, fence: Arc<Fence>) -> Self {
+        let geometry = (
+            inner.block_size(),
+            inner.physical_block_exponent(),
+            inner.thin_provisioned(),
+        );
         Routed {
+            blocks: AtomicU64::new(inner.num_blocks()),
             inner: RwLock::new(inner),
             fence,
+            geometry,
         }
     }
 
@@ -87,13 +104,21 @@ impl Routed {
 
 impl BlockDevice for Routed {
     fn block_size(&self) -> u32 {
-        self.inner.read().block_size()
+        self.geometry.0
     }
+    /// Never waits: while I/O is held, the capacity as last read.
     fn num_blocks(&self) -> u64 {
-        self.inner.read().num_blocks()
+        match self.inner.try_read() {
+            Some(d) => {
+                let n = d.num_blocks();
+                self.blocks.store(n, Ordering::Relaxed);
+                n
+            }
+            None => self.blocks.load(Ordering::Relaxed),
+        }
     }
     fn physical_block_exponent(&self) -> u8 {
-        self.inner.read().physical_block_exponent()
+        self.geometry.1
     }
     fn read(&self, lba: u64, buf: &mut [u8]) -> BlockResult<()> {
         let r = self.inner.read().read(lba, buf);
@@ -121,7 +146,7 @@ impl BlockDevice for Routed {
         self.nowait(|d| d.try_write_vectored_nowait(lba, pieces))
     }
     fn thin_provisioned(&self) -> bool {
-        self.inner.read().thin_provisioned()
+        self.geometry.2
     }
     fn unmap(&self, lba: u64, blocks: u64) -> BlockResult<()> {
         let r = self.inner.read().unmap(lba, blocks);

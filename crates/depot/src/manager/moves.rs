@@ -47,6 +47,14 @@ use crate::model::{MoveReport, VDiskKind};
 const CHUNK: usize = 8 << 20;
 /// How long one peer call of a move may take.
 const CALL: Duration = Duration::from_secs(120);
+/// Precopy rounds at most (each sends what was sealed during the last).
+const PRECOPY_ROUNDS: usize = 8;
+/// A precopy round this small ends the precopy: about what the pause then
+/// has to copy (one open container's worth).
+const PRECOPY_DONE: u64 = 64 << 20;
+/// How long a move waits for single-path sessions to close before it lets
+/// their held commands go.
+const SESSIONS_CLOSE: Duration = Duration::from_secs(5);
 /// Flash a target keeps free beyond what a move brings.
 const FLASH_MARGIN: u64 = 1 << 30;
 
@@ -253,36 +261,44 @@ impl Manager {
             ));
             e
         };
-        // 2. Precopy while the guest runs.
-        let pre = volume.handover_precopy().map_err(|e| abort(e.into()))?;
+        // 2. Precopy while the guest runs, in rounds: each sends what was
+        // sealed since the last one, until a round is small (what is left
+        // for the pause) or the writes outpace the copy.
         let mut sent: HashMap<(String, u64), u64> = HashMap::new();
         let mut precopied = 0u64;
-        for f in &pre {
-            match send_file(&call, name, f, 0) {
-                Ok(n) => {
-                    precopied += n;
-                    sent.insert((f.file_name(), f.seq), f.len);
+        for _round in 0..PRECOPY_ROUNDS {
+            let pre = volume.handover_precopy().map_err(|e| abort(e.into()))?;
+            let mut round = Vec::new();
+            for f in pre {
+                if sent.contains_key(&(f.file_name(), f.seq)) {
+                    continue;
                 }
-                // The shipper may have uploaded and evicted it: the
-                // freeze will not list it then.
-                Err(e) if !f.path.exists() => {
-                    tracing::debug!(file = %f.path.display(), error = %e, "precopy file vanished")
+                match send_file(&call, name, &f, 0) {
+                    Ok(n) => {
+                        precopied += n;
+                        sent.insert((f.file_name(), f.seq), f.len);
+                        round.push(f);
+                    }
+                    // The shipper may have uploaded and evicted it: the
+                    // freeze will not list it then.
+                    Err(e) if !f.path.exists() => {
+                        tracing::debug!(file = %f.path.display(), error = %e, "precopy file vanished")
+                    }
+                    Err(e) => return Err(abort(e)),
                 }
-                Err(e) => return Err(abort(e)),
             }
-        }
-        let applied: Vec<HandoverFile> = pre
-            .iter()
-            .filter(|f| sent.contains_key(&(f.file_name(), f.seq)))
-            .cloned()
-            .collect();
-        if !applied.is_empty() {
-            let msg = serde_json::to_value(Precopied {
-                vdisk: name.to_string(),
-                files: applied,
-            })
-            .map_err(|e| DepotError::Internal(e.to_string()))?;
-            call("move.precopied", &msg, &[]).map_err(abort)?;
+            let bytes: u64 = round.iter().map(|f| f.len).sum();
+            if !round.is_empty() {
+                let msg = serde_json::to_value(Precopied {
+                    vdisk: name.to_string(),
+                    files: round,
+                })
+                .map_err(|e| DepotError::Internal(e.to_string()))?;
+                call("move.precopied", &msg, &[]).map_err(abort)?;
+            }
+            if bytes <= PRECOPY_DONE {
+                break;
+            }
         }
         // 3. Pause: hold I/O, freeze, send what changed, stage.
         let paused = Instant::now();
@@ -340,7 +356,19 @@ impl Manager {
         })
         .map_err(|e| DepotError::Internal(e.to_string()))?;
         let committed = call("move.commit", &commit, &[]);
-        // 6. Standby here; held commands go on (and find the standby port).
+        // 6. Standby here. A single-path initiator loses its session while
+        // its commands are still held (it reconnects, is redirected to the
+        // new owner and resends them: none is answered here); multipath
+        // initiators get the held commands back with "standby" and retry
+        // them on the new owner's path.
+        if !multipath {
+            let target = target_name(vm);
+            self.targets.drop_sessions(&target);
+            let t0 = Instant::now();
+            while self.targets.session_count(&target) > 0 && t0.elapsed() < SESSIONS_CLOSE {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         let rec = self.lock().catalog.vdisk(name).cloned();
         if let Some(rec) = &rec {
             crate::cluster::device::Routed::switch_held(held, standby_of(rec));
@@ -356,10 +384,6 @@ impl Manager {
                 live.generation = None;
             }
             self.update_paths(&st);
-        }
-        if !multipath {
-            // A single-path initiator logs in again and is redirected.
-            self.targets.drop_sessions(&target_name(vm));
         }
         if let Err(e) = pool.forget_volume(name) {
             tracing::warn!(vdisk = name, error = %e, "forgetting the moved vDisk's local copy");
