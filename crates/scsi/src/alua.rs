@@ -240,10 +240,17 @@ impl PortState {
 ///
 /// Standby serves INQUIRY, REPORT LUNS, REPORT TARGET PORT GROUPS, REPORT
 /// SUPPORTED OPERATION CODES / TASK MANAGEMENT FUNCTIONS, MODE SENSE /
-/// SELECT, PERSISTENT RESERVE IN / OUT and REQUEST SENSE; unavailable the
-/// same without persistent reservations; transitioning only INQUIRY,
-/// REPORT LUNS, REPORT TARGET PORT GROUPS and REQUEST SENSE. (LOG SENSE /
-/// SELECT and the diagnostic commands are not implemented.)
+/// SELECT, PERSISTENT RESERVE IN / OUT, REQUEST SENSE and READ CAPACITY
+/// (10) / (16); unavailable the same without persistent reservations and
+/// READ CAPACITY; transitioning only INQUIRY, REPORT LUNS, REPORT TARGET
+/// PORT GROUPS and REQUEST SENSE. (LOG SENSE / SELECT and the diagnostic
+/// commands are not implemented.)
+///
+/// READ CAPACITY in standby is one of the "other commands" SPC-4 lets a
+/// standby port serve, and hosts need it: Linux reads a path's capacity
+/// once, when it finds the path, and keeps 0 for a path that refused it,
+/// so a path found standby would fail every I/O ("access beyond end of
+/// device") once its router becomes the owner.
 pub fn refusal(state: AccessState, c: &Cdb) -> Option<Sense> {
     let refused = state.not_ready()?;
     let always = matches!(
@@ -260,13 +267,16 @@ pub fn refusal(state: AccessState, c: &Cdb) -> Option<Sense> {
             | Cdb::ModeSense { .. }
             | Cdb::ModeSelect { .. }
     );
-    let reservations = matches!(
+    let standby = matches!(
         c,
-        Cdb::PersistentReserveIn { .. } | Cdb::PersistentReserveOut { .. }
+        Cdb::PersistentReserveIn { .. }
+            | Cdb::PersistentReserveOut { .. }
+            | Cdb::ReadCapacity10
+            | Cdb::ReadCapacity16 { .. }
     );
     let served = always
         || match state {
-            AccessState::Standby => standby_or_unavailable || reservations,
+            AccessState::Standby => standby_or_unavailable || standby,
             AccessState::Unavailable => standby_or_unavailable,
             _ => false,
         };
@@ -519,8 +529,6 @@ mod tests {
             Cdb::Read(io, Width::W10),
             Cdb::Write(io, Width::W10),
             Cdb::TestUnitReady,
-            Cdb::ReadCapacity10,
-            Cdb::ReadCapacity16 { alloc_len: 32 },
             Cdb::SynchronizeCache { lba: 0, blocks: 0 },
             Cdb::CompareAndWrite(io),
             Cdb::Reserve,
@@ -534,7 +542,12 @@ mod tests {
         ];
         let always = [inquiry, report_luns, rtpg, request_sense];
         let sb_un = [rsoc, mode_sense, mode_select];
-        let pr = [pr_in, pr_out];
+        let standby_only = [
+            pr_in,
+            pr_out,
+            Cdb::ReadCapacity10,
+            Cdb::ReadCapacity16 { alloc_len: 32 },
+        ];
         let refused = |s: AccessState, c: &Cdb| refusal(s, c).map(|x| (x.key, x.code()));
         for s in [
             AccessState::ActiveOptimized,
@@ -543,7 +556,7 @@ mod tests {
             for c in always
                 .iter()
                 .chain(&sb_un)
-                .chain(&pr)
+                .chain(&standby_only)
                 .chain(&refused_everywhere)
             {
                 assert_eq!(refused(s, c), None, "{s:?} {c:?}");
@@ -554,7 +567,7 @@ mod tests {
             (AccessState::Unavailable, (0x04, 0x0c), true, false),
             (AccessState::Transitioning, (0x04, 0x0a), false, false),
         ];
-        for (s, code, serves_sb_un, serves_pr) in table {
+        for (s, code, serves_sb_un, serves_standby_only) in table {
             let no = Some((key::NOT_READY, code));
             for c in &always {
                 assert_eq!(refused(s, c), None, "{s:?} {c:?}");
@@ -566,10 +579,10 @@ mod tests {
                     "{s:?} {c:?}"
                 );
             }
-            for c in &pr {
+            for c in &standby_only {
                 assert_eq!(
                     refused(s, c),
-                    if serves_pr { None } else { no },
+                    if serves_standby_only { None } else { no },
                     "{s:?} {c:?}"
                 );
             }

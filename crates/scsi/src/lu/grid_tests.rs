@@ -131,7 +131,8 @@ fn standby_serves_its_table_without_touching_the_device() {
     let a = nexus("iqn.test:a", 1);
 
     // Served: identification, every VPD page, RTPG, RSOC, mode pages,
-    // persistent reservations, REQUEST SENSE (pollable: why not ready).
+    // persistent reservations, READ CAPACITY (a host sizes the path once,
+    // when it finds it), REQUEST SENSE (pollable: why not ready).
     assert_good(&run(&lu, &a, &INQUIRY, &[], 96));
     for page in crate::inquiry::SUPPORTED_VPD {
         assert_good(&run(&lu, &a, &[0x12, 1, page, 0x10, 0, 0], &[], 4096));
@@ -191,6 +192,12 @@ fn standby_serves_its_table_without_touching_the_device() {
     let keys = run(&lu, &a, &PR_IN_READ_KEYS, &[], 4096);
     assert_good(&keys);
     assert_eq!(&keys.data[8..16], &0xa1u64.to_be_bytes());
+    let rc10 = run(&lu, &a, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 8);
+    assert_good(&rc10);
+    assert_eq!(&rc10.data[..], &[0, 0, 0x03, 0xff, 0, 0, 0x02, 0]);
+    let rc16 = run(&lu, &a, &cdb16(0x9e, 0x10, 0, 32), &[], 32);
+    assert_good(&rc16);
+    assert_eq!(&rc16.data[..8], &1023u64.to_be_bytes());
     assert_eq!(request_sense(&lu, &a), (key::NOT_READY, 0x04, 0x0b));
 
     // Refused with 04/0B: media access and everything else.
@@ -204,8 +211,6 @@ fn standby_serves_its_table_without_touching_the_device() {
         cdb10(0x28, 0, 0, 1),
         cdb10(0x2a, 0, 0, 1),
         cdb16(0x88, 0, 0, 1),
-        vec![0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-        cdb16(0x9e, 0x10, 0, 32),
         cdb10(0x35, 0, 0, 0),
         cdb16(0x9e, 0x12, 0, 64),
         vec![0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0],
