@@ -16,4 +16,5 @@ mod fio;
 mod grid_moves;
 mod hostile;
 mod kernel;
+mod multipath;
 mod qemu;

@@ -7,11 +7,168 @@
 #           sync, print its sha256, then power off WITHOUT unmounting or
 #           logging out (a VM that dies right after its fsync returned);
 #   verify: mount LUN 0 (ext4 replays its journal), print the file's sha256,
-#           unmount, log out, power off.
+#           unmount, log out, power off;
+#   multipath: dm-multipath over one path per router (tests/system/multipath.rs):
+#           log in at every portal of depot.portals (ADDR:PORT,TPGT/...), make
+#           the multipath map, and run verified write passes (fio) on it while
+#           the host moves the vDisk between routers; see multipath_step.
 # Every result goes to the serial console as a "GUEST: " line.
 say() { echo "GUEST: $*" >/dev/ttyS0; }
 arg() { sed -n "s/.*depot\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 off() { say "end"; systemctl poweroff -f; }
+# The multipath step. Every router is reached through its own forwarded
+# address (the routers advertise 127.0.0.1 portals), so each node record is
+# made by hand with the portal group tag that router reports. Then:
+#   GUEST: paths N            paths in the multipath map
+#   GUEST: path SD tpgt T sectors N state S   each path, as the kernel sized it
+#   GUEST: mpath LINE         `multipath -ll`, before and after the workload
+#   GUEST: workload-started   the host starts moving the vDisk
+#   GUEST: active TPGT        each change of the path the kernel sees as
+#                             active/optimized (sysfs access_state)
+#   GUEST: pass N rc R ms T   one fio pass: random writes over the region, each
+#                             block verified (a pattern of the pass number and
+#                             the block's offset, so a stale or misplaced block
+#                             fails), read back while writing and at the end
+#   GUEST: workload-done
+#   GUEST: final-verify R     the last pass's data verified again, whole
+#   GUEST: io-errors N, dm-errors N (I/O errors that reached the map),
+#   beyond-end N (I/O a path refused as past its size), verify ok|failed,
+#   sum MD5 (of the region), dmesg LINE (the kernel's SCSI/iSCSI/dm lines)
+# Passes go on until the host's moves have brought the owner back where it
+# started (the active path went 1 -> 2 -> 3 -> 1, as depot.owners says), then
+# one more pass, or until depot.secs have passed.
+multipath_step() {
+  REGION=32M
+  SECS=$(arg secs); [ -n "$SECS" ] || SECS=120
+  OWNERS=$(arg owners | tr ',' ' ')
+  modprobe scsi_dh_alua
+  n=0
+  for p in $(arg portals | tr '/' ' '); do
+    iscsiadm -m node -o new -T "$IQN" -p "$p" >/dev/null 2>&1
+    iscsiadm -m node -T "$IQN" -p "$p" -o update \
+      -n node.session.timeo.replacement_timeout -v 5 >/dev/null 2>&1
+    n=$((n + 1))
+  done
+  cat >/etc/multipath.conf <<'CONF'
+defaults {
+	user_friendly_names yes
+	find_multipaths no
+	polling_interval 1
+}
+blacklist {
+	devnode "^vd[a-z]"
+}
+devices {
+	device {
+		vendor "DEPOT"
+		product ".*"
+		path_grouping_policy group_by_prio
+		prio alua
+		hardware_handler "1 alua"
+		failback immediate
+		path_checker tur
+		no_path_retry queue
+	}
+}
+CONF
+  iscsiadm -m node -T "$IQN" --login >/dev/null 2>&1
+  say "login $?"
+  udevadm settle
+  systemctl start multipathd.service
+  MAP=""
+  t=0
+  while [ $t -lt 120 ]; do
+    MAP=$(dmsetup ls --target multipath 2>/dev/null | awk 'NR == 1 {print $1}')
+    if [ -n "$MAP" ]; then
+      paths=$(multipath -ll "$MAP" 2>/dev/null | grep -cE '[0-9]+:[0-9]+:[0-9]+:[0-9]+ sd')
+      [ "$paths" -ge "$n" ] && break
+    fi
+    sleep 0.5
+    t=$((t + 1))
+  done
+  [ -n "$MAP" ] || { say "no multipath map"; return; }
+  say "paths $(multipath -ll "$MAP" | grep -cE '[0-9]+:[0-9]+:[0-9]+:[0-9]+ sd')"
+  multipath -ll "$MAP" 2>&1 | while IFS= read -r l; do say "mpath $l"; done
+  DEV=/dev/mapper/$MAP
+  # Which router (portal group tag) each SCSI path is.
+  : >/run/paths
+  for d in /sys/block/sd*; do
+    s=$(readlink -f "$d/device" | grep -o 'session[0-9]*' | head -n 1)
+    echo "$(basename "$d") $(cat /sys/class/iscsi_session/"$s"/tpgt)" >>/run/paths
+  done
+  while read -r sd tpgt; do
+    say "path $sd tpgt $tpgt sectors $(cat /sys/block/"$sd"/size) state $(cat /sys/block/"$sd"/device/access_state)"
+  done </run/paths
+  # The owner as the kernel sees it: the path whose access state is
+  # active/optimized, each change printed once.
+  : >/run/active
+  (
+    last=""
+    while :; do
+      cur=""
+      while read -r sd tpgt; do
+        case "$(cat /sys/block/"$sd"/device/access_state 2>/dev/null)" in
+          active/optimized*) cur=$tpgt ;;
+        esac
+      done </run/paths
+      if [ -n "$cur" ] && [ "$cur" != "$last" ]; then
+        say "active $cur"
+        echo "$cur" >>/run/active
+        last=$cur
+      fi
+      sleep 0.2
+    done
+  ) &
+  WATCH=$!
+  fio_pass() { # name seed [extra options]
+    name=$1 seed=$2
+    shift 2
+    fio --name="$name" --filename="$DEV" --ioengine=libaio --direct=1 --iodepth=8 \
+      --rw=randwrite --bs=16k --size=$REGION --randseed="$seed" \
+      --verify=pattern --verify_pattern="$(printf '0x5eed%04x' "$seed")%o" \
+      --do_verify=1 --verify_fatal=1 --verify_backlog=256 "$@" >>/run/fio.log 2>&1
+  }
+  say "workload-started"
+  start=$(date +%s)
+  pass=0 fails=0 extra=""
+  while :; do
+    pass=$((pass + 1))
+    t0=$(date +%s%N)
+    fio_pass "pass$pass" "$pass"
+    rc=$?
+    say "pass $pass rc $rc ms $((($(date +%s%N) - t0) / 1000000))"
+    [ $rc = 0 ] || { fails=$((fails + 1)); break; }
+    [ -n "$extra" ] && break
+    seen=$(uniq /run/active | tr '\n' ' ' | sed 's/ $//')
+    case "$seen" in *"$OWNERS"*) extra=1 ;; esac
+    [ $(($(date +%s) - start)) -ge "$SECS" ] && break
+  done
+  say "workload-done"
+  fio_pass "pass$pass" "$pass" --verify_only
+  rc=$?
+  say "final-verify $rc"
+  [ $rc = 0 ] || fails=$((fails + 1))
+  kill $WATCH 2>/dev/null
+  ioerr=$(grep -c 'io_u error' /run/fio.log)
+  verr=$(grep -cE 'verify failed|bad magic|bad header' /run/fio.log)
+  say "io-errors $ioerr"
+  say "dm-errors $(dmesg | grep -c 'I/O error, dev dm-')"
+  say "beyond-end $(dmesg | grep -c 'access beyond end of device')"
+  if [ $fails = 0 ] && [ "$ioerr" = 0 ] && [ "$verr" = 0 ]; then
+    say "verify ok"
+  else
+    say "verify failed"
+    grep -E 'error|verify|err=' /run/fio.log | head -n 20 | while IFS= read -r l; do say "fio $l"; done
+  fi
+  say "sum $(head -c $REGION "$DEV" | md5sum | cut -d" " -f1)"
+  multipath -ll "$MAP" 2>&1 | while IFS= read -r l; do say "mpath $l"; done
+  dmesg | grep -E ' sd[a-z]|sd [0-9]|alua|device-mapper|multipath|iscsi|connection[0-9]|I/O error' |
+    tail -n 80 | while IFS= read -r l; do say "dmesg $l"; done
+  systemctl stop multipathd.service multipathd.socket 2>/dev/null
+  multipath -F >/dev/null 2>&1
+  iscsiadm -m node --logoutall=all >/dev/null 2>&1
+  say "logout $?"
+}
 IQN=$(arg iqn)
 STEP=$(arg step)
 PORTAL=10.0.2.100:3260
@@ -21,6 +178,7 @@ ip addr add 10.0.2.15/24 dev eth0
 say "kernel $(uname -r), $(iscsiadm --version)"
 modprobe iscsi_tcp || { say "modprobe iscsi_tcp failed"; off; }
 systemctl start iscsid.socket iscsid.service 2>/dev/null || iscsid
+[ "$STEP" = multipath ] && { multipath_step; off; }
 # The target reports its own portal (127.0.0.1 on the host) in SendTargets;
 # the guest reaches it only through the forwarded address, so the node
 # record is made for that one.
