@@ -340,3 +340,41 @@ fn metrics_show_routers_owners_and_generations() {
             .any(|l| l == "depot_cluster_router_up{router=\"r2\"} 0")
     });
 }
+
+#[test]
+fn an_s3_vpool_with_a_missing_bucket_is_refused_clearly() {
+    let g = Grid::start(1, 5);
+    let out = g.r(0).cli(&[
+        "vpool",
+        "create",
+        "nob",
+        "--s3-endpoint",
+        &g.moto.endpoint(),
+        "--s3-bucket",
+        "no-such-bucket",
+        "--s3-allow-http",
+        "--s3-access-key",
+        "test",
+        "--s3-secret-key",
+        "test",
+    ]);
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        msg.contains("no-such-bucket") && msg.contains("does not exist"),
+        "{msg}"
+    );
+    // Nothing was recorded; the vPool that works shows how it fences.
+    let pools = g.r(0).json(&["vpool", "list"]);
+    let names: Vec<&str> = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["s3p"]);
+    assert_eq!(
+        pools[0]["fencing"], "conditional",
+        "moto honours conditional PUTs"
+    );
+}

@@ -119,7 +119,10 @@ impl Depot {
             .arg(self.portal.to_string())
             .arg("--api-listen")
             .arg(self.api.to_string())
-            .env("DEPOT_LOG", "info")
+            .env(
+                "DEPOT_LOG",
+                std::env::var("DEPOT_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -136,6 +136,39 @@ fn iscsi_test_cu_scsi_iscsi_and_read_only_on_engine_vdisks() {
     conformance("engine", "kind = \"engine\"\n");
 }
 
+/// The same families against a clustered vDisk: three routers sharing an
+/// S3 vPool, the suite logged in at the owner (every LU has ALUA paths:
+/// one target port group per router).
+#[test]
+fn iscsi_test_cu_on_a_clustered_vdisk() {
+    let g = crate::cluster::Grid::start(3, 5);
+    let owner = g.r(0);
+    owner.cli_ok(&["vm", "create", "conformance"]);
+    for (disk, size, extra) in [
+        ("c-disk0", "256M", None),
+        ("c-ro", "64M", Some("--read-only")),
+    ] {
+        let mut args = vec![
+            "vdisk",
+            "create",
+            disk,
+            "--vm",
+            "conformance",
+            "--size",
+            size,
+        ];
+        args.extend(["--vpool", "s3p"]);
+        args.extend(extra);
+        owner.cli_ok(&args);
+    }
+    run_suite(
+        "clustered",
+        owner,
+        &owner.url("conformance", 0),
+        &owner.url("conformance", 1),
+    );
+}
+
 fn conformance(label: &str, kind: &str) {
     let depot = Depot::start(&format!(
         r#"
@@ -152,6 +185,13 @@ read_only = true
     ));
     let lun0 = depot.url("conformance", 0);
     let ro = depot.url("conformance", 1);
+    run_suite(label, &depot, &lun0, &ro);
+}
+
+/// Runs the iSCSI, SCSI (two URLs) and ReadOnly families; no failure but
+/// the documented test defect.
+fn run_suite(label: &str, depot: &Depot, lun0: &str, ro: &str) {
+    let (lun0, ro) = (lun0.to_string(), ro.to_string());
     let mut report = String::new();
     let mut failures = 0;
     for (family, urls) in [
@@ -180,6 +220,9 @@ read_only = true
         std::fs::write(artifacts.join(format!("{family}-{label}.txt")), &text).ok();
     }
     println!("{report}");
+    if std::env::var("DEPOT_TEST_LOG").is_ok() {
+        std::fs::write(format!("/tmp/conformance-{label}.log"), depot.log()).ok();
+    }
     if let Ok(path) = std::env::var("DEPOT_CONFORMANCE_REPORT") {
         let path = if label == "raw" {
             path

@@ -349,6 +349,12 @@ pub struct VPoolView {
     pub flash_bytes: u64,
     /// Estimated bytes on the backend.
     pub backend_bytes: u64,
+    /// How an S3 backend fences a deposed owner: `conditional` (the store
+    /// enforces If-Match / If-None-Match) or `external` (it ignores them:
+    /// fencing by generation-named keys and an etcd check before every
+    /// manifest update and delete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing: Option<depot_engine::FencingMode>,
 }
 
 impl VPoolRecord {
@@ -531,6 +537,7 @@ mod tests {
             bytes_waiting_to_ship: 7,
             flash_bytes: 8,
             backend_bytes: 9,
+            fencing: None,
         };
         assert_eq!(json(&pool), S3_POOL);
         let vm = VmView {

@@ -40,7 +40,10 @@ impl EtcdReservations {
     }
 
     /// Whether a state committed at `revision` is newer than what this
-    /// store last loaded or saved (then the unit should take it).
+    /// store last loaded or saved (then the unit should take it). Ask it
+    /// under the unit's PR serialization
+    /// (`LogicalUnit::replace_reservations_if`), where loads and saves
+    /// happen.
     pub fn newer(&self, revision: i64) -> bool {
         let mut r = self.revision.lock();
         if revision > *r {

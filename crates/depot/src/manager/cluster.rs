@@ -36,13 +36,17 @@ fn push_reservations(st: &State, name: &str, v: &depot_cluster::Versioned) {
     let Some(store) = &live.reservations else {
         return;
     };
-    if !store.newer(v.mod_revision) {
-        return;
-    }
-    match v.json::<depot_scsi::PrState>() {
-        Ok(state) => live.lu.replace_reservations(state),
-        Err(e) => tracing::warn!(vdisk = name, error = %e, "ignoring a bad reservation state"),
-    }
+    let state = match v.json::<depot_scsi::PrState>() {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::warn!(vdisk = name, error = %e, "ignoring a bad reservation state");
+            return;
+        }
+    };
+    // Decided under the unit's PR serialization: a PR OUT of this router
+    // may be committing a newer state right now.
+    live.lu
+        .replace_reservations_if(|| store.newer(v.mod_revision).then_some(state));
 }
 
 impl Manager {

@@ -94,6 +94,20 @@ impl Manager {
             return Err(bad("policy block_size must be 512 or 4096"));
         }
         let pool = self.open_pool(&rec)?;
+        // An S3 vPool must work now: a missing bucket or wrong credentials
+        // are an answer to this request, not a failure of the first vDisk.
+        // The probe also finds out how the store fences a deposed owner.
+        if let BackendConfig::S3 {
+            endpoint, bucket, ..
+        } = &rec.backend
+            && let Err(e) = pool.probe_fencing()
+        {
+            let _ = pool.shutdown();
+            return Err(bad(format!(
+                "cannot use S3 bucket {bucket:?} at {}: {e}",
+                endpoint.as_deref().unwrap_or("AWS")
+            )));
+        }
         if let Err(e) = st.catalog.insert_vpool(rec.clone()) {
             let _ = pool.shutdown();
             return Err(e);
@@ -156,5 +170,9 @@ fn vpool_view(st: &State, p: &VPoolRecord) -> VPoolView {
         bytes_waiting_to_ship: stats.as_ref().map_or(0, |s| s.bytes_waiting_to_ship),
         flash_bytes: stats.as_ref().map_or(0, |s| s.flash_bytes),
         backend_bytes: stats.as_ref().map_or(0, |s| s.backend_bytes_estimate),
+        fencing: match &p.backend {
+            BackendConfig::S3 { .. } => st.pools.get(&p.name).map(|pool| pool.fencing_mode()),
+            BackendConfig::Local { .. } => None,
+        },
     }
 }

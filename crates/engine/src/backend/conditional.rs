@@ -156,6 +156,12 @@ impl Backend {
                         "probe object {key} exists already"
                     )));
                 }
+                // A PUT answered "not found" means there is no bucket.
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(EngineError::Backend(
+                        "the bucket does not exist (or these credentials cannot see it)".into(),
+                    ));
+                }
                 Err(e) => return Err(map_err(e, &key)),
             };
             // Each step: refused as it must be (true), accepted (false),

@@ -253,8 +253,20 @@ impl LogicalUnit {
     /// ([`PrState::replacement_posts`]). Installing the state this unit
     /// already has changes nothing.
     pub fn replace_reservations(&self, state: PrState) {
+        self.replace_reservations_if(|| Some(state));
+    }
+
+    /// [`replace_reservations`](Self::replace_reservations) with the
+    /// state `offer` gives, decided while PERSISTENT RESERVE OUT is held
+    /// off: a daemon that pushes what its store committed checks there that
+    /// the state is still newer than what this unit last saved or loaded
+    /// (a check made before would race with a PR OUT committing a newer
+    /// state, and the push would roll the unit back).
+    pub fn replace_reservations_if(&self, offer: impl FnOnce() -> Option<PrState>) {
         let _serial = self.reservations.out.lock();
-        self.adopt(&state);
+        if let Some(state) = offer() {
+            self.adopt(&state);
+        }
     }
 
     /// A copy of the persistent reservation state PERSISTENT RESERVE IN
