@@ -286,6 +286,11 @@ impl Manager {
     /// while clones depend on its snapshots.
     pub fn delete_vdisk(&self, name: &str) -> DepotResult<()> {
         self.owner_here(name)?;
+        if self.moving(name) {
+            return Err(DepotError::InUse(format!(
+                "vDisk {name:?} is moving to another router; delete it once the move is done"
+            )));
+        }
         let mut st = self.lock();
         let rec = st
             .catalog

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# The pause a live move costs the guest: two routers of a cluster (a
+# 3-member etcd and an S3 server on loopback), one vDisk with 1 GiB of
+# un-shipped writes (the vPool ships only after an hour), fio's libiscsi
+# engine doing 4 KiB random reads and writes at queue depth 4 while the
+# vDisk moves back and forth. For every move it reports the router's own
+# pause (I/O held) and what the initiator saw: the longest gap between two
+# completions and the longest completion latency within the move's window.
+#
+#   benches/move-pause.sh [--moves N] [--unshipped SIZE] [--smoke]
+#
+# Env: DEPOT_BIN (default: a release build of this tree), DEPOT_FIO,
+# S3_ENDPOINT/S3_BUCKET/S3_KEY/S3_SECRET (default: moto_server from
+# ~/.cache/depot-tools, started here). Everything binds to 127.0.0.1 and is
+# stopped at exit. --smoke: 2 moves of 64 MiB (CI keeps the script working;
+# its numbers mean nothing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. benches/lib.sh
+MOVES=10
+UNSHIPPED=1G
+while [ $# -gt 0 ]; do
+  case $1 in
+    --moves) MOVES=$2; shift 2 ;;
+    --unshipped) UNSHIPPED=$2; shift 2 ;;
+    --smoke) MOVES=2; UNSHIPPED=64M; shift ;;
+    *) echo "usage: $0 [--moves N] [--unshipped SIZE] [--smoke]" >&2; exit 2 ;;
+  esac
+done
+bench_tools
+W=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# etcd: three members.
+P=(); for i in 1 2 3; do P+=("$(port)" "$(port)"); done
+CLUSTER="e1=http://127.0.0.1:${P[1]},e2=http://127.0.0.1:${P[3]},e3=http://127.0.0.1:${P[5]}"
+for i in 0 1 2; do
+  c=${P[$((2 * i))]} p=${P[$((2 * i + 1))]}
+  etcd --name "e$((i + 1))" --data-dir "$W/e$i" \
+    --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c" \
+    --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p" \
+    --initial-cluster "$CLUSTER" --initial-cluster-state new >"$W/e$i.log" 2>&1 &
+  PIDS+=($!)
+done
+ETCD="http://127.0.0.1:${P[0]},http://127.0.0.1:${P[2]},http://127.0.0.1:${P[4]}"
+for _ in $(seq 100); do
+  ETCDCTL_API=3 etcdctl --endpoints="$ETCD" endpoint health >/dev/null 2>&1 && break
+  sleep 0.2
+done
+
+# S3.
+if [ -z "${S3_ENDPOINT:-}" ]; then
+  MOTO=${XDG_CACHE_HOME:-$HOME/.cache}/depot-tools/moto/bin/moto_server
+  [ -x "$MOTO" ] || bash scripts/install-deps.sh
+  mp=$(port)
+  "$MOTO" -H 127.0.0.1 -p "$mp" >"$W/moto.log" 2>&1 &
+  PIDS+=($!)
+  S3_ENDPOINT=http://127.0.0.1:$mp S3_BUCKET=depot S3_KEY=test S3_SECRET=test
+  for _ in $(seq 100); do curl -s -o /dev/null "$S3_ENDPOINT" && break; sleep 0.2; done
+  curl -s -o /dev/null -X PUT "$S3_ENDPOINT/$S3_BUCKET"
+fi
+
+# Two routers.
+declare -A API PORTAL
+for r in r1 r2; do
+  PORTAL[$r]=127.0.0.1:$(port)
+  API[$r]=127.0.0.1:$(port)
+  DEPOT_LOG=warn "$DEPOT" serve --data-dir "$W/$r" --iscsi-listen "${PORTAL[$r]}" \
+    --api-listen "${API[$r]}" --router "$r" --etcd "$ETCD" \
+    --peer-listen "127.0.0.1:$(port)" >"$W/$r.log" 2>&1 &
+  PIDS+=($!)
+done
+for r in r1 r2; do
+  for _ in $(seq 200); do curl -s -o /dev/null "http://${API[$r]}/api/v1/health" && break; sleep 0.1; done
+done
+cli() { "$DEPOT" --api "http://${API[r1]}" "$@"; }
+# An S3 vPool that ships only after an hour, so the un-shipped window stays.
+curl -s -f -o /dev/null -X POST "http://${API[r1]}/api/v1/vpools" -H 'content-type: application/json' \
+  -d "{\"name\":\"s3p\",\"backend\":{\"type\":\"s3\",\"endpoint\":\"$S3_ENDPOINT\",\"bucket\":\"$S3_BUCKET\",\"region\":\"us-east-1\",\"access_key_id\":\"$S3_KEY\",\"secret_access_key\":\"$S3_SECRET\",\"allow_http\":true},\"policy\":{\"block_size\":512,\"write_buffer_bytes\":4294967296,\"read_cache_bytes\":1073741824,\"container_bytes\":67108864,\"ship_interval_secs\":3600}}"
+cli vm create mover >/dev/null
+cli vdisk create mover-root --vm mover --size 4G --vpool s3p >/dev/null
+URL="iscsi\\://${PORTAL[r1]//:/\\:}/iqn.2026-11.io.depot\\:mover/0"
+
+echo "filling $UNSHIPPED of un-shipped writes"
+"$FIO" --name=fill --ioengine=libiscsi --filename="$URL" --rw=write --bs=1M --iodepth=8 \
+  --size="$UNSHIPPED" >/dev/null
+cli --json vpool show s3p | python3 -c 'import json,sys; v=json.load(sys.stdin); print("un-shipped:", v["bytes_waiting_to_ship"] >> 20, "MiB")'
+
+# I/O during the moves, every completion logged with its Unix time.
+RUNTIME=$((MOVES * 6 + 10))
+"$FIO" --name=io --ioengine=libiscsi --filename="$URL" --rw=randrw --bs=4k --iodepth=4 \
+  --size=1G --time_based --runtime="$RUNTIME" --write_lat_log="$W/lat" --log_avg_msec=0 \
+  --log_unix_epoch=1 --per_job_logs=0 >"$W/fio.out" 2>&1 &
+FIO_PID=$!
+sleep 4
+: >"$W/moves"
+to=r2
+for i in $(seq "$MOVES"); do
+  t0=$(date +%s%3N)
+  json=$("$DEPOT" --api "http://${API[r1]}" --json vdisk move mover-root --to "$to")
+  t1=$(date +%s%3N)
+  echo "$t0 $t1 $(echo "$json" | python3 -c 'import json,sys; m=json.load(sys.stdin); print(m["pause_ms"], m["precopied_bytes"], m["paused_bytes"])')" >>"$W/moves"
+  [ "$to" = r2 ] && to=r1 || to=r2
+  sleep 4
+done
+wait "$FIO_PID" || { cat "$W/fio.out"; exit 1; }
+grep -q 'err= 0' "$W/fio.out" || { echo "fio saw I/O errors:"; cat "$W/fio.out"; exit 1; }
+
+python3 - "$W/moves" "$W/lat_clat.log" <<'PY'
+import statistics, sys
+moves = [l.split() for l in open(sys.argv[1])]
+done = []
+for line in open(sys.argv[2]):
+    f = line.split(",")
+    done.append((int(f[0]), int(f[1]) / 1e6))  # (completion ms, latency ms)
+done.sort()
+rows = []
+print("| move | router pause | precopied | held-copy | longest gap seen | longest latency seen |")
+print("|---:|---:|---:|---:|---:|---:|")
+for i, (t0, t1, pause, pre, held) in enumerate(moves, 1):
+    t0, t1 = int(t0), int(t1)
+    # Gaps between consecutive completions that overlap the move (the
+    # completion before it and the one after it included).
+    times = [t for t, _ in done]
+    gaps = [b - a for a, b in zip(times, times[1:]) if b >= t0 and a <= t1] or [0]
+    lat = max([l for t, l in done if t0 <= t <= t1 + 1000] or [0])
+    rows.append((int(pause), max(gaps), lat))
+    print(f"| {i} | {pause} ms | {int(pre) >> 20} MiB | {int(held) >> 20} MiB | {max(gaps)} ms | {lat:.0f} ms |")
+for name, k in (("router pause", 0), ("gap seen", 1), ("latency seen", 2)):
+    v = [r[k] for r in rows]
+    print(f"{name}: median {statistics.median(v):.0f} ms, max {max(v):.0f} ms")
+PY
