@@ -576,7 +576,23 @@ impl Manager {
     }
 
     /// `move.commit` on the target: finish the import and serve.
+    ///
+    /// The source committed the ownership in etcd before it sent this, but
+    /// this router's feed may not have delivered the change yet. It is
+    /// recorded in the view first (only if newer than what the view has),
+    /// so that neither the paths (ALUA) nor reconcile act on the old owner:
+    /// reconcile, once the move no longer shields the vDisk, would stand
+    /// the just-imported volume by and drop the un-shipped data it brought.
     pub fn move_commit(&self, c: Commit) -> DepotResult<()> {
+        if let Some(node) = &self.cluster {
+            node.apply_owner(
+                &c.vdisk,
+                Some(depot_cluster::Ownership {
+                    router: node.name().to_string(),
+                    generation: c.generation,
+                }),
+            );
+        }
         let r = self.finish_staged(&c.vdisk, c.generation);
         self.moves.lock().remove(&c.vdisk);
         let mut st = self.lock();
