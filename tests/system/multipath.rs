@@ -209,6 +209,21 @@ impl Drop for Guest {
     }
 }
 
+/// The time of day (UTC) to the millisecond, as the guest prints it.
+fn utc_now() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let s = t.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        t.subsec_millis()
+    )
+}
+
 /// Bytes router `r` wrote to the vDisk for initiators (its
 /// `depot_vdisk_write_bytes_total`).
 fn written_bytes(r: &Depot) -> u64 {
@@ -290,13 +305,14 @@ fn dm_multipath_verified_writes_survive_moves_across_three_routers() {
     for (k, &to) in route.iter().enumerate() {
         std::thread::sleep(SETTLE);
         guest.drain();
-        assert!(
-            !guest.has("workload-done"),
-            "the workload ended before move {k}; guest said:\n{}",
-            guest.said()
-        );
+        if guest.has("workload-done") {
+            // It failed (asserted below, with everything it said).
+            break;
+        }
         let via = g.r((k + 2) % 3);
+        let began = utc_now();
         let out = via.cli(&["--json", "vdisk", "move", DISK, "--to", names[to]]);
+        eprintln!("move {k} to {}: {began} .. {}", names[to], utc_now());
         assert!(
             out.status.success(),
             "move to {} failed: {}{}\nguest said:\n{}\nr1 log:\n{}\nr2 log:\n{}\nr3 log:\n{}",
@@ -325,20 +341,22 @@ fn dm_multipath_verified_writes_survive_moves_across_three_routers() {
     }
     let moved_at = booted.elapsed();
     guest.drain();
-    assert!(
-        !guest.has("workload-done"),
-        "the workload ended before the last move finished; guest said:\n{}",
-        guest.said()
-    );
+    let ended_early = guest.has("workload-done");
     let finished = guest.wait_for("end", limit);
     let ended = booted.elapsed();
-    let said = guest.said();
+    let said = format!(
+        "{}\nr1 log:\n{}\nr2 log:\n{}\nr3 log:\n{}",
+        guest.said(),
+        g.r(0).log(),
+        g.r(1).log(),
+        g.r(2).log()
+    );
     assert!(
         finished,
         "the guest did not finish within {GUEST_LIMIT:?}; it said:\n{said}\nconsole:\n{}",
         guest.console()
     );
-    eprintln!("guest said:\n{said}");
+    eprintln!("guest said:\n{}", guest.said());
     for (k, m) in moves.iter().enumerate() {
         eprintln!(
             "move {k} to {}: pause_ms {} total_ms {} paused_bytes {} precopied_bytes {}",
@@ -350,6 +368,23 @@ fn dm_multipath_verified_writes_survive_moves_across_three_routers() {
         t0.elapsed()
     );
 
+    // Every pass wrote and verified its region; at least one pass ran
+    // after the last move.
+    let passes = guest.all("pass");
+    for p in &passes {
+        assert!(p.contains(" rc 0 "), "pass {p}:\n{said}");
+    }
+    assert!(passes.len() >= 2, "{said}");
+    assert_eq!(guest.field("final-verify"), "0", "{said}");
+    assert_eq!(guest.field("io-errors"), "0", "{said}");
+    assert_eq!(guest.field("dm-errors"), "0", "{said}");
+    assert_eq!(guest.field("beyond-end"), "0", "{said}");
+    assert_eq!(guest.field("verify"), "ok", "{said}");
+    assert!(
+        moves.len() == route.len() && !ended_early,
+        "the workload ended before the last move finished:\n{said}"
+    );
+
     // The kernel followed the owner: active/optimized went r1, r2, r3, r1.
     let active: Vec<u16> = guest
         .all("active")
@@ -359,18 +394,6 @@ fn dm_multipath_verified_writes_survive_moves_across_three_routers() {
     let mut distinct = active.clone();
     distinct.dedup();
     assert_eq!(distinct, owners, "active paths the guest saw:\n{said}");
-    // Every pass wrote and verified its region; at least one pass ran
-    // after the last move.
-    let passes = guest.all("pass");
-    assert!(passes.len() >= 2, "{said}");
-    for p in &passes {
-        assert!(p.contains(" rc 0 "), "pass {p}:\n{said}");
-    }
-    assert_eq!(guest.field("final-verify"), "0", "{said}");
-    assert_eq!(guest.field("io-errors"), "0", "{said}");
-    assert_eq!(guest.field("dm-errors"), "0", "{said}");
-    assert_eq!(guest.field("beyond-end"), "0", "{said}");
-    assert_eq!(guest.field("verify"), "ok", "{said}");
 
     // Each router served the guest's writes while it owned the vDisk.
     for (name, r) in names.iter().zip(&g.routers) {

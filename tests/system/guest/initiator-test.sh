@@ -136,7 +136,7 @@ CONF
     t0=$(date +%s%N)
     fio_pass "pass$pass" "$pass"
     rc=$?
-    say "pass $pass rc $rc ms $((($(date +%s%N) - t0) / 1000000))"
+    say "pass $pass rc $rc ms $((($(date +%s%N) - t0) / 1000000)) until $(date -u +%T.%3N)"
     [ $rc = 0 ] || { fails=$((fails + 1)); break; }
     [ -n "$extra" ] && break
     seen=$(uniq /run/active | tr '\n' ' ' | sed 's/ $//')
@@ -159,6 +159,11 @@ CONF
   else
     say "verify failed"
     grep -E 'error|verify|err=' /run/fio.log | head -n 20 | while IFS= read -r l; do say "fio $l"; done
+    # What the first blocks that failed hold now.
+    grep -o 'requested block: offset=[0-9]*' /run/fio.log | cut -d= -f2 | sort -un | head -n 4 |
+      while read -r o; do
+        say "block $o now $(dd if="$DEV" bs=16k skip=$((o / 16384)) count=1 iflag=direct status=none | od -A n -t x1 -N 24 | tr -s ' \n' ' ')"
+      done
   fi
   say "sum $(head -c $REGION "$DEV" | md5sum | cut -d" " -f1)"
   multipath -ll "$MAP" 2>&1 | while IFS= read -r l; do say "mpath $l"; done
@@ -178,7 +183,7 @@ ip addr add 10.0.2.15/24 dev eth0
 say "kernel $(uname -r), $(iscsiadm --version)"
 modprobe iscsi_tcp || { say "modprobe iscsi_tcp failed"; off; }
 systemctl start iscsid.socket iscsid.service 2>/dev/null || iscsid
-[ "$STEP" = multipath ] && { multipath_step; off; }
+[ "$STEP" = multipath ] && { multipath_step; off; exit 0; }
 # The target reports its own portal (127.0.0.1 on the host) in SendTargets;
 # the guest reaches it only through the forwarded address, so the node
 # record is made for that one.
