@@ -378,3 +378,331 @@ fn an_s3_vpool_with_a_missing_bucket_is_refused_clearly() {
         "moto honours conditional PUTs"
     );
 }
+
+// etcd's TLS and authentication are the cluster's admission control
+// (docs/cluster.md, "Trust between routers"): a process without the CA, a
+// client certificate or the etcd user's password can neither join nor
+// read the cluster state (the cluster CA's key among it).
+mod secured_etcd {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output, Stdio};
+    use std::time::{Duration, Instant};
+
+    use depot_testkit::EtcdCluster;
+
+    use super::eventually;
+    use crate::common::*;
+
+    /// `[cluster]` settings (key, path or text) added to a configuration.
+    type Settings<'a> = Vec<(&'a str, &'a Path)>;
+
+    /// The password of the etcd user `depot` in the secured-etcd tests.
+    const ETCD_PASSWORD: &str = "depot-etcd-secret";
+
+    /// Router `name`'s configuration ([`router_config`]) on `endpoints` with
+    /// the `[cluster]` settings `extra` (key, value) added as TOML strings.
+    fn secured_config(name: &str, endpoints: &str, extra: &[(&str, &Path)]) -> String {
+        let mut cfg = router_config(name, endpoints, 5);
+        for (k, v) in extra {
+            let v = v.to_str().expect("UTF-8 path");
+            cfg.push_str(&format!("{k} = {v:?}\n"));
+        }
+        cfg
+    }
+
+    /// Writes `password` (with a trailing newline, as an editor would) to a
+    /// password file in `dir`.
+    fn password_file(dir: &Path, password: &str) -> PathBuf {
+        let p = dir.join(format!("etcd-password-{}", free_port()));
+        std::fs::write(&p, format!("{password}\n")).unwrap();
+        p
+    }
+
+    /// Runs `depot serve` with `config` and requires it to exit with an
+    /// error; returns its stderr and how long it took to give up.
+    fn serve_refused(config: &str) -> (String, Duration) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("depot.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let t0 = Instant::now();
+        let out = run_timeout(
+            Command::new(env!("CARGO_BIN_EXE_depot"))
+                .arg("serve")
+                .arg("--config")
+                .arg(&cfg)
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .arg("--iscsi-listen")
+                .arg(format!("127.0.0.1:{}", free_port()))
+                .arg("--api-listen")
+                .arg(format!("127.0.0.1:{}", free_port())),
+            Duration::from_secs(60),
+        );
+        let took = t0.elapsed();
+        let msg = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "depot started with {config}: {msg}");
+        (msg, took)
+    }
+
+    /// `etcdctl` on `etcd` with only the given global flags (no user unless
+    /// given): what a process outside the cluster could try.
+    fn outsider_etcdctl(etcd: &EtcdCluster, flags: &[&str], args: &[&str]) -> Output {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(etcd.endpoints_arg())
+            .arg("--command-timeout=2s")
+            .args(flags)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("etcdctl")
+    }
+
+    fn vm_names(d: &Depot) -> Vec<String> {
+        d.json(&["vm", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn routers_join_an_etcd_that_requires_tls_a_client_cert_and_a_user() {
+        let t0 = Instant::now();
+        let mut etcd = EtcdCluster::start_tls(3, true);
+        etcd.enable_auth("depot", ETCD_PASSWORD, "/depot");
+        let set_up = t0.elapsed();
+        let secrets = tempfile::tempdir().unwrap();
+        let pw = password_file(secrets.path(), ETCD_PASSWORD);
+        let tls = etcd.tls().unwrap().clone();
+        let (cert, key) = tls.client.clone().unwrap();
+        let creds: [(&str, &Path); 5] = [
+            ("etcd_ca", &tls.ca),
+            ("etcd_cert", &cert),
+            ("etcd_key", &key),
+            ("etcd_user", Path::new("depot")),
+            ("etcd_password_file", &pw),
+        ];
+        let t1 = Instant::now();
+        let routers: Vec<Depot> = ["r1", "r2"]
+            .iter()
+            .map(|n| Depot::start(&secured_config(n, &etcd.endpoints_arg(), &creds)))
+            .collect();
+        let joined = t1.elapsed();
+
+        let list = routers[1].json(&["router", "list"]);
+        let rows = list.as_array().unwrap();
+        assert_eq!(rows.len(), 2, "{list}");
+        assert!(rows.iter().all(|r| r["state"] == "up"), "{list}");
+
+        routers[0].cli_ok(&["vm", "create", "web1"]);
+        eventually(Duration::from_secs(5), "r2 sees r1's VM", || {
+            vm_names(&routers[1]).contains(&"web1".to_string())
+        });
+
+        // The state is in etcd under /depot, readable with the credentials ...
+        let ca = tls.ca.to_str().unwrap();
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let with_cert = ["--cacert", ca, "--cert", cert, "--key", key];
+        let user = format!("--user=depot:{ETCD_PASSWORD}");
+        let mut flags = with_cert.to_vec();
+        flags.push(&user);
+        let ok = outsider_etcdctl(&etcd, &flags, &["get", "--prefix", "--keys-only", "/depot"]);
+        let keys = String::from_utf8_lossy(&ok.stdout);
+        assert!(ok.status.success() && keys.contains("web1"), "{keys}");
+        // ... and to nobody else: not without the user (the client
+        // certificate alone names no etcd user), not with a wrong password,
+        // not without a client certificate, not without the CA.
+        let wrong = "--user=depot:not-the-password".to_string();
+        let mut wrong_flags = with_cert.to_vec();
+        wrong_flags.push(&wrong);
+        let mut no_cert = vec!["--cacert", ca];
+        no_cert.push(&user);
+        for (what, flags, expect) in [
+            ("no user", with_cert.to_vec(), "permission denied"),
+            ("wrong password", wrong_flags, "authentication failed"),
+            ("no client certificate", no_cert, ""),
+            ("no CA", vec![user.as_str()], ""),
+        ] {
+            let out = outsider_etcdctl(&etcd, &flags, &["get", "--prefix", "/depot"]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{what}: etcd answered");
+            assert!(err.contains(expect), "{what}: {err}");
+            assert!(
+                !String::from_utf8_lossy(&out.stdout).contains("web1"),
+                "{what}"
+            );
+        }
+
+        // The routers outlive a restart of every etcd member (etcd forgets
+        // the auth tokens it handed out): both are up again, and a change
+        // through r2 reaches r1.
+        let t2 = Instant::now();
+        etcd.restart_all();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = routers[1].cli(&["vm", "create", "web2"]);
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "r2 cannot create a VM 30 s after etcd restarted: {}\nr2's log:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                routers[1].log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eventually(Duration::from_secs(10), "r1 sees r2's VM", || {
+            vm_names(&routers[0]).contains(&"web2".to_string())
+        });
+        eventually(Duration::from_secs(30), "both routers up again", || {
+            let list = routers[0].json(&["router", "list"]);
+            let rows = list.as_array().unwrap();
+            rows.len() == 2 && rows.iter().all(|r| r["state"] == "up")
+        });
+        eprintln!(
+            "secured etcd: set-up {set_up:?}, two routers joined in {joined:?}, \
+             back after an etcd restart in {:?}",
+            t2.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_router_without_valid_etcd_credentials_is_refused_clearly() {
+        let mut etcd = EtcdCluster::start_tls(1, false);
+        etcd.enable_auth("depot", ETCD_PASSWORD, "/depot");
+        let ca = etcd.tls().unwrap().ca.clone();
+        let secrets = tempfile::tempdir().unwrap();
+        let wrong = password_file(secrets.path(), "not-the-password");
+        let right = password_file(secrets.path(), ETCD_PASSWORD);
+        let eps = etcd.endpoints_arg();
+
+        // A wrong password, and an unknown user: etcd refuses the credentials.
+        for (user, pw) in [("depot", &wrong), ("intruder", &right)] {
+            let cfg = secured_config(
+                "r1",
+                &eps,
+                &[
+                    ("etcd_ca", &ca),
+                    ("etcd_user", Path::new(user)),
+                    ("etcd_password_file", pw),
+                ],
+            );
+            let (msg, took) = serve_refused(&cfg);
+            eprintln!("{user} with a wrong password ({took:?}): {msg}");
+            assert!(
+                msg.contains("etcd") && msg.contains("authentication") && msg.contains(user),
+                "{msg}"
+            );
+            assert!(!msg.contains("not-the-password") && !msg.contains(ETCD_PASSWORD));
+            assert!(took < Duration::from_secs(10), "{took:?}");
+        }
+
+        // No user at all on an etcd that requires one.
+        let (msg, took) = serve_refused(&secured_config("r1", &eps, &[("etcd_ca", &ca)]));
+        eprintln!("no etcd user ({took:?}): {msg}");
+        assert!(msg.contains("etcd") && msg.contains("user"), "{msg}");
+
+        // A user that may not touch the configured prefix.
+        let mut cfg = secured_config(
+            "r1",
+            &eps,
+            &[
+                ("etcd_ca", &ca),
+                ("etcd_user", Path::new("depot")),
+                ("etcd_password_file", &right),
+            ],
+        );
+        cfg.push_str("prefix = \"/elsewhere\"\n");
+        let (msg, took) = serve_refused(&cfg);
+        eprintln!("user without permission on the prefix ({took:?}): {msg}");
+        assert!(msg.contains("etcd") && msg.contains("permission"), "{msg}");
+
+        // Nothing was written: the cluster has no router.
+        let out = etcd.etcdctl_ok(&["get", "--prefix", "--keys-only", "/"]);
+        let keys = String::from_utf8_lossy(&out.stdout);
+        assert!(!keys.contains("r1"), "{keys}");
+    }
+
+    #[test]
+    fn a_router_without_the_etcd_ca_or_client_cert_is_refused_clearly() {
+        let etcd = EtcdCluster::start_tls(1, true);
+        let tls = etcd.tls().unwrap().clone();
+        let (cert, key) = tls.client.clone().unwrap();
+        let https = etcd.endpoints_arg();
+        let plain = https.replace("https://", "http://");
+        let other = tempfile::tempdir().unwrap();
+        let (foreign_ca, _) = depot_testkit::etcd::make_ca(other.path(), "foreign", "another CA");
+
+        // (what is wrong, endpoints, settings, what the error must say)
+        let cases: [(&str, &str, Settings, &str); 4] = [
+            (
+                "plain http to a TLS etcd",
+                &plain,
+                vec![],
+                "give https:// endpoints and etcd_ca",
+            ),
+            (
+                "https without etcd_ca",
+                &https,
+                vec![],
+                "etcd_ca is not set",
+            ),
+            (
+                "a CA that did not sign etcd's certificate",
+                &https,
+                vec![
+                    ("etcd_ca", foreign_ca.as_path()),
+                    ("etcd_cert", &cert),
+                    ("etcd_key", &key),
+                ],
+                "not signed by the CA in etcd_ca",
+            ),
+            (
+                "no client certificate",
+                &https,
+                vec![("etcd_ca", tls.ca.as_path())],
+                "set etcd_cert and etcd_key",
+            ),
+        ];
+        for (what, eps, extra, says) in cases {
+            let (msg, took) = serve_refused(&secured_config("r1", eps, &extra));
+            eprintln!("{what} ({took:?}): {msg}");
+            assert!(
+                msg.contains("etcd") && msg.contains(eps) && msg.contains(says),
+                "{what}: {msg}"
+            );
+            assert!(took < Duration::from_secs(15), "{what}: {took:?}");
+        }
+        // A user for an etcd whose authentication is off is a mistake too.
+        let secrets = tempfile::tempdir().unwrap();
+        let pw = password_file(secrets.path(), ETCD_PASSWORD);
+        let (msg, took) = serve_refused(&secured_config(
+            "r1",
+            &https,
+            &[
+                ("etcd_ca", &tls.ca),
+                ("etcd_cert", &cert),
+                ("etcd_key", &key),
+                ("etcd_user", Path::new("depot")),
+                ("etcd_password_file", &pw),
+            ],
+        ));
+        eprintln!("a user for an etcd without authentication ({took:?}): {msg}");
+        assert!(msg.contains("authentication is not enabled"), "{msg}");
+        // The right files are enough.
+        let ok = Depot::start(&secured_config(
+            "r1",
+            &https,
+            &[
+                ("etcd_ca", &tls.ca),
+                ("etcd_cert", &cert),
+                ("etcd_key", &key),
+            ],
+        ));
+        assert_eq!(ok.json(&["router", "list"]).as_array().unwrap().len(), 1);
+    }
+}
