@@ -8,6 +8,7 @@
 //! (etcd's serializable transaction). That is what turns "read, decide,
 //! write" into a change that cannot lose a concurrent update.
 
+use std::error::Error as _;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,7 +157,12 @@ pub(crate) fn connect_options(cfg: &ClusterConfig) -> ClusterResult<ConnectOptio
         .with_keep_alive(Duration::from_secs(2), cfg.request_timeout)
         .with_require_leader(true);
     if let Some((user, password)) = &cfg.user {
-        opts = opts.with_user(user.clone(), password.clone());
+        // etcd forgets the tokens it handed out when it restarts: without
+        // the refresh, every call after an etcd restart is refused with
+        // "invalid auth token" for good.
+        opts = opts
+            .with_user(user.clone(), password.clone())
+            .with_auto_token_refresh(true);
     }
     if let Some(tls) = &cfg.tls {
         let read = |p: &std::path::Path| {
@@ -180,18 +186,25 @@ impl Store {
             return Err(ClusterError::Config("no etcd endpoints given".into()));
         }
         let options = connect_options(cfg)?;
-        let client = bounded(
+        let at = cfg.endpoints.join(",");
+        // Connecting authenticates (when a user is set); the first read
+        // shows whether TLS, the user and its permissions on the prefix are
+        // good. Either failure is told in the terms of the configuration.
+        let client = match tokio::time::timeout(
             cfg.request_timeout,
             Client::connect(&cfg.endpoints, Some(options.clone())),
         )
         .await
-        .map_err(|e| match e {
-            ClusterError::Unavailable(m) => ClusterError::Unavailable(format!(
-                "cannot reach etcd at {}: {m}",
-                cfg.endpoints.join(",")
-            )),
-            other => other,
-        })?;
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(refused(cfg, &e, "cannot reach etcd")),
+            Err(_) => {
+                return Err(ClusterError::Unavailable(format!(
+                    "cannot reach etcd at {at}: no answer within {} ms",
+                    cfg.request_timeout.as_millis()
+                )));
+            }
+        };
         let store = Store {
             client,
             keys: Keys::new(&cfg.prefix),
@@ -200,12 +213,16 @@ impl Store {
             members: Arc::new(RwLock::new(cfg.endpoints.clone())),
             options,
         };
-        store.revision().await.map_err(|e| {
-            ClusterError::Unavailable(format!(
-                "etcd at {} does not answer: {e}",
-                cfg.endpoints.join(",")
-            ))
-        })?;
+        match tokio::time::timeout(cfg.request_timeout, store.read_revision()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(refused(cfg, &e, "etcd does not answer")),
+            Err(_) => {
+                return Err(ClusterError::Unavailable(format!(
+                    "etcd at {at} does not answer: no answer within {} ms",
+                    cfg.request_timeout.as_millis()
+                )));
+            }
+        }
         store.refresh_members().await?;
         Ok(store)
     }
@@ -237,11 +254,15 @@ impl Store {
 
     /// The current revision of the cluster (a linearizable read).
     pub async fn revision(&self) -> ClusterResult<i64> {
+        bounded(self.timeout, self.read_revision()).await
+    }
+
+    /// [`Store::revision`] without a deadline, with etcd's own error.
+    async fn read_revision(&self) -> Result<i64, etcd_client::Error> {
         let mut c = self.client.clone();
         let root = self.keys.root();
-        let r = bounded(
-            self.timeout,
-            c.get(
+        let r = c
+            .get(
                 root,
                 Some(
                     GetOptions::new()
@@ -249,9 +270,8 @@ impl Store {
                         .with_keys_only()
                         .with_limit(1),
                 ),
-            ),
-        )
-        .await?;
+            )
+            .await?;
         Ok(r.header().map_or(0, |h| h.revision()))
     }
 
@@ -384,6 +404,80 @@ pub(crate) fn versioned(kv: &etcd_client::KeyValue) -> ClusterResult<Versioned> 
         lease: kv.lease(),
         key,
     })
+}
+
+/// Why etcd would not let a router in, in the terms of its `[cluster]`
+/// settings: refused credentials, a missing user, a user without rights on
+/// the prefix are configuration errors; anything else (TLS, transport) is
+/// etcd being unreachable, with the whole chain of causes and a hint at the
+/// TLS settings a transport failure may come from.
+fn refused(cfg: &ClusterConfig, e: &etcd_client::Error, what: &str) -> ClusterError {
+    let at = cfg.endpoints.join(",");
+    let user = cfg.user.as_ref().map(|(u, _)| u.as_str());
+    if let etcd_client::Error::GRpcStatus(s) = e {
+        // etcd's own messages (api/v3rpc/rpctypes), stable across 3.x.
+        let m = s.message();
+        let config = |msg: String| ClusterError::Config(format!("etcd at {at}: {msg} ({m})"));
+        if m.contains("authentication failed") {
+            return config(format!(
+                "etcd refused the credentials of user {}: wrong user or password \
+                 (etcd authentication)",
+                user.unwrap_or("(none)")
+            ));
+        }
+        if m.contains("user name is empty") {
+            return config(
+                "etcd requires authentication: set etcd_user and etcd_password_file".into(),
+            );
+        }
+        if m.contains("authentication is not enabled") {
+            return config(format!(
+                "etcd_user {} is set but etcd's authentication is not enabled",
+                user.unwrap_or("(none)")
+            ));
+        }
+        if m.contains("permission denied") {
+            return config(format!(
+                "etcd user {} may not read and write the key prefix {} \
+                 (etcd authentication: grant its role readwrite on the prefix)",
+                user.unwrap_or("(none)"),
+                cfg.prefix
+            ));
+        }
+    }
+    // The causes, without tonic's debug dump: "transport error: ...".
+    let (mut why, mut source) = match e {
+        etcd_client::Error::GRpcStatus(s) => (s.message().to_string(), s.source()),
+        other => (other.to_string(), other.source()),
+    };
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !why.contains(&text) {
+            why.push_str(": ");
+            why.push_str(&text);
+        }
+        source = s.source();
+    }
+    let plain = cfg.endpoints.iter().any(|e| e.starts_with("http://"));
+    let hint = if why.contains("UnknownIssuer") && cfg.tls.is_some() {
+        " (etcd's certificate is not signed by the CA in etcd_ca)"
+    } else if why.contains("NotValidForName") {
+        " (etcd's certificate does not name the endpoint's host)"
+    } else if why.to_lowercase().contains("connection refused") {
+        ""
+    } else {
+        match &cfg.tls {
+            None if plain => " (if etcd serves TLS, give https:// endpoints and etcd_ca)",
+            None => {
+                " (etcd_ca is not set: https:// endpoints need the CA that signed etcd's certificate)"
+            }
+            Some(t) if t.identity.is_none() => {
+                " (if etcd requires client certificates, set etcd_cert and etcd_key)"
+            }
+            Some(_) => "",
+        }
+    };
+    ClusterError::Unavailable(format!("{what} at {at}: {why}{hint}"))
 }
 
 /// Runs an etcd call with a deadline, mapping its error.
