@@ -48,7 +48,7 @@ fi
 # The peers the system tests talk to.
 $SUDO apt-get install -y -q --no-install-recommends \
   libiscsi-bin libiscsi-dev tgt \
-  dpkg-dev gcc make zlib1g-dev bc python3 >/dev/null
+  dpkg-dev gcc make zlib1g-dev bc python3 openssl >/dev/null
 # etcd 3.4 (server and etcdctl): the cluster tests start a 3-member etcd on
 # loopback.
 $SUDO apt-get install -y -q --no-install-recommends etcd-server etcd-client >/dev/null

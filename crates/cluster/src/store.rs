@@ -151,10 +151,14 @@ impl std::fmt::Debug for Store {
 
 /// Builds the client options (TLS, user, timeouts) of a configuration.
 pub(crate) fn connect_options(cfg: &ClusterConfig) -> ClusterResult<ConnectOptions> {
+    // No per-request timeout here: tonic applies it to streams too, and
+    // cut the watch and lease keep-alive streams every `request_timeout`.
+    // Unary calls are bounded one by one (`bounded`).
     let mut opts = ConnectOptions::new()
-        .with_timeout(cfg.request_timeout)
         .with_connect_timeout(cfg.request_timeout)
-        .with_keep_alive(Duration::from_secs(2), cfg.request_timeout)
+        // etcd's server sends GOAWAY to a client that pings more often
+        // than `--grpc-keepalive-min-time` (5 s by default).
+        .with_keep_alive(Duration::from_secs(6), cfg.request_timeout)
         .with_require_leader(true);
     if let Some((user, password)) = &cfg.user {
         // etcd forgets the tokens it handed out when it restarts: without

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ClusterResult;
-use crate::store::{Store, Versioned, versioned};
+use crate::store::{Store, Versioned, bounded, versioned};
 
 /// One change of a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,16 +79,15 @@ async fn run(store: &Store, prefix: &str, tx: &mpsc::Sender<FeedEvent>) -> Clust
         return Ok(());
     }
     let mut c = store.client();
-    let mut stream = c
-        .watch(
-            prefix,
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(revision + 1),
-            ),
-        )
-        .await?;
+    let watch = c.watch(
+        prefix,
+        Some(
+            WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(revision + 1),
+        ),
+    );
+    let mut stream = bounded(store.timeout(), watch).await?;
     loop {
         let Some(resp) = stream.message().await? else {
             return Err(crate::ClusterError::Unavailable(
