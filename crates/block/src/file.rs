@@ -110,8 +110,8 @@ impl FileDevice {
         // file offset, which nothing here uses (all I/O is positioned).
         #[allow(unsafe_code)]
         let rc = unsafe { libc::lseek(self.file.as_raw_fd(), off, whence) };
-        if rc >= 0 {
-            return Ok(Some(rc as u64));
+        if let Ok(pos) = u64::try_from(rc) {
+            return Ok(Some(pos));
         }
         let err = std::io::Error::last_os_error();
         if err.raw_os_error() == Some(libc::ENXIO) {
@@ -138,7 +138,8 @@ impl BlockDevice for FileDevice {
 
     fn physical_block_exponent(&self) -> u8 {
         if self.block_size < 4096 {
-            (4096 / self.block_size).trailing_zeros() as u8
+            // At most 32 (trailing zeros of a u32).
+            u8::try_from((4096 / self.block_size).trailing_zeros()).unwrap_or(u8::MAX)
         } else {
             0
         }
@@ -275,10 +276,10 @@ pub fn pread_nowait(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result
         // to `file`, borrowed (so open) for the call.
         #[allow(unsafe_code)]
         let rc = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
-        match rc {
-            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            n if n > 0 => done += n as usize,
-            _ => {
+        match usize::try_from(rc) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => done += n,
+            Err(_) => {
                 let e = std::io::Error::last_os_error();
                 match e.kind() {
                     std::io::ErrorKind::WouldBlock => return Ok(false),
@@ -301,25 +302,18 @@ const IOV_BATCH: usize = 64;
 /// `EOPNOTSUPP` where the file system cannot do it for buffered writes.
 fn pwritev_nowait(file: &File, pieces: &[&[u8]], offset: u64) -> std::io::Result<usize> {
     write_batches(pieces, offset, |iov, off| {
+        // At most IOV_BATCH entries, so this never fails.
+        let count = libc::c_int::try_from(iov.len())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: the kernel only reads through `iov`, whose entries point
         // into `pieces` (borrowed for the whole call) with their exact
         // lengths; the descriptor belongs to `file`, borrowed (so open) for
         // the call.
         #[allow(unsafe_code)]
-        let rc = unsafe {
-            libc::pwritev2(
-                file.as_raw_fd(),
-                iov.as_ptr(),
-                iov.len() as libc::c_int,
-                off,
-                libc::RWF_NOWAIT,
-            )
-        };
-        if rc < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(rc as usize)
-        }
+        let rc =
+            unsafe { libc::pwritev2(file.as_raw_fd(), iov.as_ptr(), count, off, libc::RWF_NOWAIT) };
+        // Negative (-1) is an error, in errno.
+        usize::try_from(rc).map_err(|_| std::io::Error::last_os_error())
     })
 }
 
@@ -388,6 +382,8 @@ fn map_write_err(e: std::io::Error) -> BlockError {
 }
 
 #[cfg(test)]
+// Test data patterns and offsets truncate on purpose or are small.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 mod tests {
     use super::*;
 

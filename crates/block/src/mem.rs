@@ -171,6 +171,8 @@ impl std::fmt::Debug for MemDevice {
 }
 
 #[cfg(test)]
+// Test data patterns truncate on purpose.
+#[allow(clippy::cast_sign_loss)]
 mod tests {
     use super::*;
     use crate::BlockError;
