@@ -42,8 +42,7 @@ impl TargetPdu {
         let mut header = [0u8; BHS_LEN];
         header[0] = opcode;
         header[1] = flags;
-        let len = data.len().min(0x00ff_ffff) as u32;
-        header[5..8].copy_from_slice(&len.to_be_bytes()[1..]);
+        header[5..8].copy_from_slice(&crate::data_segment_length_field(data.len()));
         header[16..20].copy_from_slice(&itt.to_be_bytes());
         TargetPdu {
             header,
@@ -157,7 +156,7 @@ pub fn scsi_response(
     let data = match sense {
         Some(s) if !s.is_empty() => {
             let mut d = BytesMut::with_capacity(2 + s.len());
-            d.put_u16(s.len().min(0xffff) as u16);
+            d.put_u16(u16::try_from(s.len()).unwrap_or(u16::MAX));
             d.put_slice(s);
             d.freeze()
         }

@@ -16,8 +16,7 @@ use crate::{BHS_LEN, digest};
 /// (no AHS).
 pub fn bhs(header: &Header, data_len: usize) -> [u8; BHS_LEN] {
     let mut b = [0u8; BHS_LEN];
-    let len = data_len.min(0x00ff_ffff) as u32;
-    b[5..8].copy_from_slice(&len.to_be_bytes()[1..]);
+    b[5..8].copy_from_slice(&crate::data_segment_length_field(data_len));
     b[16..20].copy_from_slice(&header.itt().to_be_bytes());
     let put = |b: &mut [u8; BHS_LEN], at: usize, v: u32| {
         b[at..at + 4].copy_from_slice(&v.to_be_bytes());

@@ -37,3 +37,14 @@ pub const BHS_LEN: usize = 48;
 
 /// Reserved initiator task tag / target transfer tag value.
 pub const RESERVED_TAG: u32 = 0xffff_ffff;
+
+/// Largest value of the BHS's 24-bit DataSegmentLength field.
+const MAX_DATA_SEGMENT_LENGTH: u32 = 0x00ff_ffff;
+
+/// The BHS's DataSegmentLength field (bytes 5..8) for a data segment of
+/// `len` bytes, clamped to what 24 bits can say.
+pub(crate) fn data_segment_length_field(len: usize) -> [u8; 3] {
+    let n = u32::try_from(len).map_or(MAX_DATA_SEGMENT_LENGTH, |n| n.min(MAX_DATA_SEGMENT_LENGTH));
+    let [_, a, b, c] = n.to_be_bytes();
+    [a, b, c]
+}

@@ -155,8 +155,8 @@ fn parse_number(v: &str) -> Option<u64> {
 
 fn parse_range(v: &str, lo: u32, hi: u32) -> Option<u32> {
     parse_number(v)
-        .filter(|n| *n >= u64::from(lo) && *n <= u64::from(hi))
-        .map(|n| n as u32)
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| (lo..=hi).contains(n))
 }
 
 fn parse_bool(v: &str) -> Option<bool> {
