@@ -307,7 +307,7 @@ pub fn report_target_port_groups(groups: &[Group], pref: bool, extended: bool) -
         d.extend_from_slice(&[0, 0]);
         d.extend_from_slice(&g.relative_port.to_be_bytes());
     }
-    let len = (d.len() - 4) as u32;
+    let len = crate::sat_u32(d.len() - 4);
     d[..4].copy_from_slice(&len.to_be_bytes());
     d
 }

@@ -74,7 +74,7 @@ pub fn standard(id: &Identity<'_>, three_pc: bool) -> Vec<u8> {
     d[0] = 0x00; // connected, direct access block device
     d[2] = 0x06; // SPC-4
     d[3] = 0x10 | 0x02; // HISUP, response data format 2
-    d[4] = (d.len() - 5) as u8;
+    d[4] = crate::sat_u8(d.len() - 5);
     // TPGS = 01b (implicit ALUA), 3PC when EXTENDED COPY is served.
     d[5] = 0x10 | if three_pc { 0x08 } else { 0 };
     d[6] = 0x00;
@@ -102,7 +102,7 @@ fn page(code: u8, body: &[u8]) -> Vec<u8> {
     let mut d = Vec::with_capacity(4 + body.len());
     d.push(0x00);
     d.push(code);
-    d.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    d.extend_from_slice(&crate::sat_u16(body.len()).to_be_bytes());
     d.extend_from_slice(body);
     d
 }
@@ -113,7 +113,7 @@ fn designator(proto_codeset: u8, piv_assoc_type: u8, value: &[u8]) -> Vec<u8> {
     d.push(proto_codeset);
     d.push(piv_assoc_type);
     d.push(0);
-    d.push(value.len() as u8);
+    d.push(crate::sat_u8(value.len()));
     d.extend_from_slice(value);
     d
 }

@@ -68,6 +68,33 @@ pub use registry::Registry;
 pub use target::ScsiTarget;
 pub use ua::ItNexus;
 
+// Length, count and pointer fields of the data this crate builds (parameter
+// data, VPD pages, sense). Every variable part of that data is bounded when
+// it is built (names and serials cut, lists bounded by configuration, the
+// CDB or a protocol limit) well below its field's width; should a bound ever
+// be missed, the field says the most it can rather than a truncated value.
+
+/// `n` in a one-byte field, saturated.
+pub(crate) fn sat_u8(n: usize) -> u8 {
+    u8::try_from(n).unwrap_or(u8::MAX)
+}
+
+/// `n` in a two-byte field, saturated.
+pub(crate) fn sat_u16(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
+}
+
+/// `n` in a four-byte field, saturated.
+pub(crate) fn sat_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The smaller of a buffer size `a` and a count `b` from a wider field
+/// (a number of blocks, bytes): how much of `b` fits in `a`.
+pub(crate) fn min_usize(a: usize, b: u64) -> usize {
+    usize::try_from(b).map_or(a, |b| a.min(b))
+}
+
 /// SCSI status codes (SAM-5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Status(pub u8);

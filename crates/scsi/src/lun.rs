@@ -32,16 +32,17 @@ pub fn decode(field: [u8; 8]) -> Option<u64> {
 /// [`MAX_LUN`] are reduced modulo 2^24 (callers never allocate them).
 pub fn encode(lun: u64) -> [u8; 8] {
     let mut f = [0u8; 8];
+    let [.., b2, b1, b0] = lun.to_be_bytes();
     if lun < 256 {
-        f[1] = lun as u8;
+        f[1] = b0;
     } else if lun < 16384 {
-        f[0] = 0x40 | (lun >> 8) as u8;
-        f[1] = lun as u8;
+        f[0] = 0x40 | b1;
+        f[1] = b0;
     } else {
         f[0] = 0xd2;
-        f[1] = (lun >> 16) as u8;
-        f[2] = (lun >> 8) as u8;
-        f[3] = lun as u8;
+        f[1] = b2;
+        f[2] = b1;
+        f[3] = b0;
     }
     f
 }
@@ -55,7 +56,7 @@ pub(crate) fn report_luns_data(select: u8, luns: &[u64]) -> Result<Vec<u8>, Sens
         _ => return Err(Sense::invalid_cdb_field(2, None)),
     };
     let mut d = Vec::with_capacity(8 + 8 * listed.len());
-    d.extend_from_slice(&((8 * listed.len()) as u32).to_be_bytes());
+    d.extend_from_slice(&crate::sat_u32(8 * listed.len()).to_be_bytes());
     d.extend_from_slice(&[0; 4]);
     for lun in listed {
         d.extend_from_slice(&encode(*lun));

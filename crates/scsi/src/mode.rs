@@ -194,19 +194,19 @@ impl ModeState {
         let dsp = if ctx.write_protected { 0x80 } else { 0 } | 0x10;
         let mut d = Vec::with_capacity(8 + bd.len() + pages.len());
         if req.ten {
-            let len = (6 + bd.len() + pages.len()) as u16;
+            let len = crate::sat_u16(6 + bd.len() + pages.len());
             d.extend_from_slice(&len.to_be_bytes());
             d.push(0);
             d.push(dsp);
             d.push(if long { 0x01 } else { 0 });
             d.push(0);
-            d.extend_from_slice(&(bd.len() as u16).to_be_bytes());
+            d.extend_from_slice(&crate::sat_u16(bd.len()).to_be_bytes());
         } else {
-            let len = (3 + bd.len() + pages.len()).min(255) as u8;
+            let len = crate::sat_u8(3 + bd.len() + pages.len());
             d.push(len);
             d.push(0);
             d.push(dsp);
-            d.push(bd.len() as u8);
+            d.push(crate::sat_u8(bd.len()));
         }
         d.extend_from_slice(&bd);
         d.extend_from_slice(&pages);
@@ -246,7 +246,9 @@ impl ModeState {
                 u32::from_be_bytes([0, desc[5], desc[6], desc[7]])
             };
             if len != 0 && len != block_size {
-                return Err(Sense::invalid_param_field((hdr + i * bd_size + 5) as u16));
+                return Err(Sense::invalid_param_field(crate::sat_u16(
+                    hdr + i * bd_size + 5,
+                )));
             }
         }
         // Validate every page, collecting the changes.
@@ -261,7 +263,7 @@ impl ModeState {
             }
             if rest[0] & 0x40 != 0 {
                 // Subpage format: we have no subpages.
-                return Err(Sense::invalid_param_field(at as u16));
+                return Err(Sense::invalid_param_field(crate::sat_u16(at)));
             }
             let code = rest[0] & 0x3f;
             let len = usize::from(rest[1]) + 2;
@@ -276,9 +278,9 @@ impl ModeState {
                 }
                 (page::INFO_EXCEPTIONS, 12) => {}
                 (page::CACHING | page::CONTROL | page::INFO_EXCEPTIONS, _) => {
-                    return Err(Sense::invalid_param_field((at + 1) as u16));
+                    return Err(Sense::invalid_param_field(crate::sat_u16(at + 1)));
                 }
-                _ => return Err(Sense::invalid_param_field(at as u16)),
+                _ => return Err(Sense::invalid_param_field(crate::sat_u16(at))),
             }
             at += len;
         }

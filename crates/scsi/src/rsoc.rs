@@ -274,13 +274,13 @@ pub fn report(
                 flags |= 0x01;
             }
             body.push(flags);
-            body.extend_from_slice(&(cmd.usage.len() as u16).to_be_bytes());
+            body.extend_from_slice(&crate::sat_u16(cmd.usage.len()).to_be_bytes());
             if rctd {
                 body.extend_from_slice(&timeouts_descriptor());
             }
         }
         let mut d = Vec::with_capacity(4 + body.len());
-        d.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        d.extend_from_slice(&crate::sat_u32(body.len()).to_be_bytes());
         d.extend_from_slice(&body);
         return Ok(d);
     }
@@ -306,7 +306,7 @@ pub fn report(
         None => d[1] |= 0x01,
         Some(cmd) => {
             d[1] |= 0x03;
-            d[2..4].copy_from_slice(&(cmd.usage.len() as u16).to_be_bytes());
+            d[2..4].copy_from_slice(&crate::sat_u16(cmd.usage.len()).to_be_bytes());
             d.extend_from_slice(cmd.usage);
             if rctd {
                 d.extend_from_slice(&timeouts_descriptor());

@@ -277,7 +277,7 @@ impl Sense {
             b.extend_from_slice(&[0x02, 0x06, 0x00, 0x00, sks[0] | 0x80, sks[1], sks[2], 0]);
         }
         // Additional sense length: bytes after byte 7 (at most 32 here).
-        b[7] = (b.len() - 8) as u8;
+        b[7] = crate::sat_u8(b.len() - 8);
         b
     }
 

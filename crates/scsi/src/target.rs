@@ -40,7 +40,7 @@ fn completion(
     mut data: Vec<u8>,
     cmd: &Command<'_>,
 ) -> Completion {
-    let transfer_length = data.len() as u32;
+    let transfer_length = crate::sat_u32(data.len());
     data.truncate(cmd.expected_in as usize);
     Completion {
         status,

@@ -78,7 +78,7 @@ impl CopyResults {
 }
 
 fn copy_aborted(code: asc::Code, segment: usize) -> Sense {
-    Sense::new(key::COPY_ABORTED, code).with_command_specific(segment as u32)
+    Sense::new(key::COPY_ABORTED, code).with_command_specific(crate::sat_u32(segment))
 }
 
 struct Segment {
@@ -141,7 +141,9 @@ pub fn extended_copy(
         // LU ID TYPE is ignored (SPC-4); peripheral device type must be
         // block (0).
         if d[1] & 0x1f != 0 {
-            return Err(Sense::invalid_param_field((PARAM_HEADER + at + 1) as u16));
+            return Err(Sense::invalid_param_field(crate::sat_u16(
+                PARAM_HEADER + at + 1,
+            )));
         }
         let designator_len = usize::from(d[7]).min(20);
         let designator = &d[8..8 + designator_len];
@@ -156,7 +158,9 @@ pub fn extended_copy(
         };
         let disk_block_len = u32::from_be_bytes([0, d[29], d[30], d[31]]);
         if disk_block_len != target.block_size() {
-            return Err(Sense::invalid_param_field((PARAM_HEADER + at + 29) as u16));
+            return Err(Sense::invalid_param_field(crate::sat_u16(
+                PARAM_HEADER + at + 29,
+            )));
         }
         targets.push(target);
         at += 32;
@@ -178,9 +182,9 @@ pub fn extended_copy(
             return Err(Sense::param_list_length());
         }
         if u16::from_be_bytes([d[2], d[3]]) != 0x18 {
-            return Err(Sense::invalid_param_field(
-                (PARAM_HEADER + cscd_len + at + 2) as u16,
-            ));
+            return Err(Sense::invalid_param_field(crate::sat_u16(
+                PARAM_HEADER + cscd_len + at + 2,
+            )));
         }
         let be64 = |i: usize| {
             let mut x = [0u8; 8];
@@ -252,8 +256,9 @@ fn copy_segment(
     s: &Segment,
 ) -> Result<u64, Sense> {
     let bs = src.block_size() as usize;
-    let chunk_blocks = (CHUNK_BYTES / bs).max(1) as u64;
-    let mut buf = vec![0u8; (chunk_blocks.min(s.blocks) as usize) * bs];
+    let chunk = (CHUNK_BYTES / bs).max(1);
+    let chunk_blocks = chunk as u64;
+    let mut buf = vec![0u8; crate::min_usize(chunk, s.blocks) * bs];
     // Within one LU, a destination overlapping the source from above is
     // copied back to front so no source block is overwritten before read.
     let backwards =
@@ -262,8 +267,7 @@ fn copy_segment(
     for k in 0..chunks {
         let idx = if backwards { chunks - 1 - k } else { k };
         let off = idx * chunk_blocks;
-        let n = chunk_blocks.min(s.blocks - off);
-        let len = n as usize * bs;
+        let len = crate::min_usize(chunk, s.blocks - off) * bs;
         src.read_blocks(s.src_lba + off, &mut buf[..len])
             .map_err(|e| sense::from_block_error(&e, false))?;
         dst.write_blocks(s.dst_lba + off, &buf[..len])
@@ -293,7 +297,7 @@ pub fn copy_status(results: &CopyResults, nexus: &Nexus, list_id: u8) -> Result<
 /// RECEIVE COPY RESULTS / OPERATING PARAMETERS data.
 pub fn operating_parameters(block_size: u32) -> Vec<u8> {
     let mut d = vec![0u8; 46];
-    let avail = (d.len() - 4) as u32;
+    let avail = crate::sat_u32(d.len() - 4);
     d[0..4].copy_from_slice(&avail.to_be_bytes());
     // SNLID: list ID usage 11b (no list identifier) is supported.
     d[4] = 0x01;
@@ -304,7 +308,7 @@ pub fn operating_parameters(block_size: u32) -> Vec<u8> {
     // Inline data, held data, stream transfer size: none.
     d[34..36].copy_from_slice(&1u16.to_be_bytes()); // total concurrent copies
     d[36] = 1; // maximum concurrent copies
-    d[37] = block_size.trailing_zeros() as u8; // data segment granularity (log2)
+    d[37] = crate::sat_u8(block_size.trailing_zeros() as usize); // data segment granularity (log2)
     d[43] = 2; // implemented descriptor list length
     d[44] = SEG_BLOCK_TO_BLOCK;
     d[45] = CSCD_IDENT;

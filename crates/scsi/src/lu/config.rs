@@ -82,16 +82,13 @@ impl LuConfig {
     /// derived deterministically from a stable 128-bit id (all 128 bits
     /// contribute to the 100 vendor-specific bits).
     pub fn naa_from_id(id: u128) -> [u8; 16] {
-        let ext = id as u64;
-        let vsid = (((id >> 64) as u64) ^ ((id >> 100) as u64)) & 0xf_ffff_ffff;
-        let mut naa = [0u8; 16];
-        naa[0] = 0x60 | ((DEPOT_OUI >> 20) & 0x0f) as u8;
-        naa[1] = (DEPOT_OUI >> 12) as u8;
-        naa[2] = (DEPOT_OUI >> 4) as u8;
-        naa[3] = (((DEPOT_OUI & 0x0f) << 4) as u8) | ((vsid >> 32) as u8 & 0x0f);
-        naa[4..8].copy_from_slice(&(vsid as u32).to_be_bytes());
-        naa[8..16].copy_from_slice(&ext.to_be_bytes());
-        naa
+        // NAA 6 (4 bits), the OUI (24), the vendor specific identifier
+        // (36: the id's high half folded) and its extension (64: the id's
+        // low half), big-endian.
+        let vsid = ((id >> 64) ^ (id >> 100)) & 0xf_ffff_ffff;
+        let ext = id & u128::from(u64::MAX);
+        let naa = (0x6 << 124) | (u128::from(DEPOT_OUI & 0xff_ffff) << 100) | (vsid << 64) | ext;
+        naa.to_be_bytes()
     }
 
     /// What INQUIRY and the VPD pages report about this logical unit.

@@ -3,6 +3,9 @@
 //! placeholder device) and persistent reservations shared by several
 //! routers through one compare-and-swap store.
 
+// Test CDB fields and lengths from small constants.
+#![allow(clippy::cast_possible_truncation)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

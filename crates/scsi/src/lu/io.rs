@@ -149,16 +149,17 @@ impl LogicalUnit {
                 (d, u64::from(io.blocks))
             }
         };
-        let chunk_blocks = (VERIFY_CHUNK / bs).max(1) as u64;
-        let mut buf = vec![0u8; (chunk_blocks.min(blocks) as usize) * bs];
-        let mut done = 0u64;
+        let chunk = (VERIFY_CHUNK / bs).max(1);
+        let mut buf = vec![0u8; crate::min_usize(chunk, blocks) * bs];
+        // Blocks and bytes done: at most `blocks` (from a u32, or the
+        // length of the data-out buffer), so within a usize.
+        let (mut done, mut base) = (0u64, 0usize);
         while done < blocks {
-            let n = chunk_blocks.min(blocks - done);
-            let len = n as usize * bs;
+            let n = crate::min_usize(chunk, blocks - done);
+            let len = n * bs;
             self.device
                 .read(io.lba + done, &mut buf[..len])
                 .map_err(dev_err(false))?;
-            let base = done as usize * bs;
             match bytchk {
                 1 => {
                     if let Some(off) = first_difference(&buf[..len], &expected[base..base + len]) {
@@ -174,7 +175,8 @@ impl LogicalUnit {
                 }
                 _ => {}
             }
-            done += n;
+            done += n as u64;
+            base += len;
         }
         Ok(Reply::good())
     }
@@ -273,17 +275,16 @@ impl LogicalUnit {
             self.device.unmap(lba, blocks).map_err(dev_err(true))?;
             return Ok(Reply::good());
         }
-        let chunk_blocks = (WRITE_SAME_CHUNK / bs).max(1) as u64;
-        let n = chunk_blocks.min(blocks);
-        let buf = pattern.repeat(n as usize);
+        let chunk = (WRITE_SAME_CHUNK / bs).max(1);
+        let buf = pattern.repeat(crate::min_usize(chunk, blocks));
         let fua = self.fua(false);
         let mut done = 0u64;
         while done < blocks {
-            let n = chunk_blocks.min(blocks - done);
+            let n = crate::min_usize(chunk, blocks - done);
             self.device
-                .write(lba + done, &buf[..n as usize * bs], fua)
+                .write(lba + done, &buf[..n * bs], fua)
                 .map_err(dev_err(true))?;
-            done += n;
+            done += n as u64;
         }
         Ok(Reply::good())
     }

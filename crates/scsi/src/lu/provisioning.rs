@@ -75,7 +75,7 @@ impl LogicalUnit {
                 continue;
             }
             if n > self.limits.max_unmap_blocks {
-                return Err(Sense::invalid_param_field((8 + i * 16 + 8) as u16));
+                return Err(Sense::invalid_param_field(crate::sat_u16(8 + i * 16 + 8)));
             }
             self.check_range(lba, u64::from(n))?;
             ranges.push((lba, u64::from(n)));
@@ -97,24 +97,26 @@ impl LogicalUnit {
         let mut cur = lba;
         let mut count = 0;
         while count < max && cur < num {
-            let limit = (num - cur).min(u64::from(u32::MAX));
+            let limit = u32::try_from(num - cur).unwrap_or(u32::MAX);
             let (state, run) = self
                 .device
-                .provisioning(cur, limit)
+                .provisioning(cur, u64::from(limit))
                 .map_err(dev_err(false))?;
-            let run = run.clamp(1, limit);
+            // Whatever run the device answers, the descriptor says at most
+            // `limit` (a u32).
+            let run = u32::try_from(run).unwrap_or(limit).clamp(1, limit);
             body.extend_from_slice(&cur.to_be_bytes());
-            body.extend_from_slice(&(run as u32).to_be_bytes());
+            body.extend_from_slice(&run.to_be_bytes());
             body.push(match state {
                 Provisioning::Mapped => 0,
                 Provisioning::Deallocated => 1,
             });
             body.extend_from_slice(&[0; 3]);
-            cur += run;
+            cur += u64::from(run);
             count += 1;
         }
         let mut d = Vec::with_capacity(8 + body.len());
-        d.extend_from_slice(&((4 + body.len()) as u32).to_be_bytes());
+        d.extend_from_slice(&crate::sat_u32(4 + body.len()).to_be_bytes());
         d.extend_from_slice(&[0; 4]);
         d.extend_from_slice(&body);
         Ok(Reply::alloc(d, alloc_len))

@@ -36,7 +36,8 @@ impl Reply {
     /// Data-in for an allocation-length command.
     pub(super) fn alloc(mut data: Vec<u8>, alloc_len: u32) -> Reply {
         data.truncate(alloc_len as usize);
-        let transfer_length = data.len() as u32;
+        // At most `alloc_len` now.
+        let transfer_length = crate::sat_u32(data.len());
         Reply {
             status: Status::GOOD,
             sense: None,

@@ -2,6 +2,9 @@
 //! and `ScsiTarget::execute` over `MemDevice`, asserting status, sense and
 //! data; plus a proptest model test of the data path.
 
+// Test CDB fields, lengths and data patterns from small constants.
+#![allow(clippy::cast_possible_truncation)]
+
 use std::sync::Arc;
 
 use depot_block::{BlockDevice, MemDevice, Provisioning};

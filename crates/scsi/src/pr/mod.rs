@@ -254,7 +254,7 @@ impl PrState {
     pub fn read_keys(&self) -> Vec<u8> {
         let mut d = Vec::with_capacity(8 + 8 * self.registrations.len());
         d.extend_from_slice(&self.generation.to_be_bytes());
-        d.extend_from_slice(&((8 * self.registrations.len()) as u32).to_be_bytes());
+        d.extend_from_slice(&crate::sat_u32(8 * self.registrations.len()).to_be_bytes());
         for r in &self.registrations {
             d.extend_from_slice(&r.key.to_be_bytes());
         }
@@ -310,12 +310,12 @@ impl PrState {
             });
             body.extend_from_slice(&[0; 4]);
             body.extend_from_slice(&r.relative_port_id.to_be_bytes());
-            body.extend_from_slice(&(tid.len() as u32).to_be_bytes());
+            body.extend_from_slice(&crate::sat_u32(tid.len()).to_be_bytes());
             body.extend_from_slice(&tid);
         }
         let mut d = Vec::with_capacity(8 + body.len());
         d.extend_from_slice(&self.generation.to_be_bytes());
-        d.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        d.extend_from_slice(&crate::sat_u32(body.len()).to_be_bytes());
         d.extend_from_slice(&body);
         d
     }
@@ -376,7 +376,7 @@ pub fn iscsi_transport_id(n: &ItNexus) -> Vec<u8> {
     let mut d = Vec::with_capacity(4 + name.len());
     d.push(0x40 | 0x05);
     d.push(0);
-    d.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    d.extend_from_slice(&crate::sat_u16(name.len()).to_be_bytes());
     d.extend_from_slice(&name);
     d
 }
@@ -402,6 +402,8 @@ fn parse_iscsi_transport_id(tid: &[u8]) -> Option<(String, [u8; 6])> {
 }
 
 #[cfg(test)]
+// Test parameter lists with small lengths.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 
