@@ -61,6 +61,9 @@ pub struct CacheCounters {
     pub integrity_errors: AtomicU64,
 }
 
+/// Most slots a cache has: the map keeps slot numbers as u32.
+const MAX_SLOTS: u64 = 1 << 32;
+
 /// The shared read cache.
 #[derive(Debug)]
 pub struct ReadCache {
@@ -72,9 +75,17 @@ pub struct ReadCache {
 
 impl ReadCache {
     /// Creates (or recreates, empty) the cache under `dir` with room for
-    /// `bytes / 4096` clusters. Zero bytes disables the cache.
+    /// `bytes / 4096` clusters. Zero bytes disables the cache; more than
+    /// 2^32 clusters (16 TiB) is refused.
     pub fn open(dir: &Path, bytes: u64) -> EngineResult<Self> {
-        let nslots = usize::try_from(bytes / CLUSTER_SIZE_U64).unwrap_or(0);
+        let nslots = bytes / CLUSTER_SIZE_U64;
+        if nslots > MAX_SLOTS {
+            return Err(EngineError::InvalidArgument(format!(
+                "a read cache of {bytes} bytes: at most {} bytes",
+                MAX_SLOTS * CLUSTER_SIZE_U64
+            )));
+        }
+        let nslots = usize::try_from(nslots).unwrap_or(0);
         if nslots == 0 {
             return Ok(ReadCache {
                 file: None,
@@ -222,7 +233,11 @@ impl ReadCache {
         if inner.slots[slot].version != version {
             return;
         }
-        if ok && !inner.map.contains_key(&hash) {
+        // Below MAX_SLOTS (checked at open): a slot number is a u32.
+        if ok
+            && !inner.map.contains_key(&hash)
+            && let Ok(n) = u32::try_from(slot)
+        {
             let s = &mut inner.slots[slot];
             s.state = 2;
             s.referenced = true;
@@ -230,7 +245,7 @@ impl ReadCache {
             s.last_loc = loc;
             inner.valid += 1;
             inner.logical += 1;
-            inner.map.insert(hash, slot as u32);
+            inner.map.insert(hash, n);
             self.counters.inserts.fetch_add(1, Ordering::Relaxed);
         } else {
             inner.slots[slot].state = 0;

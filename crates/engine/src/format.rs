@@ -14,9 +14,12 @@
 use crate::error::{EngineError, EngineResult};
 
 /// Bytes in a cluster, the mapping unit.
-pub const CLUSTER_SIZE: usize = 4096;
+pub const CLUSTER_SIZE: usize = CLUSTER_SIZE_U32 as usize;
 /// [`CLUSTER_SIZE`] as u64.
 pub const CLUSTER_SIZE_U64: u64 = CLUSTER_SIZE as u64;
+/// [`CLUSTER_SIZE`] as u32 (a [`Location`]'s `len`, the container
+/// header's field).
+pub const CLUSTER_SIZE_U32: u32 = 4096;
 
 /// Magic at the start of a container (SCO).
 pub const CONTAINER_MAGIC: &[u8; 8] = b"DEPOTSCO";
@@ -90,7 +93,7 @@ impl ContainerHeader {
         b[0..8].copy_from_slice(CONTAINER_MAGIC);
         b[8..10].copy_from_slice(&self.version.to_le_bytes());
         b[10..12].copy_from_slice(&self.flags.to_le_bytes());
-        b[12..16].copy_from_slice(&(CLUSTER_SIZE as u32).to_le_bytes());
+        b[12..16].copy_from_slice(&CLUSTER_SIZE_U32.to_le_bytes());
         b[16..24].copy_from_slice(&self.volume_id.to_le_bytes());
         b[24..32].copy_from_slice(&self.seq.to_le_bytes());
         let crc = crc32c::crc32c(&b[0..32]);
@@ -570,6 +573,8 @@ pub fn decode_checkpoint(b: &[u8]) -> EngineResult<(u64, u64, Vec<CheckpointEntr
 }
 
 #[cfg(test)]
+// Test slots, checksums and offsets from small numbers.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -581,7 +586,7 @@ mod tests {
                 |(container, slot, crc, hash)| Mapping::Data(Location {
                     container,
                     slot,
-                    len: CLUSTER_SIZE as u32,
+                    len: CLUSTER_SIZE_U32,
                     flags: 0,
                     crc,
                     hash

@@ -26,14 +26,17 @@ use std::collections::{HashMap, VecDeque};
 use crate::format::{Location, Mapping};
 
 /// Clusters per chunk (1 MiB of data).
-pub(crate) const CHUNK_CLUSTERS: u64 = 256;
+pub(crate) const CHUNK_CLUSTERS: u64 = CHUNK_LEN as u64;
+/// [`CHUNK_CLUSTERS`] as a length (of a chunk's slots, a batch on the
+/// stack).
+pub(crate) const CHUNK_LEN: usize = 256;
 
 /// Most chunks one volume keeps: 4096 chunks cover 4 GiB of hot data in
 /// about 48 MiB (a slot is 48 bytes); the pool's budget usually sets less.
 pub(crate) const MAX_CHUNKS: usize = 4096;
 
 /// Memory of one cached chunk (its slots; bookkeeping not counted).
-pub(crate) const CHUNK_BYTES: usize = CHUNK_CLUSTERS as usize * std::mem::size_of::<Packed>();
+pub(crate) const CHUNK_BYTES: usize = CHUNK_LEN * std::mem::size_of::<Packed>();
 
 /// One cluster's committed answer: `None` when no entry with generation ≤
 /// the query generation exists (look at the parent), else the entry's
@@ -66,7 +69,8 @@ impl Packed {
                 ..Packed::default()
             },
             Some((generation, Mapping::Data(l))) => Packed {
-                hash_lo: l.hash as u64,
+                // The low half (the high half beside it).
+                hash_lo: (l.hash & 0xffff_ffff_ffff_ffff) as u64,
                 hash_hi: (l.hash >> 64) as u64,
                 container: l.container,
                 slot: l.slot,
@@ -210,7 +214,7 @@ impl IndexCache {
     /// see `VPoolConfig::index_cache_bytes`).
     pub(crate) fn insert_within(&mut self, chunk_no: u64, chunk: Chunk, epoch: u64, limit: usize) {
         let limit = limit.clamp(1, MAX_CHUNKS);
-        if self.epoch != epoch || chunk.slots.len() != CHUNK_CLUSTERS as usize {
+        if self.epoch != epoch || chunk.slots.len() != CHUNK_LEN {
             return;
         }
         let key = (chunk_no, chunk.query_gen);
@@ -279,11 +283,11 @@ mod tests {
     #[test]
     fn apply_respects_generations() {
         let mut c = IndexCache::default();
-        let mut slots = vec![None; CHUNK_CLUSTERS as usize];
+        let mut slots = vec![None; CHUNK_LEN];
         slots[1] = Some((3, loc(1)));
         let e = c.epoch();
         c.insert(0, Chunk::new(5, &slots), e);
-        c.insert(0, Chunk::new(2, &[None; CHUNK_CLUSTERS as usize]), e);
+        c.insert(0, Chunk::new(2, &[None; CHUNK_LEN]), e);
         // A head-generation (5) commit is invisible at query generation 2.
         c.apply(&[(1, 5, loc(2)), (2, 4, Mapping::Unmapped)]);
         assert_eq!(c.get(1, 5), Some(Some((5, loc(2)))));
@@ -316,22 +320,17 @@ mod tests {
         let mut c = IndexCache::default();
         let e = c.epoch();
         c.clear();
-        c.insert(0, Chunk::new(1, &[None; CHUNK_CLUSTERS as usize]), e);
+        c.insert(0, Chunk::new(1, &[None; CHUNK_LEN]), e);
         assert!(!c.has_chunk(0, 1));
         let e = c.epoch();
         for n in 0..(MAX_CHUNKS as u64 + 10) {
-            c.insert(n, Chunk::new(1, &[None; CHUNK_CLUSTERS as usize]), e);
+            c.insert(n, Chunk::new(1, &[None; CHUNK_LEN]), e);
         }
         assert_eq!(c.chunks.len(), MAX_CHUNKS);
         assert!(!c.has_chunk(0, 1));
         assert!(c.has_chunk(MAX_CHUNKS as u64 + 9, 1));
         // A smaller (pool-shared) limit evicts down to it.
-        c.insert_within(
-            1 << 20,
-            Chunk::new(1, &[None; CHUNK_CLUSTERS as usize]),
-            e,
-            8,
-        );
+        c.insert_within(1 << 20, Chunk::new(1, &[None; CHUNK_LEN]), e, 8);
         assert_eq!(c.chunks.len(), 8);
         assert!(c.has_chunk(1 << 20, 1));
     }

@@ -201,7 +201,8 @@ impl Index {
                 Some((kv, c, g)) if kv == vol && c >= from && c < to => {
                     if g <= generation {
                         // Keys ascend by generation: the last one wins.
-                        out[(c - from) as usize] = Some((g, Mapping::decode_value(v)?));
+                        out[crate::conv::usize_of(c - from)?] =
+                            Some((g, Mapping::decode_value(v)?));
                     }
                 }
                 _ => break,

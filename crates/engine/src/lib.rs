@@ -7,6 +7,7 @@
 //! modules above it; no import circle):
 //! - [`name`]: the one naming rule for vPools, VMs, vDisks and snapshots.
 //! - [`error`]: typed engine errors and their mapping onto block errors.
+//! - `conv`: checked u64 <-> usize conversions of offsets and counts.
 //! - [`owner`]: the owner context of a grid (generation, the daemon's
 //!   fencing hook) and the backend's fencing mode.
 //! - [`format`](mod@format): every byte format on flash and on the backend (spec:
@@ -46,6 +47,7 @@ pub mod backend;
 pub mod cache;
 mod checksum;
 pub mod config;
+mod conv;
 pub mod error;
 pub mod format;
 mod icache;

@@ -141,6 +141,8 @@ impl Drop for RangeGuard<'_> {
 }
 
 #[cfg(test)]
+// Test cluster numbers below 72.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

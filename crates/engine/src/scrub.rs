@@ -198,8 +198,10 @@ fn scrub_inner(vol: &Volume, report: &mut ScrubReport, rewrite_sparse: bool) -> 
         locs.sort_by_key(|l| l.slot);
         locs.dedup_by_key(|l| l.slot);
         for l in locs {
-            let off = slot_offset(l.slot) as usize;
-            let Some(chunk) = data.get(off..off + CLUSTER_SIZE) else {
+            let chunk = usize::try_from(slot_offset(l.slot))
+                .ok()
+                .and_then(|off| data.get(off..off + CLUSTER_SIZE));
+            let Some(chunk) = chunk else {
                 return Err(EngineError::corrupt(
                     format!("container {cseq:016x}"),
                     "shorter than its index says",

@@ -13,6 +13,8 @@
 //! `DEPOT_CRASH_POINTS` sets the number of kills (default 50, and half that
 //! for the in-place run).
 #![allow(missing_docs)]
+// Test code: block counts and offsets of a small test vDisk.
+#![allow(clippy::cast_possible_truncation)]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! read of a scattered range rewrites it contiguously, concurrent writes
 //! always win, and a snapshot's or a parent's clusters are never copied.
 #![allow(missing_docs)]
+// Test code: sizes of a small test vDisk.
+#![allow(clippy::cast_possible_truncation)]
 
 mod common;
 

@@ -6,6 +6,8 @@
 //! be rewritten in place. `DEPOT_MODEL_CASES` raises the number of cases
 //! (default 12 in CI).
 #![allow(missing_docs)]
+// Test code: block offsets of a small model vDisk.
+#![allow(clippy::cast_possible_truncation)]
 
 mod common;
 

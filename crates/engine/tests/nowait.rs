@@ -8,6 +8,8 @@
 //! flush. `Volume::try_write_vectored_nowait`: several pieces (clusters cut
 //! between them) go in place or into the open container the same way.
 #![allow(missing_docs)]
+// Test code: block offsets of a small test vDisk.
+#![allow(clippy::cast_possible_truncation)]
 
 mod common;
 

@@ -191,10 +191,10 @@ fn check_received(
             .metadata()
             .map_err(|e| EngineError::io("a received container", e))?
             .len();
-        let mut crcs = Vec::with_capacity((len / CLUSTER_SIZE_U64) as usize);
+        let mut crcs = Vec::with_capacity(usize::try_from(len / CLUSTER_SIZE_U64).unwrap_or(0));
         let mut off = 0u64;
         while off < len {
-            let n = CHECK_CHUNK.min((len - off) as usize);
+            let n = crate::conv::min_usize(CHECK_CHUNK, len - off);
             f.read_exact_at(&mut buf[..n], off)
                 .map_err(|e| EngineError::io("reading a received container", e))?;
             if off == 0 {

@@ -109,7 +109,7 @@ impl Volume {
         let mut out: Vec<Option<Option<(u32, Mapping)>>> = vec![None; n];
         let end = first + n as u64;
         for (c, g, mapping) in memtable_run(&self.memtable.read(), first, end, generation) {
-            out[(c - first) as usize] = Some(Some((g, mapping)));
+            out[usize::try_from(c - first).ok()?] = Some(Some((g, mapping)));
         }
         let ic = self.icache.lock();
         for (i, o) in out.iter_mut().enumerate() {
@@ -127,14 +127,16 @@ impl Volume {
         let (Some(&(first, _)), Some(&(last, _))) = (log.first(), log.last()) else {
             return;
         };
-        let Some(cur) = self.own_entries_in_memory(first, (last - first + 1) as usize, generation)
+        let Some(cur) = usize::try_from(last - first + 1)
+            .ok()
+            .and_then(|n| self.own_entries_in_memory(first, n, generation))
         else {
             log.clear();
             return;
         };
         log.retain(|(c, loc)| {
             matches!(
-                cur.get((c - first) as usize),
+                usize::try_from(c - first).ok().and_then(|i| cur.get(i)),
                 Some(Some((g, Mapping::Data(l)))) if *g == generation && l == loc
             )
         });
@@ -154,8 +156,9 @@ impl Volume {
         self.still_mapped(&mut todo, head);
         // The data must be what the logged location holds.
         todo.retain(|&(c, loc)| {
-            let at = (c * CLUSTER_SIZE_U64 - off) as usize;
-            buf.get(at..at + CLUSTER_SIZE)
+            usize::try_from(c * CLUSTER_SIZE_U64 - off)
+                .ok()
+                .and_then(|at| buf.get(at..at + CLUSTER_SIZE))
                 .is_some_and(|d| crate::checksum::crc32c(d) == loc.crc)
         });
         todo = grouped(todo);
@@ -176,7 +179,10 @@ impl Volume {
         let mut moved = 0u64;
         for (lo, hi) in groups_of(&todo) {
             let (c0, _) = todo[lo];
-            let at = (c0 * CLUSTER_SIZE_U64 - off) as usize;
+            // Within `buf`: every kept cluster passed the check above.
+            let Ok(at) = usize::try_from(c0 * CLUSTER_SIZE_U64 - off) else {
+                break;
+            };
             let data = &buf[at..at + (hi - lo) * CLUSTER_SIZE];
             let sums: Vec<(u32, u128)> =
                 todo[lo..hi].iter().map(|(_, l)| (l.crc, l.hash)).collect();
@@ -237,12 +243,15 @@ fn groups_of(todo: &[(u64, Location)]) -> impl Iterator<Item = (usize, usize)> +
 }
 
 #[cfg(test)]
+// Test data patterns and small cluster counts.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use std::sync::Arc;
 
     use depot_block::BlockDevice;
 
     use super::*;
+    use crate::format::CLUSTER_SIZE_U32;
     use crate::{BackendConfig, VPool, VPoolConfig};
 
     const N: u64 = 256;
@@ -368,7 +377,7 @@ mod tests {
         Location {
             container: 1,
             slot,
-            len: CLUSTER_SIZE as u32,
+            len: CLUSTER_SIZE_U32,
             flags: 0,
             crc: 0,
             hash: 0,

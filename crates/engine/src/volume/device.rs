@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 
 use depot_block::{BlockDevice, BlockError, BlockResult, Provisioning};
 
-use crate::format::CLUSTER_SIZE;
+use crate::format::CLUSTER_SIZE_U32;
 
 use super::Volume;
 
@@ -27,8 +27,9 @@ impl BlockDevice for Volume {
     }
 
     fn physical_block_exponent(&self) -> u8 {
-        if self.block_size < CLUSTER_SIZE as u32 {
-            (CLUSTER_SIZE as u32 / self.block_size).trailing_zeros() as u8
+        if self.block_size < CLUSTER_SIZE_U32 {
+            // At most 32 (trailing zeros of a u32).
+            u8::try_from((CLUSTER_SIZE_U32 / self.block_size).trailing_zeros()).unwrap_or(u8::MAX)
         } else {
             0
         }

@@ -15,9 +15,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::conv::usize_of;
 use crate::error::{EngineError, EngineResult};
 use crate::format::{Location, Mapping};
-use crate::icache::{CHUNK_CLUSTERS, Chunk, Slot};
+use crate::icache::{CHUNK_CLUSTERS, CHUNK_LEN, Chunk, Slot};
 
 use super::Volume;
 
@@ -144,7 +145,7 @@ impl Volume {
         let slots = self.shared.index.lookup_range(
             self.id,
             chunk * CHUNK_CLUSTERS,
-            CHUNK_CLUSTERS as usize,
+            CHUNK_LEN,
             generation,
         )?;
         let limit = self.shared.icache_chunks_per_volume();
@@ -174,7 +175,7 @@ impl Volume {
             };
             let mut hit = false;
             for (c, _, mapping) in memtable_run(&m, first, end, generation) {
-                out[(c - first) as usize] = Some(Some(mapping));
+                out[usize_of(c - first)?] = Some(Some(mapping));
                 hit = true;
             }
             if hit {
@@ -185,13 +186,13 @@ impl Volume {
         while c < end {
             let chunk = c / CHUNK_CLUSTERS;
             let chunk_end = ((chunk + 1) * CHUNK_CLUSTERS).min(end);
-            let part = &mut out[(c - first) as usize..(chunk_end - first) as usize];
+            let part = &mut out[usize_of(c - first)?..usize_of(chunk_end - first)?];
             if part.iter().any(Option::is_none) && !self.icache.lock().fill_run(c, generation, part)
             {
                 let Some(slots) = self.fill_chunk(chunk, generation, nowait)? else {
                     return Ok(false);
                 };
-                let base = (c - chunk * CHUNK_CLUSTERS) as usize;
+                let base = usize_of(c - chunk * CHUNK_CLUSTERS)?;
                 for (i, o) in part.iter_mut().enumerate() {
                     if o.is_none() {
                         *o = Some(slots.get(base + i).copied().flatten().map(|s| s.1));
@@ -250,7 +251,7 @@ impl Volume {
         out: &mut [Option<Resolved<'a>>],
         nowait: bool,
     ) -> EngineResult<bool> {
-        const MAX: usize = CHUNK_CLUSTERS as usize;
+        const MAX: usize = CHUNK_LEN;
         let n = out.len();
         if n > MAX {
             return Err(EngineError::Failed(format!(
@@ -301,16 +302,18 @@ impl Volume {
 }
 
 #[cfg(test)]
+// Test slot numbers from small cluster numbers.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
-    use crate::format::CLUSTER_SIZE;
+    use crate::format::CLUSTER_SIZE_U32;
     use proptest::prelude::*;
 
     fn mapping(tag: u32) -> Mapping {
         Mapping::Data(Location {
             container: u64::from(tag),
             slot: tag,
-            len: CLUSTER_SIZE as u32,
+            len: CLUSTER_SIZE_U32,
             flags: 0,
             crc: tag,
             hash: u128::from(tag),

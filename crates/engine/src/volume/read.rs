@@ -19,9 +19,10 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 
 use crate::checksum;
+use crate::conv::usize_of;
 use crate::error::{EngineError, EngineResult};
 use crate::format::{CLUSTER_SIZE, CLUSTER_SIZE_U64, Location, slot_offset};
-use crate::icache::CHUNK_CLUSTERS;
+use crate::icache::{CHUNK_CLUSTERS, CHUNK_LEN};
 
 use super::defrag;
 use super::lookup::Resolved;
@@ -278,7 +279,7 @@ impl Volume {
             // and a one-cluster read (the common small read) initialises
             // no batch array and skips the run machinery.
             let one: [Option<Resolved<'_>>; 1];
-            let mut batch: [Option<Resolved<'_>>; CHUNK_CLUSTERS as usize];
+            let mut batch: [Option<Resolved<'_>>; CHUNK_LEN];
             let res: &[Option<Resolved<'_>>] = if n == 1 {
                 let Some(r) = self.resolve_one(c, nowait)? else {
                     return Ok(false);
@@ -286,7 +287,7 @@ impl Volume {
                 one = [r];
                 &one
             } else {
-                batch = [None; CHUNK_CLUSTERS as usize];
+                batch = [None; CHUNK_LEN];
                 if !self.resolve_run(c, &mut batch[..n], nowait)? {
                     return Ok(false);
                 }
@@ -298,7 +299,8 @@ impl Volume {
                 let cs = cl * CLUSTER_SIZE_U64;
                 let lo = cs.max(off);
                 let hi = (cs + CLUSTER_SIZE_U64).min(end);
-                let (dlo, dhi) = ((lo - off) as usize, (hi - off) as usize);
+                // Within `buf` (`end` is `off` + its length).
+                let (dlo, dhi) = (usize_of(lo - off)?, usize_of(hi - off)?);
                 let whole = lo == cs && hi == cs + CLUSTER_SIZE_U64;
                 match res[i] {
                     None => {
@@ -310,7 +312,7 @@ impl Volume {
                         if !self.read_resolved(cl, r, &mut tmp, nowait)? {
                             return Ok(false);
                         }
-                        let from = (lo - cs) as usize;
+                        let from = usize_of(lo - cs)?;
                         buf[dlo..dhi].copy_from_slice(&tmp[from..from + (dhi - dlo)]);
                         runs += 1;
                         i += 1;

@@ -21,7 +21,7 @@ use crate::error::{EngineError, EngineResult};
 use crate::format::{
     CLUSTER_SIZE, Location, Mapping, TLOG_HEADER_SIZE, TLOG_RECORD_SIZE, TlogRecord, slot_offset,
 };
-use crate::icache::CHUNK_CLUSTERS;
+use crate::icache::CHUNK_LEN;
 
 use super::segments::write_all_parts_at;
 use super::{Volume, Writer, plain};
@@ -45,13 +45,11 @@ impl Volume {
         n: usize,
         nowait: bool,
     ) -> EngineResult<Option<Location>> {
-        if !(REWRITE_MIN_CLUSTERS..=CHUNK_CLUSTERS as usize).contains(&n)
-            || self.template.load(Ordering::Relaxed)
+        if !(REWRITE_MIN_CLUSTERS..=CHUNK_LEN).contains(&n) || self.template.load(Ordering::Relaxed)
         {
             return Ok(None);
         }
-        let mut maps: [Option<Option<Mapping>>; CHUNK_CLUSTERS as usize] =
-            [None; CHUNK_CLUSTERS as usize];
+        let mut maps: [Option<Option<Mapping>>; CHUNK_LEN] = [None; CHUNK_LEN];
         let generation = self.head_gen.load(Ordering::Acquire);
         if !self.lookup_run(first, &mut maps[..n], generation, nowait)? {
             return Ok(None);
@@ -88,6 +86,7 @@ impl Volume {
         self.check_running(w)?;
         let n = sums.len();
         if n == 0
+            || u32::try_from(n).is_err()
             || n * CLUSTER_SIZE != parts.iter().map(|p| p.len()).sum::<usize>()
             || (at.container, at.slot) < w.frozen
             || w.generation != self.head_gen.load(Ordering::Acquire)
@@ -100,11 +99,12 @@ impl Volume {
         let generation = w.generation;
         let mut rec = [0u8; TLOG_RECORD_SIZE];
         let mut records = Vec::with_capacity(n * TLOG_RECORD_SIZE);
-        for (i, &(crc, hash)) in sums.iter().enumerate() {
+        // Fewer than 2^32 (checked above).
+        for (i, &(crc, hash)) in (0u32..).zip(sums) {
             TlogRecord {
-                cluster: first + i as u64,
+                cluster: first + u64::from(i),
                 mapping: Mapping::Data(Location {
-                    slot: at.slot + i as u32,
+                    slot: at.slot + i,
                     crc,
                     hash,
                     ..at
@@ -153,15 +153,15 @@ impl Volume {
         }
         {
             let mut mem = self.memtable.write();
-            for (i, &(crc, hash)) in sums.iter().enumerate() {
+            for (i, &(crc, hash)) in (0u32..).zip(sums) {
                 let m = Mapping::Data(Location {
-                    slot: at.slot + i as u32,
+                    slot: at.slot + i,
                     crc,
                     hash,
                     ..at
                 });
                 w.write_seq += 1;
-                mem.active.insert((first + i as u64, generation), m);
+                mem.active.insert((first + u64::from(i), generation), m);
             }
         }
         self.rewrites.fetch_add(1, Ordering::SeqCst);

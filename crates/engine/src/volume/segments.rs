@@ -181,6 +181,8 @@ pub(super) fn write_all_parts_at(
     let mut bufs = &mut slices[..];
     while !bufs.is_empty() {
         let count = bufs.len().min(IOV_MAX);
+        let iovcnt = libc::c_int::try_from(count)
+            .map_err(|_| Error::new(ErrorKind::InvalidInput, "too many buffers"))?;
         let off = libc::off64_t::try_from(offset)
             .map_err(|_| Error::new(ErrorKind::InvalidInput, "file offset out of range"))?;
         // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and the
@@ -192,7 +194,7 @@ pub(super) fn write_all_parts_at(
             libc::pwritev64(
                 file.as_raw_fd(),
                 bufs.as_ptr().cast::<libc::iovec>(),
-                count as libc::c_int,
+                iovcnt,
                 off,
             )
         };

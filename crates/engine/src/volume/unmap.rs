@@ -99,7 +99,7 @@ impl Volume {
             let hi = (cs + CLUSTER_SIZE_U64).min(end);
             let partial = hi - lo < CLUSTER_SIZE_U64;
             if partial && (c == head || tail != head) && self.resolve(c)?.is_some() {
-                self.write_bytes(lo, &zeros[..(hi - lo) as usize], false)?;
+                self.write_bytes(lo, &zeros[..crate::conv::usize_of(hi - lo)?], false)?;
             }
         }
         if first_full >= end_full {

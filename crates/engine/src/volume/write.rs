@@ -22,12 +22,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::checksum;
+use crate::conv::{min_usize, usize_of};
 use crate::error::{EngineError, EngineResult};
 use crate::format::{
-    CLUSTER_SIZE, CLUSTER_SIZE_U64, CONTAINER_VERSION, ContainerHeader, Location, Mapping,
-    TLOG_RECORD_SIZE, TLOG_VERSION, TlogHeader, TlogRecord, content_hash, slot_offset,
+    CLUSTER_SIZE, CLUSTER_SIZE_U32, CLUSTER_SIZE_U64, CONTAINER_VERSION, ContainerHeader, Location,
+    Mapping, TLOG_RECORD_SIZE, TLOG_VERSION, TlogHeader, TlogRecord, content_hash, slot_offset,
 };
-use crate::icache::CHUNK_CLUSTERS;
+use crate::icache::{CHUNK_CLUSTERS, CHUNK_LEN};
 
 use super::rewrite::REWRITE_MIN_CLUSTERS;
 use super::segments::{
@@ -247,8 +248,9 @@ impl Volume {
             let Some(oc) = w.container.as_mut() else {
                 return Err(EngineError::Failed("no open container".into()));
             };
-            let room = (slots - oc.next_slot) as usize;
-            let k = room.min(sums.len());
+            let room = slots - oc.next_slot;
+            let k32 = u32::try_from(sums.len()).map_or(room, |n| n.min(room));
+            let k = k32 as usize;
             let now = take_front(&mut rest, &mut head, k * CLUSTER_SIZE);
             let (now_sums, later_sums) = sums.split_at(k);
             let first_slot = oc.next_slot;
@@ -257,7 +259,7 @@ impl Volume {
             if let Err(e) = r {
                 return Err(EngineError::io("appending to a container", e));
             }
-            oc.next_slot += k as u32;
+            oc.next_slot += k32;
             // Start writeback of each completed WRITEBACK_STEP of the
             // container now, so syncs find little left to write and dirty
             // pages never pile up (the data is not durable until a sync).
@@ -277,11 +279,12 @@ impl Volume {
             };
             let mut mem = self.memtable.write();
             let mut rec = [0u8; TLOG_RECORD_SIZE];
-            for (i, &(crc, hash)) in now_sums.iter().enumerate() {
+            // `first_slot + k32` is at most `slots`.
+            for (slot, &(crc, hash)) in (first_slot..).zip(now_sums) {
                 let loc = Location {
                     container: cseq,
-                    slot: first_slot + i as u32,
-                    len: CLUSTER_SIZE as u32,
+                    slot,
+                    len: CLUSTER_SIZE_U32,
                     flags: 0,
                     crc,
                     hash,
@@ -381,8 +384,8 @@ impl Volume {
         let tail_partial = last != first && !end.is_multiple_of(CLUSTER_SIZE_U64);
         if head_partial {
             self.read_cluster(first, &mut head)?;
-            let from = (off - first * CLUSTER_SIZE_U64) as usize;
-            let n = (CLUSTER_SIZE - from).min(len as usize);
+            let from = usize_of(off - first * CLUSTER_SIZE_U64)?;
+            let n = min_usize(CLUSTER_SIZE - from, len);
             let src = first_run
                 .get(..n)
                 .ok_or_else(|| unaligned_runs(off, runs))?;
@@ -390,7 +393,7 @@ impl Volume {
         }
         if tail_partial {
             self.read_cluster(last, &mut tail)?;
-            let n = (end - last * CLUSTER_SIZE_U64) as usize;
+            let n = usize_of(end - last * CLUSTER_SIZE_U64)?;
             let src = last_run
                 .len()
                 .checked_sub(n)
@@ -408,7 +411,7 @@ impl Volume {
         for r in runs {
             let (a, b) = (at.max(lo), (at + r.len() as u64).min(hi));
             if a < b {
-                let bytes = &r[(a - at) as usize..(b - at) as usize];
+                let bytes = &r[usize_of(a - at)?..usize_of(b - at)?];
                 if !a.is_multiple_of(CLUSTER_SIZE_U64) || !bytes.len().is_multiple_of(CLUSTER_SIZE)
                 {
                     return Err(unaligned_runs(off, runs));
@@ -430,11 +433,11 @@ impl Volume {
         };
         let head_sums = edge(head_partial, &head);
         let tail_sums = edge(tail_partial, &tail);
-        let piece = CHUNK_CLUSTERS as usize * CLUSTER_SIZE;
+        let piece = CHUNK_LEN * CLUSTER_SIZE;
         let mut work = Vec::new();
         for &(c0, bytes) in &segments {
             for (i, part) in bytes.chunks(piece).enumerate() {
-                let at = c0 + (i * CHUNK_CLUSTERS as usize) as u64;
+                let at = c0 + i as u64 * CHUNK_CLUSTERS;
                 let sums = cluster_sums(&[part]);
                 let target = self.rewrite_target(at, sums.len(), false)?;
                 work.push((at, part, sums, target));
@@ -536,6 +539,8 @@ impl Volume {
 }
 
 #[cfg(test)]
+// Test data patterns truncate on purpose.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

@@ -1,6 +1,8 @@
 //! Grid helpers: a stand-in for the cluster store's ownership record, and
 //! copying a hand-over's files the way the daemon would.
 #![allow(dead_code)]
+// Test code: file lengths of small test hand-overs.
+#![allow(clippy::cast_possible_truncation)]
 
 use std::path::Path;
 use std::sync::Arc;

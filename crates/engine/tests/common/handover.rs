@@ -3,6 +3,8 @@
 //! the vDisk over to router B while A still writes, check B and the
 //! backend, and open it on a third router from the backend alone.
 #![allow(dead_code)]
+// Test code: offsets into a small in-memory image.
+#![allow(clippy::cast_possible_truncation)]
 
 use std::path::Path;
 use std::sync::Arc;
