@@ -442,7 +442,8 @@ impl Session {
             self.finish_now(itt, c, host);
             return;
         }
-        let received = task.data.len() as u32;
+        // At most the u32 EDTL (Data-Out beyond it is refused).
+        let received = u32::try_from(task.data.len()).unwrap_or(u32::MAX);
         let need = if task.write { task.edtl } else { 0 };
         if received >= need {
             self.execute(itt, host);

@@ -47,7 +47,8 @@ pub(super) fn respond(
                 task.lun_field,
                 c.data.slice(off..end),
                 data_sn,
-                off as u32,
+                // Below `len`, at most the u32 EDTL.
+                u32::try_from(off).unwrap_or(u32::MAX),
                 end == seq_end,
                 status,
             ));

@@ -275,7 +275,8 @@ impl Tasks {
             return DataOutcome::Violation("Data-Out for a task that has all its data");
         }
         let len = u32::try_from(pdu.data.len()).unwrap_or(u32::MAX);
-        let received = task.data.len() as u32;
+        // At most the u32 EDTL (Data-Out beyond it is refused).
+        let received = u32::try_from(task.data.len()).unwrap_or(u32::MAX);
         if task.oversize {
             return DataOutcome::Discarded;
         }

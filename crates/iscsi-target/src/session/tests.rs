@@ -1,6 +1,9 @@
 //! Unit tests of the session core, fed PDUs built with the initiator
 //! encoder of depot-iscsi-proto, answering through a recording host.
 
+// Test data patterns and task tags from small counters.
+#![allow(clippy::cast_possible_truncation)]
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
