@@ -75,16 +75,19 @@ pub struct Frame {
 /// Encodes a frame.
 pub fn encode(head: &Head, body: &[u8]) -> Result<Bytes, PeerError> {
     let h = serde_json::to_vec(head).map_err(|e| PeerError::Protocol(e.to_string()))?;
-    if h.len() > MAX_HEADER || body.len() > MAX_BODY {
-        return Err(PeerError::Protocol(format!(
-            "frame too large: header {} body {}",
-            h.len(),
-            body.len()
-        )));
-    }
+    let (head_len, body_len) = match (u32::try_from(h.len()), u32::try_from(body.len())) {
+        (Ok(hl), Ok(bl)) if h.len() <= MAX_HEADER && body.len() <= MAX_BODY => (hl, bl),
+        _ => {
+            return Err(PeerError::Protocol(format!(
+                "frame too large: header {} body {}",
+                h.len(),
+                body.len()
+            )));
+        }
+    };
     let mut out = BytesMut::with_capacity(PREFIX + h.len() + body.len());
-    out.put_u32(h.len() as u32);
-    out.put_u32(body.len() as u32);
+    out.put_u32(head_len);
+    out.put_u32(body_len);
     out.put_slice(&h);
     out.put_slice(body);
     Ok(out.freeze())
@@ -122,6 +125,8 @@ impl Decoder {
 }
 
 #[cfg(test)]
+// Test lengths just above the (small) limits.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
