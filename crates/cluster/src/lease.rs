@@ -254,7 +254,7 @@ async fn renew(
                     status.send_replace(LeaseStatus::EtcdDown);
                 } else {
                     if *status.borrow() != LeaseStatus::Renewing {
-                        tracing::warn!(error = %e, remaining_ms = fence.remaining().as_millis() as u64,
+                        tracing::warn!(error = %e, remaining_ms = u64::try_from(fence.remaining().as_millis()).unwrap_or(u64::MAX),
                             "cannot renew the router lease; I/O stops when it lapses");
                     }
                     status.send_replace(LeaseStatus::Renewing);
