@@ -6,6 +6,10 @@
 //! The peers are installed by `scripts/install-deps.sh`; a missing peer fails
 //! the test with that hint rather than skipping it.
 
+// Test code: hand-built PDU lengths of small payloads, latencies in whole
+// microseconds.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
 mod cluster;
 mod common;
 mod conformance;

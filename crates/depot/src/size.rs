@@ -23,10 +23,15 @@ pub fn parse(s: &str) -> Result<u64, String> {
     };
     let value: f64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
     let bytes = value * (1u64 << shift) as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+    // `u64::MAX as f64` is 2^64, itself out of range.
+    if !bytes.is_finite() || bytes < 0.0 || bytes >= u64::MAX as f64 {
         return Err(format!("size out of range: {s:?}"));
     }
-    Ok(bytes as u64)
+    // reason: std has no checked f64 -> u64; the value is finite and within
+    // 0..2^64 (checked above), so the cast only drops a fraction of a byte.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let bytes = bytes as u64;
+    Ok(bytes)
 }
 
 /// Formats bytes with the largest binary unit that keeps one decimal.
@@ -62,5 +67,13 @@ mod tests {
         assert_eq!(format(1 << 30), "1G");
         assert_eq!(format(1536 << 20), "1.5G");
         assert_eq!(format(100), "100B");
+    }
+
+    /// Sizes that do not fit a u64 are refused, not saturated.
+    #[test]
+    fn out_of_range_sizes_are_refused() {
+        assert_eq!(parse("16383P").unwrap(), 16383 << 50);
+        assert!(parse("16384P").is_err());
+        assert!(parse("1e30").is_err());
     }
 }

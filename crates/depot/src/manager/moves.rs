@@ -397,7 +397,7 @@ impl Manager {
             generation = moved.generation,
             precopied,
             delta,
-            pause_ms = pause.as_millis() as u64,
+            pause_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
             "vDisk moved"
         );
         Ok(MoveReport {
