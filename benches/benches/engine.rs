@@ -12,6 +12,8 @@
 //! after warm-up the rate is what shipping sustains).
 //! Run: `cargo bench -p depot-benches --bench engine`.
 #![allow(missing_docs)]
+// Benchmark code: test data patterns.
+#![allow(clippy::cast_possible_truncation)]
 
 mod common;
 

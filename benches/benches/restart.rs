@@ -21,6 +21,8 @@
 //! row restores an index mapping every cluster, see `full_index_restart`),
 //! `DEPOT_BENCH_DIR` (where the flash and backend directories go, /tmp).
 #![allow(missing_docs)]
+// Benchmark code: cluster counts of a benchmark vDisk.
+#![allow(clippy::cast_possible_truncation)]
 
 mod common;
 
