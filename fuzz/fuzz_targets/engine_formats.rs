@@ -158,9 +158,9 @@ fn object_key(b: &[u8]) {
         assert_eq!(obj::volume_of(key), Some(vol));
         let built = match o {
             obj::VolumeObject::Manifest => obj::manifest(vol),
-            obj::VolumeObject::Container(s) => obj::container(vol, s),
-            obj::VolumeObject::Tlog(s) => obj::tlog(vol, s),
-            obj::VolumeObject::Checkpoint(s) => obj::checkpoint(vol, s),
+            obj::VolumeObject::Container(s, g) => obj::container(vol, s, g),
+            obj::VolumeObject::Tlog(s, g) => obj::tlog(vol, s, g),
+            obj::VolumeObject::Checkpoint(s, g) => obj::checkpoint(vol, s, g),
         };
         // Hex digits may come in either case; the built key is lower case.
         assert_eq!(built, key.to_ascii_lowercase());

@@ -48,14 +48,15 @@ fn manifest(meta: &VolumeMeta) {
     // The objects a restore fetches.
     let _ = keys::manifest(meta.id);
     if let Some((ck, _cut)) = meta.shipped.checkpoint {
-        let k = keys::checkpoint(meta.id, ck);
+        let k = keys::checkpoint(meta.id, ck, meta.checkpoint_owner(ck));
         assert_eq!(keys::volume_of(&k), Some(meta.id));
     }
     for t in &meta.shipped.tlogs {
-        let k = keys::tlog(meta.id, t.seq);
+        let owner = meta.tlog_owner(t.seq);
+        let k = keys::tlog(meta.id, t.seq, owner);
         assert_eq!(
             keys::parse_volume_object(&k),
-            Some((meta.id, keys::VolumeObject::Tlog(t.seq)))
+            Some((meta.id, keys::VolumeObject::Tlog(t.seq, owner)))
         );
     }
 }
