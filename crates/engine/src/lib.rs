@@ -65,8 +65,9 @@ pub use backend::FaultInjector;
 pub use config::{BackendConfig, RetryPolicy, VPoolConfig};
 pub use error::{EngineError, EngineResult};
 pub use owner::{Fencing, FencingMode, Owner, Standalone};
-pub use pool::{ImportPrep, VPool, VPoolStats};
+pub use pool::{ImportPrep, MirrorCopy, VPool, VPoolStats};
 pub use scrub::ScrubReport;
 pub use volume::{
-    HandoverFile, HandoverFileKind, HandoverState, SnapshotInfo, Volume, VolumeStats,
+    HandoverFile, HandoverFileKind, HandoverState, Mirror, MirrorBatch, MirrorWait, SnapshotInfo,
+    Volume, VolumeStats, WindowSegment,
 };

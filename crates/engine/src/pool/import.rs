@@ -61,7 +61,8 @@ use crate::meta::{TlogRef, VolumeMeta};
 use crate::name::check_name;
 use crate::owner::Owner;
 use crate::volume::{
-    HandoverFile, HandoverFileKind, HandoverState, Opening, Volume, restore_index, restore_tlogs,
+    HandoverFile, HandoverFileKind, HandoverState, Opening, Volume, WindowSegment, restore_index,
+    restore_tlogs,
 };
 
 use super::VPool;
@@ -125,6 +126,37 @@ impl ImportPrep {
     pub fn applied_tlogs(&self) -> &[u64] {
         &self.applied
     }
+}
+
+/// How the files of an import were received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Received {
+    /// From a frozen owner: every slot must hold its last record's bytes.
+    Handover,
+    /// From the owner's mirror (it may have died mid-write): replayed like
+    /// a restart after a kill, with the mirror's frozen watermark.
+    Mirror { frozen: (u64, u32) },
+}
+
+/// A mirror's copy of a vDisk's unshipped window, as the router that takes
+/// the vDisk over holds it ([`VPool::recover_mirror`]).
+#[derive(Debug, Clone)]
+pub struct MirrorCopy {
+    /// The vDisk.
+    pub name: String,
+    /// Its volume id.
+    pub id: u64,
+    /// The generation of the owner it mirrored.
+    pub generation: u64,
+    /// The owner's metadata as last mirrored (never older than the
+    /// backend's manifest while the mirror was in sync).
+    pub meta: VolumeMeta,
+    /// The owner's frozen watermark as last mirrored.
+    pub frozen: (u64, u32),
+    /// The unshipped segments as last mirrored.
+    pub segments: Vec<WindowSegment>,
+    /// Where the copies are, each under its `HandoverFile::file_name`.
+    pub dir: PathBuf,
 }
 
 /// Bytes of a received container read at a time while checking it.
@@ -375,6 +407,17 @@ impl VPool {
         state: &HandoverState,
         files_dir: &Path,
     ) -> EngineResult<Arc<Volume>> {
+        self.finish_import_as(prep, state, files_dir, Received::Handover)
+    }
+
+    /// [`VPool::finish_import`] for files received as `how`.
+    fn finish_import_as(
+        &self,
+        prep: ImportPrep,
+        state: &HandoverState,
+        files_dir: &Path,
+        how: Received,
+    ) -> EngineResult<Arc<Volume>> {
         self.check_open()?;
         if state.id != prep.id || state.name != prep.name || state.meta.id != state.id {
             return Err(EngineError::InvalidArgument(format!(
@@ -414,7 +457,7 @@ impl VPool {
         self.state.importing.lock().remove(&prep.name);
         let vol = match &prep.base {
             None => self.open_inner(&prep.name, 0, &OpenAs::Owner(owner))?,
-            Some(base) => match self.build_import(&prep, base, state, files_dir, &owner) {
+            Some(base) => match self.build_import(&prep, base, state, files_dir, &owner, how) {
                 Ok(v) => v,
                 Err(e) => {
                     // Nothing half-built stays: a retry starts over from
@@ -453,6 +496,7 @@ impl VPool {
         state: &HandoverState,
         files_dir: &Path,
         owner: &Owner,
+        how: Received,
     ) -> EngineResult<Arc<Volume>> {
         let fin = &state.meta;
         let extends = base.shipped.checkpoint == fin.shipped.checkpoint
@@ -522,10 +566,19 @@ impl VPool {
             }
             None => None,
         };
+        if let Received::Mirror { frozen } = how {
+            // Replayed like this router's own flash after a kill: slots
+            // at or above the mirror's frozen watermark were written since
+            // the last hard barrier and may hold a newer version than
+            // their records say (module docs of `crate::volume::mirror`).
+            let mut marker = self.shared.index.marker(fin.id)?;
+            marker.frozen = frozen;
+            self.shared.index.commit(fin.id, &[], &marker)?;
+        }
         let opening = Opening {
             owner: owner.clone(),
             reader: false,
-            import: true,
+            import: how == Received::Handover,
             verified,
         };
         let vol = Volume::load(self.shared.clone(), fin.clone(), parent, opening)?;
@@ -539,6 +592,77 @@ impl VPool {
         }
         self.insert_open(&vol);
         Ok(vol)
+    }
+
+    /// Takes vDisk `copy.name` over from its mirror: restores the backend
+    /// part like [`VPool::prepare_import`], then imports the mirror's
+    /// copy of the segments the backend does not have, replayed with the
+    /// rules of a restart after a kill (slots written since the last hard
+    /// barrier may be torn and are checked slot by slot), and claims it
+    /// under `owner` (newer than the old owner's generation). The copy's
+    /// files are left in `copy.dir` for the caller to remove.
+    ///
+    /// Refused if the backend's manifest names segments shipped that the
+    /// copy's metadata does not (the mirror is older than the backend:
+    /// it was not in sync).
+    pub fn recover_mirror(&self, copy: &MirrorCopy, owner: &Owner) -> EngineResult<Arc<Volume>> {
+        let prep = self.prepare_import(&copy.name, owner)?;
+        if prep.id != copy.id {
+            return Err(EngineError::InvalidArgument(format!(
+                "the mirror of {:?} holds volume {:016x}, the backend {:016x}",
+                copy.name, copy.id, prep.id
+            )));
+        }
+        if let Some(base) = &prep.base
+            && base.shipped.next_tlog > copy.meta.shipped.next_tlog
+        {
+            return Err(EngineError::InvalidArgument(format!(
+                "the mirror of {:?} is older than the backend's manifest (shipped up to tlog \
+                 {:016x}, the mirror up to {:016x}): it was not in sync",
+                copy.name, base.shipped.next_tlog, copy.meta.shipped.next_tlog
+            )));
+        }
+        let len = |kind, seq| {
+            let f = HandoverFile {
+                kind,
+                seq,
+                path: PathBuf::new(),
+                len: 0,
+            };
+            let path = copy.dir.join(f.file_name());
+            std::fs::metadata(&path).ok().map(|m| HandoverFile {
+                len: m.len(),
+                path,
+                ..f
+            })
+        };
+        let mut files = Vec::new();
+        for seg in copy
+            .segments
+            .iter()
+            .filter(|s| s.tlog >= copy.meta.shipped.next_tlog)
+        {
+            for &c in &seg.containers {
+                files.extend(len(HandoverFileKind::Container, c));
+            }
+            files.extend(len(HandoverFileKind::Tlog, seg.tlog));
+        }
+        let state = HandoverState {
+            name: copy.name.clone(),
+            id: copy.id,
+            generation: copy.generation,
+            meta: copy.meta.clone(),
+            manifest_etag: None,
+            files,
+        };
+        self.finish_import_as(
+            prep,
+            &state,
+            &copy.dir,
+            Received::Mirror {
+                frozen: copy.frozen,
+            },
+        )
     }
 
     /// Drops a vDisk's local state on a router that no longer owns it —

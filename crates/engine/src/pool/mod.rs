@@ -60,7 +60,7 @@ mod import;
 mod volumes;
 mod workers;
 
-pub use import::ImportPrep;
+pub use import::{ImportPrep, MirrorCopy};
 
 /// Pool-wide numbers the daemon can export.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -148,6 +148,9 @@ impl Volume {
         self.check_fence()?;
         self.meta_dirty.store(false, Ordering::SeqCst);
         let m = self.manifest_for_backend();
+        // The mirror holds the metadata (taken after `m`, so at least as
+        // new) before the backend does (`mirror`).
+        self.mirror_publish();
         let r = serde_json::to_vec(&m)
             .map_err(|e| EngineError::corrupt("manifest", e.to_string()))
             .and_then(|body| {

@@ -103,6 +103,8 @@
 //! - `restore`: rebuilding a volume's index from the backend.
 //! - `ship`: shipping segments to the backend.
 //! - `handover`: a live move's source side — precopy, freeze, close.
+//! - `mirror`: the mirror seam — each sync's batch of the unshipped window
+//!   for the daemon's DTL client.
 //! - `snapshot`: snapshots, rollback, resize, templates and scrub's cut.
 //! - `unmap`: unmap and provisioning.
 //! - `device`: the [`BlockDevice`](depot_block::BlockDevice) impl.
@@ -132,6 +134,7 @@ mod device;
 mod fence;
 mod handover;
 mod lookup;
+mod mirror;
 mod read;
 mod replay;
 mod restore;
@@ -144,6 +147,7 @@ mod unmap;
 mod write;
 
 pub use handover::{HandoverFile, HandoverFileKind, HandoverState};
+pub use mirror::{Mirror, MirrorBatch, MirrorWait, WindowSegment};
 pub(crate) use replay::Opening;
 pub(crate) use restore::{restore_index, restore_tlogs};
 
@@ -264,6 +268,15 @@ struct Writer {
     /// Set by a hand-over's freeze: nothing more is appended, rewritten or
     /// unmapped, and no segment is marked shipped (`handover`).
     stopped: bool,
+    /// A mirror is attached: in-place rewrites are remembered for it
+    /// (`mirror`).
+    mirroring: bool,
+    /// Container ranges rewritten in place since the last grab, while
+    /// mirroring: (container, offset, length).
+    mirror_rewrites: Vec<(u64, u64, u64)>,
+    /// A hard barrier froze the slots since the last grab: the next sync's
+    /// mirror batch is one every mirror mode waits for.
+    hard_pending: bool,
 }
 
 impl Writer {
@@ -279,6 +292,7 @@ impl Writer {
     /// A hard barrier: every slot written so far becomes final.
     fn freeze(&mut self) {
         self.frozen = self.frozen.max(self.append_pos());
+        self.hard_pending = true;
     }
 
     fn touch(&mut self, f: &Arc<File>) {
@@ -355,6 +369,8 @@ pub struct Volume {
     epochs: RwLock<Vec<Epoch>>,
     /// A live move is under way: background checkpoints leave it alone.
     moving: AtomicBool,
+    /// Where the unshipped window is mirrored, if anywhere (`mirror`).
+    mirror: Mutex<mirror::MirrorSlot>,
 }
 
 impl std::fmt::Debug for Volume {

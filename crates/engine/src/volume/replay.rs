@@ -121,6 +121,9 @@ impl Volume {
                 touched: Vec::new(),
                 dead: Vec::new(),
                 stopped: false,
+                mirroring: false,
+                mirror_rewrites: Vec::new(),
+                hard_pending: false,
             }),
             epochs: RwLock::new(meta.epochs.clone()),
             meta: Mutex::new(meta),
@@ -154,6 +157,7 @@ impl Volume {
             fence_reason: Mutex::new(None),
             manifest: Mutex::new(None),
             moving: AtomicBool::new(false),
+            mirror: Mutex::default(),
             shared,
             dir,
         };

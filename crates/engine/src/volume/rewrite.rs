@@ -151,6 +151,11 @@ impl Volume {
             *self.failed.lock() = Some(e.to_string());
             return Err(e);
         }
+        if w.mirroring {
+            let len = u64::try_from(n * CLUSTER_SIZE).unwrap_or(u64::MAX);
+            w.mirror_rewrites
+                .push((at.container, slot_offset(at.slot), len));
+        }
         {
             let mut mem = self.memtable.write();
             for (i, &(crc, hash)) in (0u32..).zip(sums) {

@@ -25,6 +25,7 @@ use crate::format::{CLUSTER_SIZE_U64, slot_offset};
 use crate::index::{Entry, Marker};
 
 use super::lookup::MemTable;
+use super::mirror::{Mirror, MirrorBatch};
 use super::segments::{RangeHint, range_hint, sync_dir};
 use super::write::DEAD_SLOTS_MAX;
 use super::{Volume, Writer};
@@ -48,6 +49,9 @@ pub(super) struct SyncWork {
     pub(super) dir_sync: bool,
     /// `Writer::dead` at the grab: clean once this sync's fdatasyncs end.
     pub(super) dead: Vec<(u64, u32)>,
+    /// The mirror's batch (`mirror`), handed over before the fdatasyncs
+    /// and waited for after them.
+    pub(super) mirror: Option<(Arc<dyn Mirror>, MirrorBatch)>,
 }
 
 /// Where group commit stands (the volume's `commit` mutex, with
@@ -139,6 +143,7 @@ impl Volume {
             upto: w.write_seq,
             dir_sync,
             dead: std::mem::take(&mut w.dead),
+            mirror: self.mirror_batch(w),
         })
     }
 
@@ -150,7 +155,13 @@ impl Volume {
     /// nothing can be trusted until the pool is reopened and the logs
     /// replayed.
     pub(super) fn run_sync(&self, mut work: SyncWork) -> EngineResult<()> {
+        // The mirror copies the batch while this router syncs its own
+        // flash; the writes count as durable once both hold them.
+        let mirrored = work.mirror.take().map(|(m, batch)| m.sync(batch));
         let r = self.sync_data(&work);
+        if let Some(wait) = mirrored {
+            wait();
+        }
         if r.is_ok() && !work.dead.is_empty() {
             let mut d = self.dead_clean.lock();
             work.dead.truncate(DEAD_SLOTS_MAX.saturating_sub(d.len()));

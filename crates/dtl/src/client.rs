@@ -1,0 +1,752 @@
+//! The owner's side: a [`MirrorClient`] is a volume's
+//! [`Mirror`](depot_engine::Mirror). One worker thread per vDisk copies
+//! what each sync's batch names from this router's flash to the holder
+//! (`dtl.write` chunks, then a `dtl.commit`), in order, and runs the
+//! mirror's state machine:
+//!
+//! ```text
+//!            place + open                 caught up, drained,
+//!  Degraded ───────────────► CatchingUp ──────────────────────► InSync
+//!     ▲   (no holder, or a        │        recorded in the cluster   │
+//!     │    failure, recorded)     │                                  │
+//!     └───────────────────────────┴──────────────────────────────────┘
+//! ```
+//!
+//! Invariants:
+//! - While in sync, a sync's wait returns only once the holder committed
+//!   its batch (mode `sync`; mode `async` waits for hard barriers and for
+//!   a full queue only).
+//! - Leaving "in sync" is recorded through [`Control::record`] *before*
+//!   any waiting sync is released: until then syncs stay blocked, so no
+//!   write is acknowledged that the holder lacks while the cluster state
+//!   still calls the holder in sync (a takeover looks there).
+//! - Entering "in sync" first makes every new sync wait, then drains what
+//!   was queued, then records the state: every write acknowledged before
+//!   the record is held by then.
+//! - Containers are read before tlogs (module docs of the engine's
+//!   `volume::mirror`), in whole clusters and whole records; catching up is
+//!   paced to a byte rate so the guest's I/O keeps its share.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use depot_engine::format::{CLUSTER_SIZE, TLOG_HEADER_SIZE, TLOG_RECORD_SIZE};
+use depot_engine::meta::VolumeMeta;
+use depot_engine::{HandoverFileKind, Mirror, MirrorBatch, MirrorWait, WindowSegment};
+use parking_lot::{Condvar, Mutex};
+use serde::{Deserialize, Serialize};
+
+use crate::error::DtlResult;
+use crate::proto::{Commit, MAX_WRITE_BYTES, Open, Write, file_name};
+
+/// How a vDisk's writes are mirrored (a VM's policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Every sync (FUA, SYNCHRONIZE CACHE, the periodic group commit)
+    /// completes only once the holder has it.
+    #[default]
+    Sync,
+    /// Hard barriers (FUA, SYNCHRONIZE CACHE) wait for the holder; the
+    /// periodic group commit does not (a bounded queue).
+    Async,
+    /// Not mirrored.
+    None,
+}
+
+impl Mode {
+    /// The name used in the API, CLI and configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Sync => "sync",
+            Mode::Async => "async",
+            Mode::None => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sync" => Ok(Mode::Sync),
+            "async" => Ok(Mode::Async),
+            "none" => Ok(Mode::None),
+            _ => Err(format!("DTL mode {s:?}: use sync, async or none")),
+        }
+    }
+}
+
+/// Where a vDisk's mirror stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MirrorState {
+    /// The holder has every write whose durability was promised.
+    InSync,
+    /// A holder is being filled with the window; not yet a copy to fail
+    /// over to.
+    CatchingUp,
+    /// No holder: I/O goes on on this router alone.
+    Degraded,
+}
+
+impl MirrorState {
+    /// The name used in the API, CLI and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MirrorState::InSync => "in_sync",
+            MirrorState::CatchingUp => "catching_up",
+            MirrorState::Degraded => "degraded",
+        }
+    }
+}
+
+/// A connection to the router holding the mirror (blocking calls; the
+/// daemon's peer transport).
+pub trait Link: Send + Sync {
+    /// The holder's router name.
+    fn holder(&self) -> &str;
+    /// `dtl.open`.
+    fn open(&self, o: &Open) -> DtlResult<()>;
+    /// `dtl.write`.
+    fn write(&self, w: &Write, body: &[u8]) -> DtlResult<()>;
+    /// `dtl.commit`.
+    fn commit(&self, c: &Commit) -> DtlResult<()>;
+}
+
+/// The cluster's side of a mirror (the daemon: placement and the state in
+/// etcd that a takeover reads).
+pub trait Control: Send + Sync {
+    /// Records the mirror's holder and state; returns once it is durable
+    /// in the cluster state. A failure leaves the previous record.
+    fn record(&self, holder: Option<&str>, state: MirrorState) -> Result<(), String>;
+    /// Chooses a holder for the mirror and connects to it.
+    fn place(&self) -> Result<Arc<dyn Link>, String>;
+}
+
+/// Settings of a mirror.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// sync or async (a `none` vDisk gets no client).
+    pub mode: Mode,
+    /// Bytes per second a catch-up copies at most.
+    pub catch_up_rate: u64,
+    /// Batches an async mirror queues before syncs wait.
+    pub async_queue: usize,
+    /// How long a degraded mirror waits between placements.
+    pub retry: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            mode: Mode::Sync,
+            catch_up_rate: 200 << 20,
+            async_queue: 64,
+            retry: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The vDisk a client mirrors.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// The vDisk.
+    pub vdisk: String,
+    /// Its vPool.
+    pub vpool: String,
+    /// Its volume id.
+    pub id: u64,
+    /// The owner generation it is served under.
+    pub generation: u64,
+}
+
+/// What the API, CLI and metrics show of a mirror.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorStatus {
+    /// sync or async.
+    pub mode: Mode,
+    /// The state.
+    pub state: MirrorState,
+    /// The router holding the mirror, if any.
+    pub holder: Option<String>,
+    /// Bytes copied to holders since this router opened the vDisk.
+    pub bytes_sent: u64,
+    /// Syncs waiting for the holder or queued.
+    pub queued: usize,
+    /// Why the mirror is degraded, if it is.
+    pub error: Option<String>,
+    /// Times the mirror went degraded.
+    pub degradations: u64,
+}
+
+/// Finds a window file on this router's flash.
+pub type Locate = Arc<dyn Fn(HandoverFileKind, u64) -> PathBuf + Send + Sync>;
+
+enum Item {
+    Batch(MirrorBatch),
+    Publish(VolumeMeta),
+}
+
+struct Queue {
+    items: VecDeque<(u64, Item)>,
+    /// Tickets handed out so far.
+    issued: u64,
+    /// Every ticket up to this is settled (held, or released degraded).
+    settled: u64,
+    /// New syncs wait for their ticket.
+    waiting: bool,
+    stop: bool,
+}
+
+struct Inner {
+    subject: Subject,
+    cfg: ClientConfig,
+    locate: Locate,
+    control: Arc<dyn Control>,
+    queue: Mutex<Queue>,
+    /// Wakes the worker (work queued, stop).
+    work_cv: Condvar,
+    /// Wakes waiting syncs (tickets settled).
+    done_cv: Condvar,
+    status: Mutex<MirrorStatus>,
+}
+
+/// A volume's mirror client (module docs).
+pub struct MirrorClient {
+    inner: Arc<Inner>,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for MirrorClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MirrorClient")
+            .field("vdisk", &self.inner.subject.vdisk)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MirrorClient {
+    /// Starts mirroring `subject` (degraded until a holder is placed and
+    /// caught up). `locate` finds its files on this router's flash.
+    pub fn start(
+        subject: Subject,
+        cfg: ClientConfig,
+        locate: Locate,
+        control: Arc<dyn Control>,
+    ) -> Arc<Self> {
+        let inner = Arc::new(Inner {
+            status: Mutex::new(MirrorStatus {
+                mode: cfg.mode,
+                state: MirrorState::Degraded,
+                holder: None,
+                bytes_sent: 0,
+                queued: 0,
+                error: Some("no holder placed yet".into()),
+                degradations: 0,
+            }),
+            subject,
+            cfg,
+            locate,
+            control,
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                issued: 0,
+                settled: 0,
+                waiting: false,
+                stop: false,
+            }),
+            work_cv: Condvar::new(),
+            done_cv: Condvar::new(),
+        });
+        let w = inner.clone();
+        let name = format!("dtl-{}", inner.subject.vdisk);
+        let handle = std::thread::Builder::new()
+            .name(name.chars().take(15).collect())
+            .spawn(move || Worker::new(w).run())
+            .ok();
+        Arc::new(MirrorClient {
+            inner,
+            worker: Mutex::new(handle),
+        })
+    }
+
+    /// The mirror's state, holder and counters.
+    pub fn status(&self) -> MirrorStatus {
+        let mut s = self.inner.status.lock().clone();
+        s.queued = self.inner.queue.lock().items.len();
+        s
+    }
+
+    /// Stops the worker (the vDisk closes or moves): waiting syncs are
+    /// released, nothing more is sent.
+    pub fn stop(&self) {
+        {
+            let mut q = self.inner.queue.lock();
+            q.stop = true;
+            q.settled = q.issued;
+        }
+        self.inner.work_cv.notify_all();
+        self.inner.done_cv.notify_all();
+        if let Some(h) = self.worker.lock().take() {
+            let _ = h.join();
+        }
+    }
+
+    fn enqueue(&self, item: Item, barrier: bool) -> MirrorWait {
+        let inner = self.inner.clone();
+        let ticket = {
+            let mut q = inner.queue.lock();
+            if q.stop {
+                return Box::new(|| {});
+            }
+            q.issued += 1;
+            let t = q.issued;
+            q.items.push_back((t, item));
+            let wait = q.waiting
+                && match inner.cfg.mode {
+                    Mode::Sync | Mode::None => true,
+                    Mode::Async => barrier || q.items.len() > inner.cfg.async_queue,
+                };
+            drop(q);
+            inner.work_cv.notify_all();
+            wait.then_some(t)
+        };
+        match ticket {
+            None => Box::new(|| {}),
+            Some(t) => Box::new(move || {
+                let mut q = inner.queue.lock();
+                while q.settled < t {
+                    inner.done_cv.wait(&mut q);
+                }
+            }),
+        }
+    }
+}
+
+impl Drop for MirrorClient {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Mirror for MirrorClient {
+    fn sync(&self, batch: MirrorBatch) -> MirrorWait {
+        let barrier = batch.barrier;
+        self.enqueue(Item::Batch(batch), barrier)
+    }
+
+    fn publish(&self, meta: &VolumeMeta) {
+        let wait = self.enqueue(Item::Publish(meta.clone()), true);
+        wait();
+    }
+}
+
+/// What the worker has merged from the queue and not yet committed.
+#[derive(Default)]
+struct Pending {
+    ticket: u64,
+    segments: Option<Vec<WindowSegment>>,
+    rewrites: Vec<(u64, u64, u64)>,
+    frozen: Option<(u64, u32)>,
+    meta: Option<VolumeMeta>,
+}
+
+struct Worker {
+    inner: Arc<Inner>,
+    link: Option<Arc<dyn Link>>,
+    state: MirrorState,
+    /// Bytes of each file the holder has (whole clusters or records).
+    sent: HashMap<String, u64>,
+    /// The window as last seen, and the newest metadata.
+    segments: Vec<WindowSegment>,
+    frozen: (u64, u32),
+    meta: Option<VolumeMeta>,
+    /// The holder lacks the metadata (new copy).
+    meta_needed: bool,
+    batch: u64,
+    last_place: Option<Instant>,
+    /// Pacing of a catch-up: (start, bytes since).
+    pace: (Instant, u64),
+    /// A round is due even with nothing queued (a holder was just placed).
+    round_due: bool,
+}
+
+impl Worker {
+    fn new(inner: Arc<Inner>) -> Self {
+        Worker {
+            inner,
+            link: None,
+            state: MirrorState::Degraded,
+            sent: HashMap::new(),
+            segments: Vec::new(),
+            frozen: (0, 0),
+            meta: None,
+            meta_needed: true,
+            batch: 0,
+            last_place: None,
+            pace: (Instant::now(), 0),
+            round_due: false,
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            if self.inner.queue.lock().stop {
+                return;
+            }
+            if self.link.is_none() {
+                self.try_place();
+            }
+            let mut pending = self.take(Duration::from_millis(500));
+            if self.inner.queue.lock().stop {
+                return;
+            }
+            if pending.is_none() && self.round_due && self.link.is_some() {
+                pending = Some(Pending::default());
+            }
+            self.round_due = false;
+            let Some(p) = pending else {
+                self.maybe_in_sync();
+                continue;
+            };
+            if self.link.is_none() {
+                // Degraded: nothing to send to; keep the newest view for
+                // the next holder.
+                self.absorb(&p);
+                self.settle(p.ticket);
+                continue;
+            }
+            match self.send(p) {
+                Ok(t) => self.settle(t),
+                Err(e) => self.degrade(e.to_string()),
+            }
+            self.maybe_in_sync();
+        }
+    }
+
+    /// Waits up to `wait` for queued work and merges all of it.
+    fn take(&self, wait: Duration) -> Option<Pending> {
+        let mut q = self.inner.queue.lock();
+        if q.items.is_empty() && !q.stop {
+            self.inner.work_cv.wait_for(&mut q, wait);
+        }
+        if q.items.is_empty() {
+            return None;
+        }
+        let mut p = Pending::default();
+        for (t, item) in q.items.drain(..) {
+            p.ticket = t;
+            match item {
+                Item::Batch(b) => {
+                    p.segments = Some(b.segments);
+                    p.rewrites.extend(b.rewrites);
+                    p.frozen = Some(b.frozen);
+                    if b.meta.is_some() {
+                        p.meta = b.meta;
+                    }
+                }
+                Item::Publish(m) => p.meta = Some(m),
+            }
+        }
+        Some(p)
+    }
+
+    fn absorb(&mut self, p: &Pending) {
+        if let Some(s) = &p.segments {
+            self.segments.clone_from(s);
+        }
+        if let Some(f) = p.frozen {
+            self.frozen = f;
+        }
+        if let Some(m) = &p.meta {
+            self.meta = Some(m.clone());
+        }
+    }
+
+    fn settle(&self, ticket: u64) {
+        let mut q = self.inner.queue.lock();
+        q.settled = q.settled.max(ticket);
+        drop(q);
+        self.inner.done_cv.notify_all();
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut MirrorStatus)) {
+        f(&mut self.inner.status.lock());
+    }
+
+    /// Places a holder (at most every `retry`) and opens a new copy there.
+    fn try_place(&mut self) {
+        if self
+            .last_place
+            .is_some_and(|t| t.elapsed() < self.inner.cfg.retry)
+        {
+            return;
+        }
+        self.last_place = Some(Instant::now());
+        let s = &self.inner.subject;
+        let link = match self.inner.control.place() {
+            Ok(l) => l,
+            Err(e) => {
+                self.set_status(|st| st.error = Some(e));
+                return;
+            }
+        };
+        let holder = link.holder().to_string();
+        if let Err(e) = self
+            .inner
+            .control
+            .record(Some(&holder), MirrorState::CatchingUp)
+        {
+            self.set_status(|st| st.error = Some(format!("recording the holder: {e}")));
+            return;
+        }
+        let open = Open {
+            vdisk: s.vdisk.clone(),
+            vpool: s.vpool.clone(),
+            id: s.id,
+            generation: s.generation,
+        };
+        if let Err(e) = link.open(&open) {
+            self.set_status(|st| st.error = Some(format!("{holder}: {e}")));
+            return;
+        }
+        tracing::info!(vdisk = %s.vdisk, %holder, "DTL placed; catching up");
+        self.link = Some(link);
+        self.state = MirrorState::CatchingUp;
+        self.sent.clear();
+        self.meta_needed = true;
+        self.batch = 0;
+        self.pace = (Instant::now(), 0);
+        self.set_status(|st| {
+            st.state = MirrorState::CatchingUp;
+            st.holder = Some(holder);
+            st.error = None;
+        });
+        // The whole window goes with the next round, even with no sync
+        // queued (an idle vDisk catches up too).
+        self.round_due = true;
+    }
+
+    /// Leaves the mirror: records "degraded" (retrying until it is
+    /// recorded or the client stops), then releases every waiting sync.
+    fn degrade(&mut self, why: String) {
+        let vdisk = self.inner.subject.vdisk.clone();
+        tracing::warn!(%vdisk, error = %why, "DTL lost; the vDisk runs without a mirror");
+        self.link = None;
+        self.state = MirrorState::Degraded;
+        loop {
+            match self.inner.control.record(None, MirrorState::Degraded) {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(%vdisk, error = %e, "cannot record the DTL as degraded; syncs wait");
+                    if self.inner.queue.lock().stop {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+        {
+            let mut q = self.inner.queue.lock();
+            q.waiting = false;
+            q.settled = q.issued;
+        }
+        self.inner.done_cv.notify_all();
+        self.last_place = Some(Instant::now());
+        self.set_status(|st| {
+            st.state = MirrorState::Degraded;
+            st.holder = None;
+            st.error = Some(why);
+            st.degradations += 1;
+        });
+    }
+
+    /// After a round: a catching-up mirror with nothing left to send
+    /// becomes in sync (module docs: wait, drain, record).
+    fn maybe_in_sync(&mut self) {
+        if self.state != MirrorState::CatchingUp || self.link.is_none() || self.meta_needed {
+            return;
+        }
+        self.inner.queue.lock().waiting = true;
+        while let Some(p) = self.take(Duration::ZERO) {
+            match self.send(p) {
+                Ok(t) => self.settle(t),
+                Err(e) => return self.degrade(e.to_string()),
+            }
+        }
+        let holder = self.link.as_ref().map(|l| l.holder().to_string());
+        match self
+            .inner
+            .control
+            .record(holder.as_deref(), MirrorState::InSync)
+        {
+            Ok(()) => {
+                self.state = MirrorState::InSync;
+                tracing::info!(vdisk = %self.inner.subject.vdisk, holder = holder.as_deref().unwrap_or(""), "DTL in sync");
+                self.set_status(|st| st.state = MirrorState::InSync);
+            }
+            Err(e) => {
+                self.inner.queue.lock().waiting = false;
+                self.set_status(|st| st.error = Some(format!("recording in sync: {e}")));
+            }
+        }
+    }
+
+    /// Copies what `p` names and commits it; the ticket it settles.
+    fn send(&mut self, p: Pending) -> DtlResult<u64> {
+        self.absorb(&p);
+        let link = self
+            .link
+            .clone()
+            .ok_or_else(|| crate::error::DtlError::Peer("no holder".into()))?;
+        let pace = self.state == MirrorState::CatchingUp;
+        let mut rewrites: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+        for &(c, off, len) in &p.rewrites {
+            rewrites.entry(c).or_default().push((off, len));
+        }
+        // Containers first, then tlogs (module docs).
+        let segments = self.segments.clone();
+        for seg in &segments {
+            for &c in &seg.containers {
+                let name = file_name(HandoverFileKind::Container, c);
+                let path = (self.inner.locate)(HandoverFileKind::Container, c);
+                let done = self.sent.get(&name).copied().unwrap_or(0);
+                for &(off, len) in rewrites.get(&c).map_or(&[][..], |v| v.as_slice()) {
+                    let end = (off + len).min(done);
+                    if off < end {
+                        self.copy(&*link, &name, &path, off, end, pace)?;
+                    }
+                }
+                let end = file_len(&path) / CLUSTER_SIZE as u64 * CLUSTER_SIZE as u64;
+                if end > done {
+                    self.copy(&*link, &name, &path, done, end, pace)?;
+                    self.sent.insert(name, end);
+                }
+            }
+        }
+        for seg in &segments {
+            let name = file_name(HandoverFileKind::Tlog, seg.tlog);
+            let path = (self.inner.locate)(HandoverFileKind::Tlog, seg.tlog);
+            let done = self.sent.get(&name).copied().unwrap_or(0);
+            let len = file_len(&path);
+            let header = TLOG_HEADER_SIZE as u64;
+            let end = if len < header {
+                0
+            } else {
+                header + (len - header) / TLOG_RECORD_SIZE as u64 * TLOG_RECORD_SIZE as u64
+            };
+            if end > done {
+                self.copy(&*link, &name, &path, done, end, pace)?;
+                self.sent.insert(name, end);
+            }
+        }
+        let keep: std::collections::HashSet<String> = segments
+            .iter()
+            .flat_map(|s| {
+                s.containers
+                    .iter()
+                    .map(|&c| file_name(HandoverFileKind::Container, c))
+                    .chain([file_name(HandoverFileKind::Tlog, s.tlog)])
+            })
+            .collect();
+        self.sent.retain(|n, _| keep.contains(n));
+        let meta = if self.meta_needed || p.meta.is_some() {
+            self.meta.clone()
+        } else {
+            None
+        };
+        if meta.is_none() && self.meta_needed {
+            // Nothing to describe the copy with yet: wait for a batch.
+            return Ok(p.ticket);
+        }
+        self.batch += 1;
+        link.commit(&Commit {
+            vdisk: self.inner.subject.vdisk.clone(),
+            generation: self.inner.subject.generation,
+            batch: self.batch,
+            segments,
+            frozen: self.frozen,
+            meta,
+        })?;
+        self.meta_needed = false;
+        Ok(p.ticket)
+    }
+
+    /// Sends bytes `from..to` of a file in chunks; a file that is gone was
+    /// shipped and dropped meanwhile (the commit will not list it).
+    fn copy(
+        &mut self,
+        link: &dyn Link,
+        name: &str,
+        path: &PathBuf,
+        from: u64,
+        to: u64,
+        pace: bool,
+    ) -> DtlResult<()> {
+        let Ok(f) = File::open(path) else {
+            return Ok(());
+        };
+        let mut buf = vec![0u8; MAX_WRITE_BYTES];
+        let mut off = from;
+        while off < to {
+            let n =
+                usize::try_from((to - off).min(MAX_WRITE_BYTES as u64)).unwrap_or(MAX_WRITE_BYTES);
+            let got = read_at_most(&f, &mut buf[..n], off)?;
+            if got == 0 {
+                break;
+            }
+            link.write(
+                &Write {
+                    vdisk: self.inner.subject.vdisk.clone(),
+                    generation: self.inner.subject.generation,
+                    file: name.to_string(),
+                    offset: off,
+                },
+                &buf[..got],
+            )?;
+            off += got as u64;
+            self.set_status(|st| st.bytes_sent += got as u64);
+            if pace {
+                self.pace_to(got as u64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sleeps so that a catch-up stays under `catch_up_rate`.
+    fn pace_to(&mut self, bytes: u64) {
+        let rate = self.inner.cfg.catch_up_rate.max(1);
+        self.pace.1 += bytes;
+        let due = Duration::from_secs_f64(self.pace.1 as f64 / rate as f64);
+        let spent = self.pace.0.elapsed();
+        if due > spent {
+            std::thread::sleep(due - spent);
+        }
+        if self.pace.0.elapsed() > Duration::from_secs(10) {
+            self.pace = (Instant::now(), 0);
+        }
+    }
+}
+
+fn file_len(path: &PathBuf) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Reads up to `buf.len()` bytes at `off` (short at the end of the file).
+fn read_at_most(f: &File, buf: &mut [u8], off: u64) -> DtlResult<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read_at(&mut buf[got..], off + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(crate::error::DtlError::io("reading a window file", e)),
+        }
+    }
+    Ok(got)
+}

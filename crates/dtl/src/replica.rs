@@ -1,0 +1,508 @@
+//! The holder's side: copies of other routers' vDisk windows on this
+//! router's flash, one directory per vDisk (`<root>/<vdisk>/`), each with
+//! the window's files under their own names and `state.json` (which owner
+//! generation, the segments, the frozen watermark, the metadata).
+//!
+//! Invariants:
+//! - A write or commit for a generation other than the one opened is
+//!   refused; commits are numbered and only ever move forward.
+//! - A commit answers only after every file written since the previous
+//!   commit is fdatasynced and the state it describes is durable
+//!   (written to a temporary file, synced, renamed, directory synced).
+//! - After a commit the directory holds exactly the files of the segments
+//!   it names: those the owner shipped or dropped are deleted.
+//! - A copy is recoverable ([`ReplicaStore::copy`]) only once a commit with
+//!   metadata has been recorded.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use depot_engine::meta::VolumeMeta;
+use depot_engine::name::check_name;
+use depot_engine::{HandoverFileKind, MirrorCopy, WindowSegment};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DtlError, DtlResult};
+use crate::proto::{Commit, Open, Write, file_name, parse_file_name};
+
+/// What `state.json` records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaState {
+    /// The vDisk.
+    pub vdisk: String,
+    /// Its vPool.
+    pub vpool: String,
+    /// Its volume id.
+    pub id: u64,
+    /// The owner generation mirrored.
+    pub generation: u64,
+    /// The last commit recorded.
+    pub batch: u64,
+    /// The owner's metadata as last committed.
+    pub meta: Option<VolumeMeta>,
+    /// The owner's frozen watermark as last recorded.
+    pub frozen: (u64, u32),
+    /// The unshipped segments as last committed.
+    pub segments: Vec<WindowSegment>,
+}
+
+/// One held copy.
+struct Replica {
+    dir: PathBuf,
+    state: ReplicaState,
+    files: HashMap<String, File>,
+    dirty: HashSet<String>,
+    /// Handed to a takeover ([`ReplicaStore::copy`]).
+    taken: bool,
+}
+
+/// What a holder knows of one copy, for listings and takeovers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldCopy {
+    /// The vDisk.
+    pub vdisk: String,
+    /// Its vPool.
+    pub vpool: String,
+    /// The owner generation mirrored.
+    pub generation: u64,
+    /// The last commit recorded.
+    pub batch: u64,
+    /// Bytes of the window held.
+    pub bytes: u64,
+}
+
+/// Every copy this router holds.
+pub struct ReplicaStore {
+    root: PathBuf,
+    held: Mutex<HashMap<String, Arc<Mutex<Replica>>>>,
+}
+
+impl std::fmt::Debug for ReplicaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaStore")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+const STATE: &str = "state.json";
+
+fn sync_dir(dir: &Path) -> DtlResult<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| DtlError::io(format!("syncing {}", dir.display()), e))
+}
+
+fn write_state(dir: &Path, state: &ReplicaState) -> DtlResult<()> {
+    let body = serde_json::to_vec(state).map_err(|e| DtlError::Protocol(e.to_string()))?;
+    let tmp = dir.join("state.json.tmp");
+    std::fs::write(&tmp, &body)
+        .and_then(|()| File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, dir.join(STATE)))
+        .map_err(|e| DtlError::io("recording a mirror's state", e))?;
+    sync_dir(dir)
+}
+
+impl ReplicaStore {
+    /// The copies under `root` (created), as a restart finds them: each
+    /// directory with a readable state is held again; anything else there
+    /// is removed.
+    pub fn open(root: &Path) -> DtlResult<Self> {
+        std::fs::create_dir_all(root)
+            .map_err(|e| DtlError::io(format!("creating {}", root.display()), e))?;
+        let mut held = HashMap::new();
+        let rd = std::fs::read_dir(root)
+            .map_err(|e| DtlError::io(format!("listing {}", root.display()), e))?;
+        for entry in rd.flatten() {
+            let dir = entry.path();
+            let state = std::fs::read(dir.join(STATE))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ReplicaState>(&b).ok())
+                .filter(|s| {
+                    check_name("vDisk", &s.vdisk).is_ok()
+                        && entry.file_name().to_str() == Some(s.vdisk.as_str())
+                });
+            match state {
+                Some(state) => {
+                    let name = state.vdisk.clone();
+                    let r = Replica {
+                        dir,
+                        state,
+                        files: HashMap::new(),
+                        dirty: HashSet::new(),
+                        taken: false,
+                    };
+                    held.insert(name, Arc::new(Mutex::new(r)));
+                }
+                None => {
+                    tracing::warn!(dir = %dir.display(), "dropping an unreadable DTL copy");
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
+        }
+        Ok(ReplicaStore {
+            root: root.to_path_buf(),
+            held: Mutex::new(held),
+        })
+    }
+
+    fn get(&self, vdisk: &str, generation: u64) -> DtlResult<Arc<Mutex<Replica>>> {
+        let r = self.held.lock().get(vdisk).cloned();
+        let usable = |r: &Replica| r.state.generation == generation && !r.taken;
+        match r {
+            Some(r) if usable(&r.lock()) => Ok(r),
+            _ => Err(DtlError::NotHeld {
+                vdisk: vdisk.to_string(),
+                generation,
+            }),
+        }
+    }
+
+    /// `dtl.open`: a new, empty copy (any earlier one is dropped).
+    pub fn begin(&self, o: &Open) -> DtlResult<()> {
+        check_name("vDisk", &o.vdisk).map_err(|e| DtlError::Protocol(e.to_string()))?;
+        check_name("vPool", &o.vpool).map_err(|e| DtlError::Protocol(e.to_string()))?;
+        let dir = self.root.join(&o.vdisk);
+        let mut held = self.held.lock();
+        held.remove(&o.vdisk);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DtlError::io(format!("removing {}", dir.display()), e)),
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| DtlError::io(format!("creating {}", dir.display()), e))?;
+        let state = ReplicaState {
+            vdisk: o.vdisk.clone(),
+            vpool: o.vpool.clone(),
+            id: o.id,
+            generation: o.generation,
+            batch: 0,
+            meta: None,
+            frozen: (0, 0),
+            segments: Vec::new(),
+        };
+        write_state(&dir, &state)?;
+        sync_dir(&self.root)?;
+        held.insert(
+            o.vdisk.clone(),
+            Arc::new(Mutex::new(Replica {
+                dir,
+                state,
+                files: HashMap::new(),
+                dirty: HashSet::new(),
+                taken: false,
+            })),
+        );
+        Ok(())
+    }
+
+    /// `dtl.write`: `body` into a file of the copy (not durable before the
+    /// next commit).
+    pub fn write(&self, w: &Write, body: &[u8]) -> DtlResult<()> {
+        w.check(body.len())?;
+        let r = self.get(&w.vdisk, w.generation)?;
+        let mut r = r.lock();
+        let r = &mut *r;
+        let f = match r.files.entry(w.file.clone()) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let f = OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .read(true)
+                    .write(true)
+                    .open(r.dir.join(&w.file))
+                    .map_err(|e| DtlError::io("opening a mirrored file", e))?;
+                v.insert(f)
+            }
+        };
+        f.write_all_at(body, w.offset)
+            .map_err(|e| DtlError::io("writing a mirrored file", e))?;
+        r.dirty.insert(w.file.clone());
+        Ok(())
+    }
+
+    /// `dtl.commit`: makes the writes so far durable, records the state,
+    /// drops the files of segments no longer listed.
+    pub fn commit(&self, c: &Commit) -> DtlResult<()> {
+        c.check()?;
+        let r = self.get(&c.vdisk, c.generation)?;
+        let mut r = r.lock();
+        if c.batch <= r.state.batch {
+            return Err(DtlError::Protocol(format!(
+                "commit {} after commit {}",
+                c.batch, r.state.batch
+            )));
+        }
+        if c.meta.is_none() && r.state.meta.is_none() {
+            return Err(DtlError::Protocol(
+                "the first commit of a mirror carries no metadata".into(),
+            ));
+        }
+        for name in std::mem::take(&mut r.dirty) {
+            if let Some(f) = r.files.get(&name) {
+                f.sync_data()
+                    .map_err(|e| DtlError::io("syncing a mirrored file", e))?;
+            }
+        }
+        let mut keep: HashSet<String> = HashSet::new();
+        for s in &c.segments {
+            keep.insert(file_name(HandoverFileKind::Tlog, s.tlog));
+            for &k in &s.containers {
+                keep.insert(file_name(HandoverFileKind::Container, k));
+            }
+        }
+        // The frozen watermark alone changes with every hard barrier; it is
+        // recorded with the next change that is written anyway (an older
+        // watermark only lets replay adopt more slots, never trust more).
+        let changed = c.meta.is_some() || c.segments != r.state.segments;
+        r.state.batch = c.batch;
+        r.state.frozen = c.frozen;
+        if changed {
+            if let Some(m) = &c.meta {
+                r.state.meta = Some(m.clone());
+            }
+            r.state.segments.clone_from(&c.segments);
+            write_state(&r.dir, &r.state)?;
+        }
+        // The files no segment names any more: shipped or dropped.
+        let stale: Vec<String> = r
+            .files
+            .keys()
+            .filter(|n| !keep.contains(*n))
+            .cloned()
+            .collect();
+        for n in stale {
+            r.files.remove(&n);
+        }
+        if let Ok(rd) = std::fs::read_dir(&r.dir) {
+            for e in rd.flatten() {
+                let name = e.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if parse_file_name(name).is_some() && !keep.contains(name) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `dtl.close`: drops the copy of `vdisk`, if held.
+    pub fn close(&self, vdisk: &str) -> DtlResult<()> {
+        check_name("vDisk", vdisk).map_err(|e| DtlError::Protocol(e.to_string()))?;
+        let had = self.held.lock().remove(vdisk);
+        if had.is_some() {
+            let dir = self.root.join(vdisk);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(DtlError::io(format!("removing {}", dir.display()), e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The copies held.
+    pub fn list(&self) -> Vec<HeldCopy> {
+        let held: Vec<Arc<Mutex<Replica>>> = self.held.lock().values().cloned().collect();
+        let mut out: Vec<HeldCopy> = held
+            .iter()
+            .map(|r| {
+                let r = r.lock();
+                let bytes = std::fs::read_dir(&r.dir)
+                    .map(|rd| {
+                        rd.flatten()
+                            .filter_map(|e| e.metadata().ok())
+                            .map(|m| m.len())
+                            .sum()
+                    })
+                    .unwrap_or(0);
+                HeldCopy {
+                    vdisk: r.state.vdisk.clone(),
+                    vpool: r.state.vpool.clone(),
+                    generation: r.state.generation,
+                    batch: r.state.batch,
+                    bytes,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.vdisk.cmp(&b.vdisk));
+        out
+    }
+
+    /// The copy of `vdisk` for a takeover, if one with metadata is held:
+    /// the engine imports it from its directory
+    /// (`VPool::recover_mirror`). Writes to it are refused from here on.
+    pub fn copy(&self, vdisk: &str) -> Option<(String, MirrorCopy)> {
+        let r = self.held.lock().get(vdisk).cloned()?;
+        let mut r = r.lock();
+        let meta = r.state.meta.clone()?;
+        r.files.clear();
+        let generation = r.state.generation;
+        // Taken over: later writes and commits (a deposed owner's) are
+        // refused.
+        r.taken = true;
+        Some((
+            r.state.vpool.clone(),
+            MirrorCopy {
+                name: r.state.vdisk.clone(),
+                id: r.state.id,
+                generation,
+                meta,
+                frozen: r.state.frozen,
+                segments: r.state.segments.clone(),
+                dir: r.dir.clone(),
+            },
+        ))
+    }
+
+    /// The generation of the owner whose copy of `vdisk` is held.
+    pub fn generation(&self, vdisk: &str) -> Option<u64> {
+        self.held
+            .lock()
+            .get(vdisk)
+            .map(|r| r.lock().state.generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use depot_engine::meta::VolumeMeta;
+
+    use super::*;
+
+    fn open(store: &ReplicaStore, generation: u64) {
+        store
+            .begin(&Open {
+                vdisk: "d".into(),
+                vpool: "p".into(),
+                id: 7,
+                generation,
+            })
+            .unwrap();
+    }
+
+    fn meta() -> VolumeMeta {
+        serde_json::from_value(serde_json::json!({
+            "version": 1, "id": 7, "name": "d", "size_bytes": 4096, "block_size": 4096,
+            "created_unix": 0, "template": false, "parent": null, "children": [],
+            "head_gen": 0, "next_gen": 1, "snapshots": [], "discarded_gens": [],
+            "next_container": 0, "next_tlog": 0,
+            "shipped": {"checkpoint": null, "tlogs": [], "next_tlog": 0}
+        }))
+        .unwrap()
+    }
+
+    fn write(
+        store: &ReplicaStore,
+        generation: u64,
+        file: &str,
+        off: u64,
+        b: &[u8],
+    ) -> DtlResult<()> {
+        store.write(
+            &Write {
+                vdisk: "d".into(),
+                generation,
+                file: file.into(),
+                offset: off,
+            },
+            b,
+        )
+    }
+
+    fn commit(store: &ReplicaStore, batch: u64, segs: &[(u64, &[u64])], m: bool) -> DtlResult<()> {
+        store.commit(&Commit {
+            vdisk: "d".into(),
+            generation: 1,
+            batch,
+            segments: segs
+                .iter()
+                .map(|(t, c)| WindowSegment {
+                    tlog: *t,
+                    containers: c.to_vec(),
+                })
+                .collect(),
+            frozen: (1, 2),
+            meta: m.then(meta),
+        })
+    }
+
+    #[test]
+    fn commits_keep_exactly_the_listed_segments_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        open(&store, 1);
+        write(&store, 1, "0000000000000001.sco", 0, b"c1").unwrap();
+        write(&store, 1, "0000000000000001.tlog", 0, b"t1").unwrap();
+        write(&store, 1, "0000000000000002.sco", 4, b"c2").unwrap();
+        write(&store, 1, "0000000000000002.tlog", 0, b"t2").unwrap();
+        // The first commit must describe the copy.
+        assert!(commit(&store, 1, &[(1, &[1]), (2, &[2])], false).is_err());
+        commit(&store, 1, &[(1, &[1]), (2, &[2])], true).unwrap();
+        // Out of order and replays are refused.
+        assert!(commit(&store, 1, &[(2, &[2])], false).is_err());
+        // Segment 1 shipped: its files go.
+        commit(&store, 2, &[(2, &[2])], false).unwrap();
+        let d = dir.path().join("d");
+        assert!(!d.join("0000000000000001.sco").exists());
+        assert!(!d.join("0000000000000001.tlog").exists());
+        assert_eq!(
+            std::fs::read(d.join("0000000000000002.sco")).unwrap(),
+            b"\0\0\0\0c2"
+        );
+        drop(store);
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        let (vpool, copy) = store.copy("d").unwrap();
+        assert_eq!(vpool, "p");
+        assert_eq!((copy.id, copy.generation), (7, 1));
+        assert_eq!(copy.segments.len(), 1);
+        assert_eq!(copy.frozen, (1, 2));
+        // Taken over: the old owner's writes are refused now.
+        assert!(matches!(
+            write(&store, 1, "0000000000000002.sco", 0, b"x"),
+            Err(DtlError::NotHeld { .. })
+        ));
+    }
+
+    #[test]
+    fn hostile_messages_are_refused_without_touching_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        open(&store, 3);
+        for bad in ["../x.sco", "state.json", "0000000000000001.sco/"] {
+            assert!(write(&store, 3, bad, 0, b"x").is_err(), "{bad}");
+        }
+        // Another generation (a deposed or future owner).
+        assert!(write(&store, 2, "0000000000000001.sco", 0, b"x").is_err());
+        assert!(write(&store, 3, "0000000000000001.sco", u64::MAX - 1, b"xx").is_err());
+        assert!(
+            store
+                .begin(&Open {
+                    vdisk: "../etc".into(),
+                    vpool: "p".into(),
+                    id: 1,
+                    generation: 1
+                })
+                .is_err()
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("d"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["state.json"]);
+        // A directory with an unreadable state is dropped at restart.
+        std::fs::create_dir(dir.path().join("junk")).unwrap();
+        std::fs::write(dir.path().join("junk/state.json"), b"{").unwrap();
+        drop(store);
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        assert!(!dir.path().join("junk").exists());
+        assert_eq!(store.list().len(), 1);
+    }
+}
