@@ -16,6 +16,7 @@ mod conformance;
 mod daemon;
 mod dashboards;
 mod durability;
+mod failover;
 mod fio;
 mod grid_moves;
 mod hostile;

@@ -9,6 +9,7 @@
 //! | `owners/<vdisk>` | [`OwnerRecord`](crate::owner::OwnerRecord) | persistent; its mod revision is the generation |
 //! | `vpools/`, `vms/`, `vdisks/` `<name>` | the daemon's records (JSON) | persistent |
 //! | `pr/<vdisk>` | persistent-reservation state (JSON) | persistent |
+//! | `dtl/<vdisk>` | [`DtlRecord`](crate::dtl::DtlRecord): mirror holder and state | persistent, written by the owner |
 //! | `ca/...` | the cluster's certificate authority | persistent |
 //! | `tpgt/<n>` | the router that claimed portal group tag `n` | persistent |
 
@@ -32,6 +33,8 @@ pub mod kind {
     pub const CA: &str = "ca";
     /// Target portal group tags claimed by routers.
     pub const TPGT: &str = "tpgt";
+    /// Each vDisk's mirror (DTL): holder and state.
+    pub const DTL: &str = "dtl";
 }
 
 /// Builds and parses keys under one prefix.

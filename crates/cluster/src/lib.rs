@@ -13,12 +13,15 @@
 //!   ([`Fence`]) that stops I/O before the lease can lapse.
 //! - [`members`]: joining, liveness, `depot router list`.
 //! - [`owner`]: vDisk ownership with generations; transfer and takeover.
+//! - [`dtl`]: each vDisk's mirror record, and the takeover from an in-sync
+//!   mirror.
 //! - [`watch`]: a feed of the whole state (snapshot, then changes).
 //!
 //! docs/cluster.md has the key layout, the fencing argument and the
 //! failure table.
 
 pub mod config;
+pub mod dtl;
 pub mod error;
 pub mod keys;
 pub mod lease;
@@ -28,6 +31,7 @@ pub mod store;
 pub mod watch;
 
 pub use config::{ClusterConfig, EtcdTls};
+pub use dtl::{DtlRecord, Mirrored};
 pub use error::{ClusterError, ClusterResult};
 pub use lease::{Fence, Lease, LeaseStatus};
 pub use members::{AliveRecord, RouterRecord, RouterState};

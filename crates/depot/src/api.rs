@@ -60,6 +60,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/routers"),
     ("post", "/api/v1/routers/{name}/drain"),
     ("post", "/api/v1/vdisks/{name}/move"),
+    ("post", "/api/v1/vdisks/{name}/recover"),
     ("post", "/api/v1/vms/{name}/move"),
     ("get", "/metrics"),
 ];
@@ -149,6 +150,7 @@ pub fn router(mgr: Arc<Manager>, node: Option<Arc<Node>>, token: Option<String>)
         .route("/api/v1/routers", get(list_routers))
         .route("/api/v1/routers/{name}/drain", post(drain_router))
         .route("/api/v1/vdisks/{name}/move", post(move_vdisk))
+        .route("/api/v1/vdisks/{name}/recover", post(recover_vdisk))
         .route("/api/v1/vms/{name}/move", post(move_vm))
         .route("/metrics", get(metrics))
         .fallback(|| async {
@@ -274,6 +276,17 @@ async fn move_vdisk(
 ) -> Answer<MoveReport> {
     let req: MoveRequest = parse(&body)?;
     blocking(move || app.mgr.move_vdisk(&name, &req.to, req.force))
+        .await
+        .map(axum::Json)
+}
+
+async fn recover_vdisk(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Answer<RecoverReport> {
+    let req: RecoverRequest = parse(&body)?;
+    blocking(move || app.mgr.recover_vdisk(&name, req.accept_loss))
         .await
         .map(axum::Json)
 }

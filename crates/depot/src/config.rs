@@ -124,6 +124,10 @@ pub struct VmFile {
     /// CHAP credentials the initiator must present.
     #[serde(default)]
     pub chap: Option<ChapFile>,
+    /// How its writes are mirrored in a cluster: "sync" (default), "async"
+    /// or "none".
+    #[serde(default)]
+    pub dtl: Option<depot_dtl::Mode>,
     /// The VM's disks, LUN 0 first.
     #[serde(default)]
     pub disk: Vec<DiskFile>,
@@ -217,6 +221,8 @@ pub struct Vm {
     pub allowed_initiators: Vec<String>,
     /// CHAP: (user, secret, optional (target user, target secret)).
     pub chap: Option<Chap>,
+    /// DTL mode (default sync).
+    pub dtl: Option<depot_dtl::Mode>,
     /// Disks in LUN order.
     pub disks: Vec<Disk>,
 }
@@ -388,6 +394,7 @@ fn validate(raw: FileConfig) -> anyhow::Result<Config> {
             name: vm.name,
             allowed_initiators: vm.allowed_initiators,
             chap,
+            dtl: vm.dtl,
             disks,
         });
     }

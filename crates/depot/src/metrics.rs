@@ -79,6 +79,11 @@ struct ClusterFamilies {
     router_up: IntGaugeVec,
     vdisk_owner: IntGaugeVec,
     vdisk_generation: IntGaugeVec,
+    dtl_state: IntGaugeVec,
+    dtl_sent: IntGaugeVec,
+    dtl_degradations: IntGaugeVec,
+    dtl_refused: IntCounter,
+    dtl_takeovers: IntCounter,
 }
 
 /// The largest lease time to live `depot serve` accepts (`lease_ttl_secs`);
@@ -102,6 +107,8 @@ pub struct ClusterSample {
     pub routers: Vec<(String, bool)>,
     /// Every vDisk with an owner.
     pub vdisks: Vec<VDiskOwner>,
+    /// The mirror of every vDisk this router serves.
+    pub mirrors: Vec<(String, String, depot_dtl::MirrorStatus)>,
 }
 
 /// One vDisk's ownership as the router's view holds it.
@@ -318,6 +325,37 @@ impl Metrics {
                     "The generation of each vDisk's ownership (only grows).",
                     &disk,
                 ),
+                dtl_state: igv(
+                    "depot_vdisk_dtl_state",
+                    "The mirror (DTL) of each vDisk this router serves: 1 for the current state (in_sync, catching_up, degraded), 0 for the others.",
+                    &["vm", "vdisk", "state"],
+                ),
+                dtl_sent: igv(
+                    "depot_vdisk_dtl_sent_bytes",
+                    "Bytes this router copied to the vDisk's mirror since it began serving it.",
+                    &disk,
+                ),
+                dtl_degradations: igv(
+                    "depot_vdisk_dtl_degradations",
+                    "Times the vDisk's mirror went degraded since this router began serving it.",
+                    &disk,
+                ),
+                dtl_refused: reg(
+                    &r,
+                    IntCounter::new(
+                        "depot_dtl_refused_total",
+                        "DTL requests refused because the sender does not own the vDisk.",
+                    )
+                    .expect("valid metric"),
+                ),
+                dtl_takeovers: reg(
+                    &r,
+                    IntCounter::new(
+                        "depot_dtl_takeovers_total",
+                        "vDisks this router took over from an in-sync mirror it held.",
+                    )
+                    .expect("valid metric"),
+                ),
             },
             scrape: parking_lot::Mutex::new(()),
             registry: r,
@@ -344,6 +382,16 @@ impl Metrics {
             size: self.vdisk_size.with_label_values(&l),
             inner,
         }
+    }
+
+    /// Counts a DTL request refused (its sender does not own the vDisk).
+    pub fn dtl_refused(&self) {
+        self.cluster.dtl_refused.inc();
+    }
+
+    /// Counts a takeover from a mirror held here.
+    pub fn dtl_takeover(&self) {
+        self.cluster.dtl_takeovers.inc();
     }
 
     /// Forgets a deleted vDisk's series.
@@ -402,6 +450,27 @@ impl Metrics {
         c.router_up.reset();
         c.vdisk_owner.reset();
         c.vdisk_generation.reset();
+        c.dtl_state.reset();
+        c.dtl_sent.reset();
+        c.dtl_degradations.reset();
+        for (vm, vdisk, m) in &s.mirrors {
+            let (vm, vdisk) = (vm.as_str(), vdisk.as_str());
+            for state in [
+                depot_dtl::MirrorState::InSync,
+                depot_dtl::MirrorState::CatchingUp,
+                depot_dtl::MirrorState::Degraded,
+            ] {
+                c.dtl_state
+                    .with_label_values(&[vm, vdisk, state.as_str()])
+                    .set(i64::from(m.state == state));
+            }
+            c.dtl_sent
+                .with_label_values(&[vm, vdisk])
+                .set(i64::try_from(m.bytes_sent).unwrap_or(i64::MAX));
+            c.dtl_degradations
+                .with_label_values(&[vm, vdisk])
+                .set(i64::try_from(m.degradations).unwrap_or(i64::MAX));
+        }
         let me = s.router.as_str();
         c.router_info
             .with_label_values(&[me, s.tpgt.to_string().as_str()])
@@ -635,6 +704,19 @@ mod tests {
                     generation: 12,
                 },
             ],
+            mirrors: vec![(
+                "web1".into(),
+                "web1-data".into(),
+                depot_dtl::MirrorStatus {
+                    mode: depot_dtl::Mode::Sync,
+                    state: depot_dtl::MirrorState::Degraded,
+                    holder: None,
+                    bytes_sent: 4096,
+                    queued: 0,
+                    error: Some("holder down".into()),
+                    degradations: 1,
+                },
+            )],
         }
     }
 
@@ -671,6 +753,10 @@ mod tests {
             "depot_vdisk_owner_info{owner=\"r1\",vdisk=\"web1-data\",vm=\"web1\"} 1",
             "depot_vdisk_generation{vdisk=\"web1-root\",vm=\"web1\"} 40",
             "depot_vdisk_generation{vdisk=\"web1-data\",vm=\"web1\"} 12",
+            "depot_vdisk_dtl_state{state=\"degraded\",vdisk=\"web1-data\",vm=\"web1\"} 1",
+            "depot_vdisk_dtl_state{state=\"in_sync\",vdisk=\"web1-data\",vm=\"web1\"} 0",
+            "depot_vdisk_dtl_sent_bytes{vdisk=\"web1-data\",vm=\"web1\"} 4096",
+            "depot_vdisk_dtl_degradations{vdisk=\"web1-data\",vm=\"web1\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
         }

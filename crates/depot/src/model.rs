@@ -147,6 +147,10 @@ pub struct VmInfo {
     /// router that does not serve the VM is redirected to the one that does.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub multipath: bool,
+    /// How its vDisks' unshipped writes are mirrored to another router of
+    /// a cluster (DTL): `sync` (default), `async` or `none`.
+    #[serde(default)]
+    pub dtl: depot_dtl::Mode,
 }
 
 /// A persisted VM.
@@ -275,6 +279,9 @@ pub struct CreateVm {
     /// Its hosts run multipath (see [`VmInfo::multipath`]).
     #[serde(default)]
     pub multipath: bool,
+    /// DTL mode (see [`VmInfo::dtl`]); default `sync`.
+    #[serde(default)]
+    pub dtl: Option<depot_dtl::Mode>,
 }
 
 /// `POST /api/v1/vdisks`.
@@ -408,6 +415,57 @@ pub struct VDiskView {
     /// In a cluster: the ownership's generation (only grows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// In a cluster: its mirror (DTL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtl: Option<DtlView>,
+}
+
+/// A vDisk's mirror (DTL) as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DtlView {
+    /// Its VM's mode: `sync`, `async` or `none`.
+    pub mode: depot_dtl::Mode,
+    /// `in_sync`, `catching_up` or `degraded` (absent with mode `none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The router holding the mirror.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// Why it is degraded, as the owner last saw it (when asked on the
+    /// owner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Bytes the owner copied to the mirror since it began serving the
+    /// vDisk (when asked on the owner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_sent: Option<u64>,
+}
+
+/// `POST /api/v1/vdisks/{name}/recover`: take over a vDisk whose owner is
+/// down without an in-sync mirror, from the backend.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverRequest {
+    /// Go ahead although writes the owner acknowledged after its last
+    /// upload are lost (without it the answer only states the recovery
+    /// point).
+    #[serde(default)]
+    pub accept_loss: bool,
+}
+
+/// What `depot vdisk recover` did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecoverReport {
+    /// The vDisk.
+    pub vdisk: String,
+    /// The router that owned it (down).
+    pub from: String,
+    /// The router that serves it now.
+    pub to: String,
+    /// The new ownership generation.
+    pub generation: u64,
+    /// What the vDisk holds now, and what was lost.
+    pub recovery_point: String,
 }
 
 /// `POST /api/v1/vdisks/{name}/move`, `/vms/{name}/move`.
@@ -518,7 +576,7 @@ mod tests {
     // fields (byte for byte for vPools and vDisks; a VM's `target` now
     // follows its `allowed_initiators`).
     const S3_POOL: &str = r#"{"name":"s3pool","backend":{"type":"s3","endpoint":null,"bucket":"depot","region":"eu-west-1","access_key_id":"AKIA","allow_http":false},"cache_dirs":["/flash/a"],"policy":{"block_size":512,"write_buffer_bytes":2147483648,"read_cache_bytes":1073741824,"container_bytes":67108864,"ship_interval_secs":30},"vdisks":["root2"],"online":true,"bytes_waiting_to_ship":7,"flash_bytes":8,"backend_bytes":9}"#;
-    const VM: &str = r#"{"name":"web1","target":"iqn.2026-11.io.depot:web1","allowed_initiators":["iqn.x"],"chap":true,"mutual_chap":true,"vdisks":["root1","web1-data"],"sessions":1}"#;
+    const VM: &str = r#"{"name":"web1","target":"iqn.2026-11.io.depot:web1","allowed_initiators":["iqn.x"],"dtl":"sync","chap":true,"mutual_chap":true,"vdisks":["root1","web1-data"],"sessions":1}"#;
     const RAW_DISK: &str = r#"{"name":"web1-data","vm":"web1","lun":1,"kind":"raw","vpool":null,"size_bytes":67108864,"block_size":4096,"read_only":true,"template":false,"origin":null,"serial":"fedcba9876543210fedcba9876543210","target":"iqn.2026-11.io.depot:web1","snapshots":0,"online":false}"#;
 
     #[test]
@@ -545,6 +603,7 @@ mod tests {
                 name: "web1".into(),
                 allowed_initiators: vec!["iqn.x".into()],
                 multipath: false,
+                dtl: depot_dtl::Mode::Sync,
             },
             target: "iqn.2026-11.io.depot:web1".into(),
             chap: true,
@@ -573,6 +632,7 @@ mod tests {
             online: false,
             owner: None,
             generation: None,
+            dtl: None,
         };
         assert_eq!(json(&disk), RAW_DISK);
         // And they read back (the CLI's side).

@@ -126,6 +126,7 @@ fn declared_vms(cfg: &Config) -> Vec<DeclaredVm> {
                     target_secret: c.target.as_ref().map(|t| t.1.clone()),
                 }),
                 multipath: false,
+                dtl: vm.dtl,
             },
             disks: vm
                 .disks

@@ -99,14 +99,16 @@ impl ClusterPersist {
                 }
             }
         }
-        // A deleted vDisk's ownership and reservations go with it.
+        // A deleted vDisk's ownership, reservations and mirror record go
+        // with it.
         for (key, value) in &changes {
             if value.is_none()
                 && let Some((kind::VDISKS, name)) = self.keys().parse(key)
             {
                 txn = txn
                     .op(Op::Delete(self.keys().key(kind::OWNERS, name)))
-                    .op(Op::Delete(self.keys().key(kind::PR, name)));
+                    .op(Op::Delete(self.keys().key(kind::PR, name)))
+                    .op(Op::Delete(self.keys().key(kind::DTL, name)));
             }
         }
         // Removing a VM or a vPool was decided on "no vDisk uses it".

@@ -351,6 +351,7 @@ mod tests {
                 name: name.into(),
                 allowed_initiators: Vec::new(),
                 multipath: false,
+                dtl: depot_dtl::Mode::Sync,
             },
             chap: None,
             next_lun: 0,

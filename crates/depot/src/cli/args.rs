@@ -121,6 +121,11 @@ pub enum VmCmd {
         /// does not serve the VM are redirected to the one that does.
         #[arg(long)]
         multipath: bool,
+        /// How the VM's unshipped writes are mirrored to another router of
+        /// a cluster: sync (acknowledged once the mirror has them), async
+        /// (flushes wait for the mirror, the rest is queued) or none.
+        #[arg(long, value_name = "MODE")]
+        dtl: Option<depot_dtl::Mode>,
     },
     /// List VMs.
     List,
@@ -223,6 +228,17 @@ pub enum VDiskCmd {
         /// the owner acknowledged but had not shipped are lost).
         #[arg(long)]
         force: bool,
+    },
+    /// The owner is down and no router held an in-sync mirror: state the
+    /// recovery point (the backend's copy) and, with --accept-loss, serve
+    /// the vDisk from it on this router.
+    Recover {
+        /// Name.
+        name: String,
+        /// Take it over although writes the owner acknowledged after its
+        /// last upload are lost.
+        #[arg(long)]
+        accept_loss: bool,
     },
     /// Mark a vDisk as a template (read-only; clone VMs from it).
     Template {

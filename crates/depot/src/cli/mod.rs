@@ -206,6 +206,7 @@ async fn vm(ctx: &Ctx, cmd: VmCmd) -> anyhow::Result<String> {
             target_user,
             target_secret,
             multipath,
+            dtl,
         } => {
             let chap = match (chap_user, chap_secret) {
                 (Some(user), Some(secret)) => Some(ChapSpec {
@@ -221,6 +222,7 @@ async fn vm(ctx: &Ctx, cmd: VmCmd) -> anyhow::Result<String> {
                 allowed_initiators: initiators,
                 chap,
                 multipath,
+                dtl,
             };
             ctx.post::<VmView>(VmView::PATH, &req).await
         }
@@ -305,6 +307,11 @@ async fn vdisk(ctx: &Ctx, cmd: VDiskCmd) -> anyhow::Result<String> {
         VDiskCmd::Move { name, to, force } => {
             let path = format!("{}/move", VDiskView::item(&name));
             ctx.post::<MoveReport>(&path, &MoveRequest { to, force })
+                .await
+        }
+        VDiskCmd::Recover { name, accept_loss } => {
+            let path = format!("{}/recover", VDiskView::item(&name));
+            ctx.post::<RecoverReport>(&path, &RecoverRequest { accept_loss })
                 .await
         }
         VDiskCmd::Template { name, off } => {

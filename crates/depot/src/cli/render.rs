@@ -13,7 +13,9 @@ use anyhow::Context;
 use depot_engine::BackendConfig;
 use serde::Serialize;
 
-use crate::model::{MoveReport, RouterView, SnapshotView, VDiskView, VPoolView, VmView};
+use crate::model::{
+    MoveReport, RecoverReport, RouterView, SnapshotView, VDiskView, VPoolView, VmView,
+};
 use crate::size;
 
 /// An object shown as one table row.
@@ -195,9 +197,18 @@ impl Tabular for VDiskView {
             },
         ]
     }
-    const OPTIONAL: &'static [&'static str] = &["OWNER", "GEN"];
+    const OPTIONAL: &'static [&'static str] = &["OWNER", "GEN", "DTL", "DTL HOLDER"];
     fn optional(&self) -> Vec<Option<String>> {
-        vec![self.owner.clone(), self.generation.map(|g| g.to_string())]
+        let dtl = self.dtl.as_ref();
+        vec![
+            self.owner.clone(),
+            self.generation.map(|g| g.to_string()),
+            dtl.map(|d| match &d.state {
+                Some(s) => format!("{} ({})", s.replace('_', " "), d.mode.as_str()),
+                None => d.mode.as_str().to_string(),
+            }),
+            dtl.and_then(|d| d.holder.clone()),
+        ]
     }
 }
 
@@ -238,6 +249,20 @@ impl Tabular for MoveReport {
             size::format(self.paused_bytes),
             format!("{} ms", self.pause_ms),
             format!("{} ms", self.total_ms),
+        ]
+    }
+}
+
+impl Tabular for RecoverReport {
+    const HEADERS: &'static [&'static str] =
+        &["VDISK", "FROM", "TO", "GENERATION", "RECOVERY POINT"];
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.vdisk.clone(),
+            self.from.clone(),
+            self.to.clone(),
+            self.generation.to_string(),
+            self.recovery_point.clone(),
         ]
     }
 }

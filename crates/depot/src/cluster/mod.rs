@@ -16,6 +16,7 @@
 //!   names exactly one process.
 
 pub mod device;
+pub mod dtl;
 pub mod feed;
 pub mod fencing;
 pub mod peer;
@@ -53,6 +54,8 @@ pub struct View {
     pub owners: HashMap<String, Ownership>,
     /// Persistent-reservation state of each vDisk (JSON, with revision).
     pub reservations: HashMap<String, Versioned>,
+    /// Each vDisk's mirror (DTL) record.
+    pub mirrors: HashMap<String, depot_cluster::Mirrored>,
 }
 
 impl View {
@@ -399,6 +402,15 @@ fn apply_to_view(store: &Store, v: &mut View, put: Option<&Versioned>, key: &str
         }
         (kind::PR, None) => {
             v.reservations.remove(&name);
+        }
+        (kind::DTL, Some(kv)) => match depot_cluster::Mirrored::from_versioned(kv) {
+            Ok(m) => {
+                v.mirrors.insert(name, m);
+            }
+            Err(e) => tracing::warn!(%key, error = %e, "ignoring a bad mirror record"),
+        },
+        (kind::DTL, None) => {
+            v.mirrors.remove(&name);
         }
         _ => return false,
     }

@@ -48,9 +48,10 @@ pub struct ApiAnswer {
 /// Operations other routers ask of this one besides API calls (the
 /// target side of a live move), run on a blocking thread.
 pub trait Ops: Send + Sync + 'static {
-    /// Runs `op`; its JSON answer or a refusal message.
+    /// Runs `op` for router `from`; its JSON answer or a refusal message.
     fn run(
         &self,
+        from: &str,
         op: &str,
         msg: serde_json::Value,
         body: &[u8],
@@ -81,7 +82,7 @@ impl Handler for PeerHandler {
             match op.as_str() {
                 "api" => run_api(api, &from, msg, body).await,
                 _ => {
-                    let r = tokio::task::spawn_blocking(move || ops.run(&op, msg, &body))
+                    let r = tokio::task::spawn_blocking(move || ops.run(&from, &op, msg, &body))
                         .await
                         .map_err(|e| e.to_string())?;
                     r.map(|v| (v, Bytes::new()))

@@ -105,6 +105,7 @@ impl Manager {
             metrics,
             moves: parking_lot::Mutex::new(Default::default()),
             imports: parking_lot::Mutex::new(Default::default()),
+            mirrors: parking_lot::Mutex::new(super::mirror::Mirrors::open(data_dir, clustered)?),
         });
         {
             let mut st = m.lock();
@@ -285,6 +286,8 @@ impl Manager {
     /// Flushes every device and shuts every vPool down.
     pub fn shutdown(&self) {
         let mut st = self.lock();
+        // The vPools ship with the mirrors still attached (each manifest
+        // reaches the mirror first); then the mirrors stop.
         for (name, d) in st.disks.drain() {
             let serving = d.volume.is_some() || d.raw.is_some();
             if serving && let Err(e) = d.metered.flush() {
@@ -296,5 +299,6 @@ impl Manager {
                 tracing::error!(vpool = %name, error = %e, "vPool shutdown failed");
             }
         }
+        self.stop_mirrors();
     }
 }

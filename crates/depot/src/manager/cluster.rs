@@ -27,6 +27,14 @@ use crate::cluster::feed::revision_of;
 use crate::error::{DepotError, DepotResult};
 use crate::model::{VDiskRecord, VPoolRecord};
 
+/// A vDisk's ownership and mirror as the API shows them (cluster only).
+#[derive(Debug, Default)]
+pub(super) struct Owned {
+    pub(super) router: Option<String>,
+    pub(super) generation: Option<u64>,
+    pub(super) dtl: Option<crate::model::DtlView>,
+}
+
 /// Gives vDisk `name`'s logical unit a reservation state another router
 /// committed (unless its own store already has that or a newer one).
 fn push_reservations(st: &State, name: &str, v: &depot_cluster::Versioned) {
@@ -315,6 +323,12 @@ impl Manager {
                     if let Err(e) = self.finish_staged_locked(st, name) {
                         tracing::error!(vdisk = %name, error = %e, "cannot finish a staged move");
                     }
+                } else if self.has_taken_copy(name) {
+                    // Taken over from its mirror: only that copy has every
+                    // acknowledged write.
+                    if let Err(e) = self.serve_from_copy(st, name) {
+                        tracing::error!(vdisk = %name, error = %e, "cannot serve from the mirror yet; retrying");
+                    }
                 } else {
                     self.serve(st, d);
                 }
@@ -342,7 +356,9 @@ impl Manager {
             st.scsi.remove(&vm);
             tracing::info!(vm = %vm, "VM removed");
         }
+        self.take_over_mirrored(st);
         self.update_paths(st);
+        self.sync_mirrors(st);
         let pool_names: BTreeSet<&str> = pools.iter().map(|p| p.name.as_str()).collect();
         let gone: Vec<String> = st
             .pools
@@ -381,14 +397,43 @@ impl Manager {
             .collect())
     }
 
-    /// The owner and generation of vDisk `name` (cluster only).
-    pub(super) fn ownership_of(&self, name: &str) -> (Option<String>, Option<u64>) {
-        match &self.cluster {
-            None => (None, None),
-            Some(node) => match node.view().owners.get(name) {
-                Some(o) => (Some(o.router.clone()), Some(o.generation)),
-                None => (None, None),
-            },
+    /// The owner, generation and mirror of vDisk `name` (cluster only).
+    pub(super) fn ownership_of(&self, st: &State, name: &str) -> Owned {
+        let Some(node) = &self.cluster else {
+            return Owned::default();
+        };
+        let v = node.view();
+        let Some(o) = v.owners.get(name) else {
+            return Owned::default();
+        };
+        let mode = st
+            .catalog
+            .vdisk(name)
+            .and_then(|d| st.catalog.vm(&d.info.vm))
+            .map(|vm| vm.info.dtl)
+            .unwrap_or_default();
+        // The record counts only for the current generation; a new owner
+        // has not placed its mirror yet.
+        let rec = v
+            .mirrors
+            .get(name)
+            .filter(|m| m.record.generation == o.generation);
+        let local = (o.router == node.name())
+            .then(|| self.mirror_status(name))
+            .flatten();
+        let mirrored = mode != depot_dtl::Mode::None;
+        let dtl = Some(crate::model::DtlView {
+            mode,
+            state: mirrored
+                .then(|| rec.map_or_else(|| "degraded".to_string(), |m| m.record.state.clone())),
+            holder: rec.and_then(|m| m.record.holder.clone()),
+            error: local.as_ref().and_then(|s| s.error.clone()),
+            bytes_sent: local.as_ref().map(|s| s.bytes_sent),
+        });
+        Owned {
+            router: Some(o.router.clone()),
+            generation: Some(o.generation),
+            dtl,
         }
     }
 

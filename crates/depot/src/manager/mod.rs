@@ -35,6 +35,7 @@
 mod bootstrap;
 mod cluster;
 mod declared;
+mod mirror;
 mod moves;
 mod snapshot;
 mod stats;
@@ -114,6 +115,8 @@ pub struct Manager {
     moves: parking_lot::Mutex<std::collections::HashSet<String>>,
     /// Imports prepared here for moves in (target side).
     imports: parking_lot::Mutex<moves::Imports>,
+    /// Mirror clients of the vDisks served here, copies held for others.
+    mirrors: parking_lot::Mutex<mirror::Mirrors>,
 }
 
 impl std::fmt::Debug for Manager {

@@ -751,10 +751,14 @@ fn unsafe_zeroed() -> libc::statvfs {
 impl crate::cluster::peer::Ops for Manager {
     fn run(
         &self,
+        from: &str,
         op: &str,
         msg: serde_json::Value,
         body: &[u8],
     ) -> Result<serde_json::Value, String> {
+        if op.starts_with("dtl.") {
+            return self.dtl_op(from, op, msg, body);
+        }
         fn arg<T: serde::de::DeserializeOwned>(msg: serde_json::Value) -> Result<T, String> {
             serde_json::from_value(msg).map_err(|e| format!("bad request: {e}"))
         }

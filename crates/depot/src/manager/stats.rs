@@ -16,7 +16,7 @@ use crate::metrics::{ClusterSample, Metrics, VDiskOwner};
 use crate::model::IQN_PREFIX;
 
 /// This router and its view of the cluster, for the metrics.
-fn cluster_sample(node: &Node, st: &State) -> ClusterSample {
+fn cluster_sample(mgr: &Manager, node: &Node, st: &State) -> ClusterSample {
     let lease = node.lease_status().map(|rx| *rx.borrow());
     let view = node.view();
     ClusterSample {
@@ -39,6 +39,14 @@ fn cluster_sample(node: &Node, st: &State) -> ClusterSample {
                     owner: o.router.clone(),
                     generation: o.generation,
                 })
+            })
+            .collect(),
+        mirrors: st
+            .disks
+            .iter()
+            .filter_map(|(name, live)| {
+                mgr.mirror_status(name)
+                    .map(|m| (live.vm.clone(), name.clone(), m))
             })
             .collect(),
     }
@@ -121,7 +129,9 @@ impl Manager {
             for (vm, n) in per {
                 m.sessions.with_label_values(&[vm.as_str()]).set(n);
             }
-            self.cluster.as_ref().map(|node| cluster_sample(node, &st))
+            self.cluster
+                .as_ref()
+                .map(|node| cluster_sample(self, node, &st))
         };
         m.render_with(cluster.as_ref())
     }

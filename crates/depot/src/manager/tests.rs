@@ -38,6 +38,7 @@ fn vm(name: &str) -> CreateVm {
         allowed_initiators: Vec::new(),
         chap: None,
         multipath: false,
+        dtl: None,
     }
 }
 

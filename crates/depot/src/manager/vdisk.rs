@@ -34,7 +34,7 @@ pub(super) struct Declared {
 
 /// The view of `d`: its record's public part (live size when online) and
 /// the live numbers.
-fn vdisk_view(st: &State, d: &VDiskRecord, owner: (Option<String>, Option<u64>)) -> VDiskView {
+fn vdisk_view(st: &State, d: &VDiskRecord, owner: super::cluster::Owned) -> VDiskView {
     let live = st.disks.get(&d.info.name);
     let (size, snapshots) = match live {
         Some(l) => (
@@ -57,8 +57,9 @@ fn vdisk_view(st: &State, d: &VDiskRecord, owner: (Option<String>, Option<u64>))
         target: target_name(&d.info.vm),
         snapshots,
         online: live.is_some(),
-        owner: owner.0,
-        generation: owner.1,
+        owner: owner.router,
+        generation: owner.generation,
+        dtl: owner.dtl,
     }
 }
 
@@ -78,7 +79,7 @@ impl Manager {
             .collect();
         v.sort_by(|a, b| (&a.info.vm, a.info.lun).cmp(&(&b.info.vm, b.info.lun)));
         Ok(v.into_iter()
-            .map(|d| vdisk_view(&st, d, self.ownership_of(&d.info.name)))
+            .map(|d| vdisk_view(&st, d, self.ownership_of(&st, &d.info.name)))
             .collect())
     }
 
@@ -89,7 +90,7 @@ impl Manager {
             .catalog
             .vdisk(name)
             .ok_or_else(|| not_found("vDisk", name))?;
-        Ok(vdisk_view(&st, d, self.ownership_of(&d.info.name)))
+        Ok(vdisk_view(&st, d, self.ownership_of(&st, &d.info.name)))
     }
 
     /// Creates a vDisk — empty, a clone of a snapshot, or a clone of a
@@ -279,7 +280,11 @@ impl Manager {
             return Err(e);
         }
         tracing::info!(vm = %rec.info.vm, vdisk = %rec.info.name, lun = rec.info.lun, kind = %rec.info.kind, size = rec.info.size_bytes, origin = ?rec.info.origin, "vDisk created");
-        Ok(vdisk_view(&st, &rec, self.ownership_of(&rec.info.name)))
+        Ok(vdisk_view(
+            &st,
+            &rec,
+            self.ownership_of(&st, &rec.info.name),
+        ))
     }
 
     /// Deletes a vDisk. Refused while its VM has logged-in sessions or
@@ -369,7 +374,11 @@ impl Manager {
             )));
         }
         if size == cur {
-            return Ok(vdisk_view(&st, &rec, self.ownership_of(&rec.info.name)));
+            return Ok(vdisk_view(
+                &st,
+                &rec,
+                self.ownership_of(&st, &rec.info.name),
+            ));
         }
         if let Some(v) = &live.volume {
             v.resize(size)?;
@@ -382,7 +391,11 @@ impl Manager {
         rec.info.size_bytes = size;
         st.catalog.update_vdisk(rec.clone())?;
         tracing::info!(vm = %rec.info.vm, vdisk = name, from = cur, to = size, "vDisk grown");
-        Ok(vdisk_view(&st, &rec, self.ownership_of(&rec.info.name)))
+        Ok(vdisk_view(
+            &st,
+            &rec,
+            self.ownership_of(&st, &rec.info.name),
+        ))
     }
 
     /// Creates a new vDisk's storage (engine volume, clone, or nothing for
@@ -472,6 +485,10 @@ impl Manager {
         rec.info.template = on;
         st.catalog.update_vdisk(rec.clone())?;
         tracing::info!(vdisk = name, template = on, "template flag set");
-        Ok(vdisk_view(&st, &rec, self.ownership_of(&rec.info.name)))
+        Ok(vdisk_view(
+            &st,
+            &rec,
+            self.ownership_of(&st, &rec.info.name),
+        ))
     }
 }

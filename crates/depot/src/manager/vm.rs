@@ -85,6 +85,7 @@ impl Manager {
                 name: req.name,
                 allowed_initiators: req.allowed_initiators,
                 multipath: req.multipath,
+                dtl: req.dtl.unwrap_or_default(),
             },
             chap: req.chap,
             next_lun: 0,

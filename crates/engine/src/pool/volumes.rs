@@ -275,6 +275,14 @@ impl VPool {
         self.open_inner(name, 0, &OpenAs::Owner(owner.clone()))
     }
 
+    /// What a restart from the backend alone would have of `name`: the
+    /// manifest as the backend holds it now.
+    pub fn backend_manifest(&self, name: &str) -> EngineResult<VolumeMeta> {
+        self.check_open()?;
+        check_name("vDisk", name)?;
+        Ok(self.read_remote(name)?.0)
+    }
+
     /// The backend's catalog entry and manifest (with its e-tag) of `name`.
     pub(super) fn read_remote(&self, name: &str) -> EngineResult<(VolumeMeta, Option<ETag>)> {
         let be = &self.shared.backend;
