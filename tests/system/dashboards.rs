@@ -30,6 +30,8 @@ pub const CLUSTER_ONLY: &[&str] = &[
     "depot_cluster_router_up",
     "depot_vdisk_owner_info",
     "depot_vdisk_generation",
+    // Exported by the owner of a mirrored vDisk.
+    "depot_vdisk_dtl_state",
 ];
 
 fn cluster_only(expr: &str) -> bool {

@@ -19,7 +19,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cluster::Grid;
+use crate::cluster::{Grid, eventually};
 use crate::common::{Depot, peer, run_timeout, tools_cache};
 
 const VM: &str = "mp1";
@@ -59,7 +59,7 @@ struct Guest {
 impl Guest {
     /// Boots the guest's multipath step; guest address 10.0.2.(100+i) is
     /// forwarded to `portals[i]`, with portal group tag `tpgts[i]`.
-    fn boot(portals: &[String], tpgts: &[u16], iqn: &str, owners: &[u16]) -> Guest {
+    fn boot(portals: &[String], tpgts: &[u16], iqn: &str, owners: &[u16], extra: &str) -> Guest {
         let dir = guest_dir();
         let socat = peer("socat");
         let fwds: Vec<String> = portals
@@ -81,7 +81,7 @@ impl Guest {
             .collect();
         let owners: Vec<String> = owners.iter().map(u16::to_string).collect();
         let append = format!(
-            "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1 depot.iqn={iqn} depot.step=multipath depot.portals={} depot.owners={} depot.secs=150",
+            "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1 depot.iqn={iqn} depot.step=multipath depot.portals={} depot.owners={} depot.secs=150 {extra}",
             paths.join("/"),
             owners.join(",")
         );
@@ -279,7 +279,7 @@ fn dm_multipath_verified_writes_survive_moves_across_three_routers() {
         .collect();
     let grid_ready = t0.elapsed();
 
-    let mut guest = Guest::boot(&portals, &tpgts, &iqn, &owners);
+    let mut guest = Guest::boot(&portals, &tpgts, &iqn, &owners, "");
     let booted = Instant::now();
     let limit = booted + GUEST_LIMIT;
     assert!(
@@ -427,4 +427,83 @@ fn dm_multipath_verified_writes_survive_moves_across_three_routers() {
         sum,
         "the region as r1 serves it differs"
     );
+}
+
+/// The kernel's dm-multipath over the three routers keeps a mounted ext4,
+/// with a verified workload running on a file of it, through a `kill -9` of
+/// the vDisk's owner: the router holding its in-sync mirror takes it over,
+/// the kernel's path follows (queued I/O, `no_path_retry queue`), no I/O
+/// error reaches the filesystem, and fsck finds it clean afterwards.
+#[test]
+fn dm_multipath_ext4_survives_kill9_of_the_owner() {
+    let mut g = Grid::start(3, 3);
+    let list = g.r(0).json(&["router", "list"]);
+    let tpgt_of = |name: &str| -> u16 {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .and_then(|r| r["tpgt"].as_u64())
+            .and_then(|t| u16::try_from(t).ok())
+            .unwrap_or_else(|| panic!("no tpgt for {name}: {list}"))
+    };
+    let names = ["r1", "r2", "r3"];
+    let tpgts: Vec<u16> = names.iter().map(|n| tpgt_of(n)).collect();
+    g.r(0).cli_ok(&["vm", "create", VM, "--multipath"]);
+    g.r(0).cli_ok(&[
+        "vdisk", "create", DISK, "--vm", VM, "--size", "256M", "--vpool", "s3p",
+    ]);
+    let mut holder = String::new();
+    eventually(Duration::from_secs(60), "the mirror in sync", || {
+        let d = g.r(1).json(&["vdisk", "show", DISK]);
+        holder = d["dtl"]["holder"].as_str().unwrap_or_default().to_string();
+        d["dtl"]["state"] == "in_sync"
+    });
+    let h = names.iter().position(|n| *n == holder).unwrap();
+    let owners = [tpgts[0], tpgts[h]];
+    let iqn = format!("iqn.2026-11.io.depot:{VM}");
+    let portals: Vec<String> = g.routers.iter().map(|r| r.portal.to_string()).collect();
+    let mut guest = Guest::boot(&portals, &tpgts, &iqn, &owners, "depot.fs=ext4");
+    let booted = Instant::now();
+    assert!(
+        guest.wait_for("workload-started", booted + Duration::from_secs(180)),
+        "the guest did not start its workload; it said:\n{}\nconsole:\n{}",
+        guest.said(),
+        guest.console()
+    );
+    assert_eq!(guest.field("mount"), "0", "{}", guest.said());
+    std::thread::sleep(SETTLE);
+    let killed = utc_now();
+    g.routers[0].kill9();
+    eprintln!("killed r1 (the owner) at {killed}; {holder} holds the mirror");
+    eventually(Duration::from_secs(60), "the holder takes over", || {
+        g.r(h).json(&["vdisk", "show", DISK])["owner"] == holder.as_str()
+    });
+    let finished = guest.wait_for("end", booted + GUEST_LIMIT);
+    let said = format!("{}\n{holder} log:\n{}", guest.said(), g.r(h).log());
+    assert!(
+        finished,
+        "the guest did not finish; it said:\n{said}\nconsole:\n{}",
+        guest.console()
+    );
+    eprintln!("guest said:\n{}", guest.said());
+    for p in guest.all("pass") {
+        assert!(p.contains(" rc 0 "), "pass {p}:\n{said}");
+    }
+    assert_eq!(guest.field("final-verify"), "0", "{said}");
+    assert_eq!(guest.field("io-errors"), "0", "{said}");
+    assert_eq!(guest.field("dm-errors"), "0", "{said}");
+    assert_eq!(guest.field("fs-errors"), "0", "{said}");
+    assert_eq!(guest.field("verify"), "ok", "{said}");
+    assert_eq!(guest.field("umount"), "0", "{said}");
+    assert_eq!(guest.field("fsck"), "0", "{said}");
+    // The kernel's active path went from the owner to the holder.
+    let active: Vec<u16> = guest
+        .all("active")
+        .iter()
+        .map(|t| t.parse().unwrap())
+        .collect();
+    let mut distinct = active.clone();
+    distinct.dedup();
+    assert_eq!(distinct, owners, "active paths the guest saw:\n{said}");
 }

@@ -148,8 +148,9 @@ pub struct VmInfo {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub multipath: bool,
     /// How its vDisks' unshipped writes are mirrored to another router of
-    /// a cluster (DTL): `sync` (default), `async` or `none`.
-    #[serde(default)]
+    /// a cluster (DTL): `sync` (the default, not written), `async` or
+    /// `none`.
+    #[serde(default, skip_serializing_if = "depot_dtl::Mode::is_default")]
     pub dtl: depot_dtl::Mode,
 }
 
@@ -576,7 +577,7 @@ mod tests {
     // fields (byte for byte for vPools and vDisks; a VM's `target` now
     // follows its `allowed_initiators`).
     const S3_POOL: &str = r#"{"name":"s3pool","backend":{"type":"s3","endpoint":null,"bucket":"depot","region":"eu-west-1","access_key_id":"AKIA","allow_http":false},"cache_dirs":["/flash/a"],"policy":{"block_size":512,"write_buffer_bytes":2147483648,"read_cache_bytes":1073741824,"container_bytes":67108864,"ship_interval_secs":30},"vdisks":["root2"],"online":true,"bytes_waiting_to_ship":7,"flash_bytes":8,"backend_bytes":9}"#;
-    const VM: &str = r#"{"name":"web1","target":"iqn.2026-11.io.depot:web1","allowed_initiators":["iqn.x"],"dtl":"sync","chap":true,"mutual_chap":true,"vdisks":["root1","web1-data"],"sessions":1}"#;
+    const VM: &str = r#"{"name":"web1","target":"iqn.2026-11.io.depot:web1","allowed_initiators":["iqn.x"],"chap":true,"mutual_chap":true,"vdisks":["root1","web1-data"],"sessions":1}"#;
     const RAW_DISK: &str = r#"{"name":"web1-data","vm":"web1","lun":1,"kind":"raw","vpool":null,"size_bytes":67108864,"block_size":4096,"read_only":true,"template":false,"origin":null,"serial":"fedcba9876543210fedcba9876543210","target":"iqn.2026-11.io.depot:web1","snapshots":0,"online":false}"#;
 
     #[test]

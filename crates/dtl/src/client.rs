@@ -59,6 +59,11 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Whether this is the default mode (`sync`).
+    pub fn is_default(&self) -> bool {
+        *self == Mode::Sync
+    }
+
     /// The name used in the API, CLI and configuration.
     pub fn as_str(self) -> &'static str {
         match self {

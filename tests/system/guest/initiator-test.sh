@@ -12,6 +12,9 @@
 #           log in at every portal of depot.portals (ADDR:PORT,TPGT/...), make
 #           the multipath map, and run verified write passes (fio) on it while
 #           the host moves the vDisk between routers; see multipath_step.
+#           With depot.fs=ext4 the passes write a file of a mounted ext4 on
+#           the map instead (the host kills the owner meanwhile), and the
+#           filesystem is checked (fsck -fn) after it is unmounted.
 # Every result goes to the serial console as a "GUEST: " line.
 say() { echo "GUEST: $*" >/dev/ttyS0; }
 arg() { sed -n "s/.*depot\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
@@ -33,9 +36,12 @@ off() { say "end"; systemctl poweroff -f; }
 #   GUEST: final-verify R     the last pass's data verified again, whole
 #   GUEST: io-errors N, dm-errors N (I/O errors that reached the map),
 #   beyond-end N (I/O a path refused as past its size), verify ok|failed,
-#   sum MD5 (of the region), dmesg LINE (the kernel's SCSI/iSCSI/dm lines)
-# Passes go on until the host's moves have brought the owner back where it
-# started (the active path went 1 -> 2 -> 3 -> 1, as depot.owners says), then
+#   sum MD5 (of the region), dmesg LINE (the kernel's SCSI/iSCSI/dm lines);
+#   with depot.fs=ext4 also mkfs R, mount R, fs-errors N (EXT4-fs errors in
+#   the kernel log), umount R, fsck R (fsck.ext4 -fn; 0 is clean)
+# Passes go on until the active path has gone through the owners in
+# depot.owners (1 -> 2 -> 3 -> 1 for the moves; owner -> holder for a
+# failover), then
 # one more pass, or until depot.secs have passed.
 multipath_step() {
   REGION=32M
@@ -90,6 +96,15 @@ CONF
   say "paths $(multipath -ll "$MAP" | grep -cE '[0-9]+:[0-9]+:[0-9]+:[0-9]+ sd')"
   multipath -ll "$MAP" 2>&1 | while IFS= read -r l; do say "mpath $l"; done
   DEV=/dev/mapper/$MAP
+  FS=$(arg fs)
+  TARGET=$DEV
+  if [ "$FS" = ext4 ]; then
+    mkfs.ext4 -q -F "$DEV" >/dev/null 2>&1
+    say "mkfs $?"
+    mount "$DEV" /mnt
+    say "mount $?"
+    TARGET=/mnt/data
+  fi
   # Which router (portal group tag) each SCSI path is.
   : >/run/paths
   for d in /sys/block/sd*; do
@@ -123,7 +138,7 @@ CONF
   fio_pass() { # name seed [extra options]
     name=$1 seed=$2
     shift 2
-    fio --name="$name" --filename="$DEV" --ioengine=libaio --direct=1 --iodepth=8 \
+    fio --name="$name" --filename="$TARGET" --ioengine=libaio --direct=1 --iodepth=8 \
       --rw=randwrite --bs=16k --size=$REGION --randseed="$seed" \
       --verify=pattern --verify_pattern="$(printf '0x5eed%04x' "$seed")%o" \
       --do_verify=1 --verify_fatal=1 --verify_backlog=256 "$@" >>/run/fio.log 2>&1
@@ -165,9 +180,20 @@ CONF
         say "block $o now $(dd if="$DEV" bs=16k skip=$((o / 16384)) count=1 iflag=direct status=none | od -A n -t x1 -N 24 | tr -s ' \n' ' ')"
       done
   fi
-  say "sum $(head -c $REGION "$DEV" | md5sum | cut -d" " -f1)"
+  if [ "$FS" = ext4 ]; then
+    say "sum $(md5sum /mnt/data | cut -d" " -f1)"
+    say "fs-errors $(dmesg | grep -c 'EXT4-fs error')"
+    umount /mnt
+    say "umount $?"
+    fsck.ext4 -fn "$DEV" >/run/fsck.log 2>&1
+    rc=$?
+    say "fsck $rc"
+    [ $rc = 0 ] || while IFS= read -r l; do say "fsck $l"; done </run/fsck.log
+  else
+    say "sum $(head -c $REGION "$DEV" | md5sum | cut -d" " -f1)"
+  fi
   multipath -ll "$MAP" 2>&1 | while IFS= read -r l; do say "mpath $l"; done
-  dmesg | grep -E ' sd[a-z]|sd [0-9]|alua|device-mapper|multipath|iscsi|connection[0-9]|I/O error' |
+  dmesg | grep -E ' sd[a-z]|sd [0-9]|alua|device-mapper|multipath|iscsi|connection[0-9]|I/O error|EXT4' |
     tail -n 80 | while IFS= read -r l; do say "dmesg $l"; done
   systemctl stop multipathd.service multipathd.socket 2>/dev/null
   multipath -F >/dev/null 2>&1
