@@ -28,58 +28,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 bench_tools
-W=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# etcd: three members.
-P=(); for i in 1 2 3; do P+=("$(port)" "$(port)"); done
-CLUSTER="e1=http://127.0.0.1:${P[1]},e2=http://127.0.0.1:${P[3]},e3=http://127.0.0.1:${P[5]}"
-for i in 0 1 2; do
-  c=${P[$((2 * i))]} p=${P[$((2 * i + 1))]}
-  etcd --name "e$((i + 1))" --data-dir "$W/e$i" \
-    --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c" \
-    --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p" \
-    --initial-cluster "$CLUSTER" --initial-cluster-state new >"$W/e$i.log" 2>&1 &
-  PIDS+=($!)
-done
-ETCD="http://127.0.0.1:${P[0]},http://127.0.0.1:${P[2]},http://127.0.0.1:${P[4]}"
-for _ in $(seq 100); do
-  ETCDCTL_API=3 etcdctl --endpoints="$ETCD" endpoint health >/dev/null 2>&1 && break
-  sleep 0.2
-done
-
-# S3.
-if [ -z "${S3_ENDPOINT:-}" ]; then
-  MOTO=${XDG_CACHE_HOME:-$HOME/.cache}/depot-tools/moto/bin/moto_server
-  [ -x "$MOTO" ] || bash scripts/install-deps.sh
-  mp=$(port)
-  "$MOTO" -H 127.0.0.1 -p "$mp" >"$W/moto.log" 2>&1 &
-  PIDS+=($!)
-  S3_ENDPOINT=http://127.0.0.1:$mp S3_BUCKET=depot S3_KEY=test S3_SECRET=test
-  for _ in $(seq 100); do curl -s -o /dev/null "$S3_ENDPOINT" && break; sleep 0.2; done
-  curl -s -o /dev/null -X PUT "$S3_ENDPOINT/$S3_BUCKET"
-fi
-
-# Two routers.
-declare -A API PORTAL
-for r in r1 r2; do
-  PORTAL[$r]=127.0.0.1:$(port)
-  API[$r]=127.0.0.1:$(port)
-  DEPOT_LOG=warn "$DEPOT" serve --data-dir "$W/$r" --iscsi-listen "${PORTAL[$r]}" \
-    --api-listen "${API[$r]}" --router "$r" --etcd "$ETCD" \
-    --peer-listen "127.0.0.1:$(port)" >"$W/$r.log" 2>&1 &
-  PIDS+=($!)
-done
-for r in r1 r2; do
-  for _ in $(seq 200); do curl -s -o /dev/null "http://${API[$r]}/api/v1/health" && break; sleep 0.1; done
-done
+grid_start r1 r2
 cli() { "$DEPOT" --api "http://${API[r1]}" "$@"; }
 # An S3 vPool that ships only after an hour, so the un-shipped window stays.
 curl -s -f -o /dev/null -X POST "http://${API[r1]}/api/v1/vpools" -H 'content-type: application/json' \

@@ -8,7 +8,9 @@
 //! a takeover).
 //!
 //! `DEPOT_FAILOVER_ROUNDS` sets the rounds of the kill -9 test (default 10,
-//! the CI run; `scripts/failover-soak.sh` runs 100).
+//! the CI run; `scripts/failover-soak.sh` runs 100), `DEPOT_FAILOVER_LEASE`
+//! the routers' lease in seconds (default 3, to keep CI short; the
+//! daemon's default is 5).
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::{Grid, eventually};
 use crate::common::*;
+use crate::hostile::Raw;
 
 const VM: &str = "db1";
 const DISK: &str = "db1-root";
@@ -147,11 +150,15 @@ fn median(v: &mut [Duration]) -> Duration {
 
 #[test]
 fn owner_killed_under_verified_writes_loses_nothing() {
-    let rounds: u64 = std::env::var("DEPOT_FAILOVER_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(10);
-    let mut g = Grid::start(3, 3);
+    let env = |k: &str, default: u64| -> u64 {
+        std::env::var(k)
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(default)
+    };
+    let rounds = env("DEPOT_FAILOVER_ROUNDS", 10);
+    let lease = env("DEPOT_FAILOVER_LEASE", 3);
+    let mut g = Grid::start(3, lease);
     setup(&g);
     let mut acked: BTreeMap<u64, u8> = BTreeMap::new();
     let mut next = 0u64;
@@ -204,7 +211,7 @@ fn owner_killed_under_verified_writes_loses_nothing() {
     let max = *times.iter().max().unwrap();
     let med = median(&mut times);
     eprintln!(
-        "failover over {rounds} rounds (lease 3 s): median {med:?}, max {max:?}; {} acknowledged writes, 0 lost",
+        "failover over {rounds} rounds (lease {lease} s): median {med:?}, max {max:?}; {} acknowledged writes, 0 lost",
         acked.len()
     );
 }
@@ -349,4 +356,111 @@ fn a_paused_owner_is_replaced_by_its_mirror_and_acknowledges_nothing_after() {
         || g.r(o).log().contains("another router took this vDisk over"),
     );
     qemu_io(&holder_url, &["read -P 0xa1 0 1M", "read -P 0xb2 1M 1M"]);
+}
+
+#[test]
+fn a_stalled_holder_costs_one_call_timeout_then_the_mirror_moves() {
+    let g = Grid::start(3, 3);
+    setup(&g);
+    let (owner, holder) = wait_in_sync(&g, 0, Duration::from_secs(60));
+    let (o, h) = (router_index(&owner), router_index(&holder));
+    let third = (0..3).find(|&i| i != o && i != h).unwrap();
+    let url = g.r(third).url(VM, 0);
+    // The holder stops answering (its network stalls): the owner's next
+    // sync waits at most the call timeout, records "degraded", and goes on.
+    g.routers[h].signal("STOP");
+    let t0 = Instant::now();
+    let wrote = write_until_failure(&url, 0, 200);
+    let took = t0.elapsed();
+    assert_eq!(wrote.len(), 200, "writes failed while the holder stalled");
+    let (owner2, holder2) = wait_in_sync(&g, o, Duration::from_secs(60));
+    assert_eq!(owner2, owner);
+    assert_eq!(
+        router_index(&holder2),
+        third,
+        "the mirror moved to the third router"
+    );
+    let d = show(&g, o);
+    assert!(d["dtl"]["bytes_sent"].as_u64().unwrap() > 0, "{d}");
+    eprintln!("200 writes with a stalled holder took {took:?}");
+    // The stalled router wakes up: it rejoins and drops its stale copy.
+    g.routers[h].signal("CONT");
+    eventually(Duration::from_secs(30), "the stale copy is dropped", || {
+        g.r(h).log().contains("mirror copy dropped")
+    });
+    let acked: BTreeMap<u64, u8> = wrote.iter().map(|o| (*o, pattern_of(*o))).collect();
+    verify_all(&url, &acked, "after the stall");
+}
+
+/// PERSISTENT RESERVE OUT with a 24-byte parameter list: service action
+/// `sa`, type `ty`, reservation key `key`, service action key `sa_key`.
+fn pr_out(r: &mut Raw, sa: u8, ty: u8, key: u64, sa_key: u64) -> (u8, u8, u8, u8) {
+    let cdb = [0x5f, sa, ty, 0, 0, 0, 0, 0, 24, 0];
+    let mut p = [0u8; 24];
+    p[..8].copy_from_slice(&key.to_be_bytes());
+    p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    r.scsi_out(0, &cdb, &p)
+}
+
+/// Logs initiator `name` in at router `i`'s portal and consumes the unit
+/// attentions a new nexus gets (TEST UNIT READY until it reports none; a
+/// standby port answers NOT READY).
+fn nexus(g: &Grid, i: usize, name: &str) -> Raw {
+    let (mut r, rx) = Raw::login(
+        g.r(i).portal,
+        name,
+        Some(&format!("iqn.2026-11.io.depot:{VM}")),
+    );
+    assert_eq!(rx.status(), (0, 0), "login of {name} at r{}", i + 1);
+    for _ in 0..8 {
+        let (status, key, ..) = r.scsi(0, &[0; 6], 0);
+        if status == 0 || key != 6 {
+            break;
+        }
+    }
+    r
+}
+
+#[test]
+fn a_reservation_made_through_the_dead_owner_holds_on_the_new_one() {
+    let mut g = Grid::start(3, 3);
+    g.r(0).cli_ok(&["vm", "create", VM, "--multipath"]);
+    g.r(0).cli_ok(&[
+        "vdisk", "create", DISK, "--vm", VM, "--size", "64M", "--vpool", "s3p",
+    ]);
+    let (owner, holder) = wait_in_sync(&g, 0, Duration::from_secs(60));
+    let (o, h) = (router_index(&owner), router_index(&holder));
+    // Initiator A registers and reserves (Write Exclusive) through the
+    // owner's port.
+    let mut a = nexus(&g, o, "iqn.2026-11.test:a");
+    assert_eq!(pr_out(&mut a, 0x00, 0, 0, 0xa1).0, 0, "REGISTER");
+    assert_eq!(pr_out(&mut a, 0x01, 0x01, 0xa1, 0).0, 0, "RESERVE");
+    // Another initiator may read but not write.
+    let write10 = [0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let read10 = [0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let mut b = nexus(&g, o, "iqn.2026-11.test:b");
+    assert_eq!(
+        b.scsi(0, &write10, 0).0,
+        0x18,
+        "conflict before the failover"
+    );
+    drop(b);
+    g.routers[o].kill9();
+    eventually(Duration::from_secs(30), "the holder takes over", || {
+        show(&g, h)["owner"] == holder.as_str()
+    });
+    // On the new owner the reservation still holds: B conflicts on writes,
+    // reads pass; B cannot reserve; A's key still preempts.
+    let mut b = nexus(&g, h, "iqn.2026-11.test:b");
+    assert_eq!(b.scsi(0, &read10, 0).0, 0, "READ under Write Exclusive");
+    assert_eq!(b.scsi(0, &write10, 0).0, 0x18, "WRITE after the failover");
+    assert_eq!(pr_out(&mut b, 0x00, 0, 0, 0xb2).0, 0, "B registers");
+    assert_eq!(
+        pr_out(&mut b, 0x01, 0x01, 0xb2, 0).0,
+        0x18,
+        "B cannot reserve what A holds"
+    );
+    // B preempts A's registration (PREEMPT, SA key A's): now B holds it.
+    assert_eq!(pr_out(&mut b, 0x04, 0x01, 0xb2, 0xa1).0, 0, "PREEMPT");
+    assert_eq!(b.scsi(0, &write10, 0).0, 0, "the new holder writes");
 }

@@ -14,14 +14,14 @@ use md5::{Digest, Md5};
 use crate::common::{Depot, peer, run_timeout};
 
 /// A bare-bones initiator speaking raw PDUs.
-struct Raw {
+pub(crate) struct Raw {
     s: TcpStream,
     cmd_sn: u32,
     exp_stat_sn: u32,
 }
 
 /// A received PDU: BHS and data segment.
-struct Rx {
+pub(crate) struct Rx {
     bhs: [u8; 48],
     data: Vec<u8>,
 }
@@ -30,7 +30,7 @@ impl Rx {
     fn opcode(&self) -> u8 {
         self.bhs[0] & 0x3f
     }
-    fn status(&self) -> (u8, u8) {
+    pub(crate) fn status(&self) -> (u8, u8) {
         (self.bhs[36], self.bhs[37])
     }
     fn text(&self) -> Vec<(String, String)> {
@@ -127,7 +127,7 @@ impl Raw {
     }
 
     /// A one-step login without authentication.
-    fn login(portal: SocketAddr, initiator: &str, target: Option<&str>) -> (Raw, Rx) {
+    pub(crate) fn login(portal: SocketAddr, initiator: &str, target: Option<&str>) -> (Raw, Rx) {
         let mut r = Raw::connect(portal);
         let mut pairs = vec![("InitiatorName", initiator)];
         match target {
@@ -153,7 +153,7 @@ impl Raw {
 
     /// Sends a SCSI command without data to `lun` and returns its SCSI
     /// Response (Data-In PDUs are skipped): (status, sense key, ASC, ASCQ).
-    fn scsi(&mut self, lun: u8, cdb: &[u8], edtl: u32) -> (u8, u8, u8, u8) {
+    pub(crate) fn scsi(&mut self, lun: u8, cdb: &[u8], edtl: u32) -> (u8, u8, u8, u8) {
         let mut b = [0u8; 48];
         b[0] = 0x01;
         b[1] = 0x80 | if edtl > 0 { 0x40 } else { 0 } | 1;
@@ -180,6 +180,35 @@ impl Raw {
                     return (rx.bhs[3], key, asc, ascq);
                 }
                 _ => continue,
+            }
+        }
+    }
+
+    /// Sends a SCSI command with `data` as immediate data (at most the
+    /// first burst) to `lun`: (status, sense key, ASC, ASCQ).
+    pub(crate) fn scsi_out(&mut self, lun: u8, cdb: &[u8], data: &[u8]) -> (u8, u8, u8, u8) {
+        let mut b = [0u8; 48];
+        b[0] = 0x01;
+        b[1] = 0x80 | 0x20 | 1;
+        b[5..8].copy_from_slice(&(data.len() as u32).to_be_bytes()[1..]);
+        b[9] = lun;
+        b[16..20].copy_from_slice(&(0x100 + self.cmd_sn).to_be_bytes());
+        b[20..24].copy_from_slice(&(data.len() as u32).to_be_bytes());
+        b[24..28].copy_from_slice(&self.cmd_sn.to_be_bytes());
+        b[28..32].copy_from_slice(&self.exp_stat_sn.to_be_bytes());
+        b[32..32 + cdb.len()].copy_from_slice(cdb);
+        self.cmd_sn += 1;
+        self.send(&b, data);
+        loop {
+            let rx = self.recv().expect("SCSI response");
+            if rx.opcode() == 0x21 {
+                let sense = rx.data.get(2..).unwrap_or_default();
+                let (key, asc, ascq) = if sense.len() >= 14 {
+                    (sense[2] & 0x0f, sense[12], sense[13])
+                } else {
+                    (0, 0, 0)
+                };
+                return (rx.bhs[3], key, asc, ascq);
             }
         }
     }

@@ -49,7 +49,7 @@ impl ClusterConfig {
             router: router.into(),
             endpoints,
             prefix: "/depot".into(),
-            lease_ttl: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(5),
             request_timeout: Duration::from_secs(3),
             tls: None,
             user: None,

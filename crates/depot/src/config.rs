@@ -89,7 +89,8 @@ pub struct ClusterFile {
     /// Router-to-router address, `ADDR:PORT` (default: the iSCSI port + 2).
     #[serde(default)]
     pub peer_listen: Option<String>,
-    /// Lease time to live in seconds (default 10).
+    /// Lease time to live in seconds (default 5: a dead router's vDisks are
+    /// taken over about this long after it died).
     #[serde(default)]
     pub lease_ttl_secs: Option<u64>,
     /// Failure domain (rack, room) of this router.
