@@ -1,5 +1,5 @@
 //! The owner's side: a [`MirrorClient`] is a volume's
-//! [`Mirror`](depot_engine::Mirror). One worker thread per vDisk copies
+//! [`Mirror`]. One worker thread per vDisk copies
 //! what each sync's batch names from this router's flash to the holder
 //! (`dtl.write` chunks, then a `dtl.commit`), in order, and runs the
 //! mirror's state machine:

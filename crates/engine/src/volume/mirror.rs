@@ -11,8 +11,9 @@
 //! (files only grow, except for in-place rewrites, which the batch names)
 //! from this router's flash. A copy of those files is what a restart of
 //! this router would replay, so the router that takes over imports it the
-//! way a live move's target does ([`VPool::recover_mirror`]
-//! (crate::VPool::recover_mirror)), with local replay's rules for slots
+//! way a live move's target does
+//! ([`VPool::recover_mirror`](crate::VPool::recover_mirror)), with local
+//! replay's rules for slots
 //! written since the last hard barrier.
 //!
 //! Invariants:
