@@ -28,7 +28,9 @@ grid_start() {
   W=$(mktemp -d)
   PIDS=()
   cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    # SIGKILL: the data is thrown away, and a router stopping cleanly would
+    # first ship its write buffer to an S3 server already gone.
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$W"
   }

@@ -43,6 +43,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::DtlResult;
 use crate::proto::{Commit, MAX_WRITE_BYTES, Open, Write, file_name};
 
+/// Bytes of a window file per `dtl.write`.
+const PIECE: usize = 1 << 20;
+/// `dtl.write`s of one file sent at once (they never overlap).
+const PIPELINE: usize = 8;
+const _: () = assert!(PIECE <= MAX_WRITE_BYTES);
+
 /// How a vDisk's writes are mirrored (a VM's policy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -119,8 +125,35 @@ pub trait Link: Send + Sync {
     fn open(&self, o: &Open) -> DtlResult<()>;
     /// `dtl.write`.
     fn write(&self, w: &Write, body: &[u8]) -> DtlResult<()>;
+    /// Several `dtl.write`s of ranges that do not overlap, which may travel
+    /// and be applied in any order; returns once all are answered.
+    fn write_many(&self, pieces: Vec<(Write, Vec<u8>)>) -> DtlResult<()> {
+        for (w, body) in &pieces {
+            self.write(w, body)?;
+        }
+        Ok(())
+    }
     /// `dtl.commit`.
     fn commit(&self, c: &Commit) -> DtlResult<()>;
+}
+
+/// Why [`Control::record`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordError {
+    /// This router no longer owns the vDisk under the mirrored generation
+    /// (it was deleted, moved, or taken over: a router taken over has
+    /// stopped acknowledging I/O already). Nothing more is mirrored.
+    Deposed(String),
+    /// The cluster state cannot be changed now (etcd unreachable); retry.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordError::Deposed(m) | RecordError::Unavailable(m) => f.write_str(m),
+        }
+    }
 }
 
 /// The cluster's side of a mirror (the daemon: placement and the state in
@@ -128,7 +161,7 @@ pub trait Link: Send + Sync {
 pub trait Control: Send + Sync {
     /// Records the mirror's holder and state; returns once it is durable
     /// in the cluster state. A failure leaves the previous record.
-    fn record(&self, holder: Option<&str>, state: MirrorState) -> Result<(), String>;
+    fn record(&self, holder: Option<&str>, state: MirrorState) -> Result<(), RecordError>;
     /// Chooses a holder for the mirror and connects to it.
     fn place(&self) -> Result<Arc<dyn Link>, String>;
 }
@@ -507,6 +540,9 @@ impl Worker {
             .control
             .record(Some(&holder), MirrorState::CatchingUp)
         {
+            if matches!(e, RecordError::Deposed(_)) {
+                self.give_up();
+            }
             self.set_status(|st| st.error = Some(format!("recording the holder: {e}")));
             return;
         }
@@ -547,7 +583,20 @@ impl Worker {
         loop {
             match self.inner.control.record(None, MirrorState::Degraded) {
                 Ok(()) => break,
-                Err(e) => {
+                Err(RecordError::Deposed(e)) => {
+                    // No longer the owner: nothing this router acknowledges
+                    // counts any more (module docs), so the waiting syncs
+                    // are released and the mirror stops for good.
+                    tracing::info!(%vdisk, error = %e, "no longer the owner; the mirror stops");
+                    self.set_status(|st| {
+                        st.state = MirrorState::Degraded;
+                        st.holder = None;
+                        st.error = Some(e);
+                    });
+                    self.give_up();
+                    return;
+                }
+                Err(RecordError::Unavailable(e)) => {
                     tracing::warn!(%vdisk, error = %e, "cannot record the DTL as degraded; syncs wait");
                     if self.inner.queue.lock().stop {
                         return;
@@ -569,6 +618,18 @@ impl Worker {
             st.error = Some(why);
             st.degradations += 1;
         });
+    }
+
+    /// Stops the worker for good and releases every waiting sync.
+    fn give_up(&self) {
+        {
+            let mut q = self.inner.queue.lock();
+            q.stop = true;
+            q.waiting = false;
+            q.settled = q.issued;
+            q.items.clear();
+        }
+        self.inner.done_cv.notify_all();
     }
 
     /// After a round: a catching-up mirror with nothing left to send
@@ -596,7 +657,12 @@ impl Worker {
                 self.set_status(|st| st.state = MirrorState::InSync);
             }
             Err(e) => {
-                self.inner.queue.lock().waiting = false;
+                // Never in sync unrecorded: a takeover must not count on it.
+                if matches!(e, RecordError::Deposed(_)) {
+                    self.give_up();
+                } else {
+                    self.inner.queue.lock().waiting = false;
+                }
                 self.set_status(|st| st.error = Some(format!("recording in sync: {e}")));
             }
         }
@@ -696,28 +762,39 @@ impl Worker {
         let Ok(f) = File::open(path) else {
             return Ok(());
         };
-        let mut buf = vec![0u8; MAX_WRITE_BYTES];
         let mut off = from;
-        while off < to {
-            let n =
-                usize::try_from((to - off).min(MAX_WRITE_BYTES as u64)).unwrap_or(MAX_WRITE_BYTES);
-            let got = read_at_most(&f, &mut buf[..n], off)?;
-            if got == 0 {
+        let mut eof = false;
+        while off < to && !eof {
+            let mut pieces: Vec<(Write, Vec<u8>)> = Vec::with_capacity(PIPELINE);
+            while pieces.len() < PIPELINE && off < to && !eof {
+                let n = usize::try_from((to - off).min(PIECE as u64)).unwrap_or(PIECE);
+                let mut buf = vec![0u8; n];
+                let got = read_at_most(&f, &mut buf, off)?;
+                // A short read: the file shrank (shipped and gone).
+                eof = got < n;
+                if got == 0 {
+                    break;
+                }
+                buf.truncate(got);
+                pieces.push((
+                    Write {
+                        vdisk: self.inner.subject.vdisk.clone(),
+                        generation: self.inner.subject.generation,
+                        file: name.to_string(),
+                        offset: off,
+                    },
+                    buf,
+                ));
+                off += got as u64;
+            }
+            if pieces.is_empty() {
                 break;
             }
-            link.write(
-                &Write {
-                    vdisk: self.inner.subject.vdisk.clone(),
-                    generation: self.inner.subject.generation,
-                    file: name.to_string(),
-                    offset: off,
-                },
-                &buf[..got],
-            )?;
-            off += got as u64;
-            self.set_status(|st| st.bytes_sent += got as u64);
+            let sent: u64 = pieces.iter().map(|(_, b)| b.len() as u64).sum();
+            link.write_many(pieces)?;
+            self.set_status(|st| st.bytes_sent += sent);
             if pace {
-                self.pace_to(got as u64);
+                self.pace_to(sent);
             }
         }
         Ok(())

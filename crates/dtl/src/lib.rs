@@ -22,7 +22,8 @@ pub mod proto;
 pub mod replica;
 
 pub use client::{
-    ClientConfig, Control, Link, Locate, MirrorClient, MirrorState, MirrorStatus, Mode, Subject,
+    ClientConfig, Control, Link, Locate, MirrorClient, MirrorState, MirrorStatus, Mode,
+    RecordError, Subject,
 };
 pub use error::{DtlError, DtlResult};
 pub use replica::{HeldCopy, ReplicaState, ReplicaStore};

@@ -54,7 +54,7 @@ pub struct ReplicaState {
 struct Replica {
     dir: PathBuf,
     state: ReplicaState,
-    files: HashMap<String, File>,
+    files: HashMap<String, Arc<File>>,
     dirty: HashSet<String>,
     /// Handed to a takeover ([`ReplicaStore::copy`]).
     taken: bool,
@@ -206,25 +206,29 @@ impl ReplicaStore {
     pub fn write(&self, w: &Write, body: &[u8]) -> DtlResult<()> {
         w.check(body.len())?;
         let r = self.get(&w.vdisk, w.generation)?;
-        let mut r = r.lock();
-        let r = &mut *r;
-        let f = match r.files.entry(w.file.clone()) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let f = OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .read(true)
-                    .write(true)
-                    .open(r.dir.join(&w.file))
-                    .map_err(|e| DtlError::io("opening a mirrored file", e))?;
-                v.insert(f)
-            }
+        // The file is written outside the copy's lock: the pieces of one
+        // round (never overlapping) land side by side.
+        let f = {
+            let mut r = r.lock();
+            let r = &mut *r;
+            let f = match r.files.entry(w.file.clone()) {
+                std::collections::hash_map::Entry::Occupied(o) => o.get().clone(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let f = OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .read(true)
+                        .write(true)
+                        .open(r.dir.join(&w.file))
+                        .map_err(|e| DtlError::io("opening a mirrored file", e))?;
+                    v.insert(Arc::new(f)).clone()
+                }
+            };
+            r.dirty.insert(w.file.clone());
+            f
         };
         f.write_all_at(body, w.offset)
-            .map_err(|e| DtlError::io("writing a mirrored file", e))?;
-        r.dirty.insert(w.file.clone());
-        Ok(())
+            .map_err(|e| DtlError::io("writing a mirrored file", e))
     }
 
     /// `dtl.commit`: makes the writes so far durable, records the state,

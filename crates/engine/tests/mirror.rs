@@ -20,7 +20,7 @@ use common::*;
 use depot_block::BlockDevice;
 use depot_dtl::proto::{Commit, Open, Write};
 use depot_dtl::{
-    ClientConfig, Control, DtlError, DtlResult, Link, MirrorClient, MirrorState, Mode,
+    ClientConfig, Control, DtlError, DtlResult, Link, MirrorClient, MirrorState, Mode, RecordError,
     ReplicaStore, Subject,
 };
 use depot_engine::{HandoverFileKind, VPool, Volume};
@@ -63,10 +63,15 @@ impl Link for Direct {
 struct Recorder {
     link: Arc<Direct>,
     states: Mutex<Vec<MirrorState>>,
+    /// The owner lost the vDisk (deleted, taken over): records fail.
+    deposed: AtomicBool,
 }
 
 impl Control for Recorder {
-    fn record(&self, _holder: Option<&str>, state: MirrorState) -> Result<(), String> {
+    fn record(&self, _holder: Option<&str>, state: MirrorState) -> Result<(), RecordError> {
+        if self.deposed.load(Ordering::SeqCst) {
+            return Err(RecordError::Deposed("the vDisk was deleted".into()));
+        }
         self.states.lock().push(state);
         Ok(())
     }
@@ -96,6 +101,7 @@ impl Rig {
         let ctl = Arc::new(Recorder {
             link: link.clone(),
             states: Mutex::new(Vec::new()),
+            deposed: AtomicBool::new(false),
         });
         Rig {
             root,
@@ -266,4 +272,35 @@ fn a_copy_older_than_the_backend_is_refused() {
     let p2 = rig.pool("flash2");
     let e = p2.recover_mirror(&copy, &rig.reg.grant(2)).unwrap_err();
     assert!(e.to_string().contains("older than the backend"), "{e}");
+}
+
+#[test]
+fn a_deposed_owner_is_not_held_by_its_mirror() {
+    // The vDisk is deleted (or taken over) while in sync: the holder drops
+    // its copy, the owner cannot record "degraded" any more, and its
+    // pending syncs are released instead of waiting forever.
+    let rig = Rig::new();
+    let p1 = rig.pool("flash1");
+    let v = p1
+        .create_volume_as("v", 8 << 20, 4096, &rig.reg.grant(1))
+        .unwrap();
+    let client = rig.mirror(&v, 1);
+    wait_state(&client, MirrorState::InSync);
+    rig.ctl.deposed.store(true, Ordering::SeqCst);
+    rig.link.down.store(true, Ordering::SeqCst);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let v2 = v.clone();
+    std::thread::spawn(move || {
+        let mut m = Model::new(8 << 20);
+        m.random_4k(&v2, 10, 1);
+        tx.send(v2.flush()).unwrap();
+    });
+    let done = rx.recv_timeout(Duration::from_secs(20));
+    assert!(
+        matches!(done, Ok(Ok(()))),
+        "the flush hung or failed: {done:?}"
+    );
+    // Later syncs do not wait either.
+    v.flush().unwrap();
+    drop(client);
 }

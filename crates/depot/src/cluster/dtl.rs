@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use depot_cluster::Ownership;
 use depot_dtl::proto::{Commit, Open, Write};
-use depot_dtl::{Control, DtlError, DtlResult, Link, MirrorState};
+use depot_dtl::{Control, DtlError, DtlResult, Link, MirrorState, RecordError};
 use depot_peer::PeerClient;
 
 use super::Node;
@@ -51,6 +51,25 @@ impl Link for PeerLink {
     }
     fn write(&self, w: &Write, body: &[u8]) -> DtlResult<()> {
         self.call("dtl.write", w, body)
+    }
+    fn write_many(&self, pieces: Vec<(Write, Vec<u8>)>) -> DtlResult<()> {
+        let peer = self.peer.clone();
+        self.node.block_on(async move {
+            let mut calls = tokio::task::JoinSet::new();
+            for (w, body) in pieces {
+                let peer = peer.clone();
+                calls.spawn(async move {
+                    peer.call::<Write, serde_json::Value>("dtl.write", &w, &body, CALL_TIMEOUT)
+                        .await
+                        .map(|_| ())
+                });
+            }
+            while let Some(r) = calls.join_next().await {
+                r.map_err(|e| DtlError::Peer(e.to_string()))?
+                    .map_err(|e| DtlError::Peer(e.to_string()))?;
+            }
+            Ok(())
+        })
     }
     fn commit(&self, c: &Commit) -> DtlResult<()> {
         self.call("dtl.commit", c, &[])
@@ -106,7 +125,7 @@ impl EtcdControl {
 }
 
 impl Control for EtcdControl {
-    fn record(&self, holder: Option<&str>, state: MirrorState) -> Result<(), String> {
+    fn record(&self, holder: Option<&str>, state: MirrorState) -> Result<(), RecordError> {
         let store = self.node.store().clone();
         let (vdisk, owner) = (self.vdisk.clone(), self.owner.clone());
         let holder = holder.map(str::to_string);
@@ -121,7 +140,10 @@ impl Control for EtcdControl {
                 )
                 .await
             })
-            .map_err(|e| e.to_string())
+            .map_err(|e| match e {
+                depot_cluster::ClusterError::Fenced(m) => RecordError::Deposed(m),
+                other => RecordError::Unavailable(other.to_string()),
+            })
     }
 
     fn place(&self) -> Result<Arc<dyn Link>, String> {
