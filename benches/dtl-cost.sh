@@ -32,6 +32,7 @@ grid_start r1 r2
 cli() { "$DEPOT" --api "http://${API[r1]}" "$@"; }
 curl -s -f -o /dev/null -X POST "http://${API[r1]}/api/v1/vpools" -H 'content-type: application/json' \
   -d "{\"name\":\"s3p\",\"backend\":{\"type\":\"s3\",\"endpoint\":\"$S3_ENDPOINT\",\"bucket\":\"$S3_BUCKET\",\"region\":\"us-east-1\",\"access_key_id\":\"$S3_KEY\",\"secret_access_key\":\"$S3_SECRET\",\"allow_http\":true},\"policy\":{\"block_size\":512,\"write_buffer_bytes\":12884901888,\"read_cache_bytes\":1073741824,\"container_bytes\":67108864,\"ship_interval_secs\":3600}}"
+declare -A LUN
 for mode in sync none; do
   cli vm create "v-$mode" --dtl "$mode" >/dev/null
 done
@@ -40,7 +41,9 @@ done
 # mirrored one is measured once its (empty) mirror is in sync.
 fresh() {
   cli vdisk delete "d-$1" >/dev/null 2>&1 || true
-  cli vdisk create "d-$1" --vm "v-$1" --size 8G --vpool s3p >/dev/null
+  # LUNs are never reused: the new vDisk is the VM's next one.
+  LUN[$1]=$(cli --json vdisk create "d-$1" --vm "v-$1" --size 8G --vpool s3p |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["lun"])')
   [ "$1" = sync ] || return 0
   for _ in $(seq 300); do
     [ "$(cli --json vdisk show d-sync | python3 -c 'import json,sys; print(json.load(sys.stdin)["dtl"]["state"])')" = in_sync ] && return 0
@@ -49,7 +52,7 @@ fresh() {
   echo "the mirror of d-sync did not get in sync" >&2
   exit 1
 }
-url() { echo "iscsi\\://${PORTAL[r1]//:/\\:}/iqn.2026-11.io.depot\\:v-$1/0"; }
+url() { echo "iscsi\\://${PORTAL[r1]//:/\\:}/iqn.2026-11.io.depot\\:v-$1/${LUN[$1]}"; }
 # One fio job; prints "IOPS MB/s p50-µs p99-µs" of its writes.
 job() {
   local out
