@@ -230,6 +230,14 @@ impl Volume {
         self.close();
     }
 
+    /// Where this volume keeps a flash file of its window.
+    pub fn window_file(&self, kind: HandoverFileKind, seq: u64) -> PathBuf {
+        match kind {
+            HandoverFileKind::Container => self.container_path(seq),
+            HandoverFileKind::Tlog => self.tlog_path(seq),
+        }
+    }
+
     /// Whether a live move of this volume is under way (background
     /// checkpoints skip it).
     pub(crate) fn is_moving(&self) -> bool {

@@ -32,14 +32,12 @@
 //!   shipped, and its objects are on the backend (they are uploaded
 //!   before the segment is marked shipped).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::meta::VolumeMeta;
 
-use super::handover::HandoverFileKind;
 use super::{Volume, Writer};
 
 /// One unshipped segment: a tlog and the containers its records point
@@ -97,40 +95,6 @@ pub(super) struct MirrorSlot {
 }
 
 impl Volume {
-    /// Starts mirroring this volume to `mirror` (replacing any mirror it
-    /// had): the next sync hands it the whole unshipped window and the
-    /// metadata. Returns after a sync, so the mirror has its first batch.
-    pub fn attach_mirror(&self, mirror: Arc<dyn Mirror>) -> crate::EngineResult<()> {
-        {
-            let mut w = self.writer.lock();
-            w.mirror_rewrites.clear();
-            w.mirroring = true;
-            let mut slot = self.mirror.lock();
-            slot.mirror = Some(mirror);
-            slot.sent_meta = None;
-        }
-        // A hard barrier's sync under the writer lock: it grabs a batch
-        // however little was written.
-        let mut w = self.writer.lock();
-        self.sync_locked(&mut w, super::sync::Commit::Skip)
-    }
-
-    /// Stops mirroring: later syncs hand nothing over.
-    pub fn detach_mirror(&self) {
-        let mut w = self.writer.lock();
-        w.mirroring = false;
-        w.mirror_rewrites.clear();
-        *self.mirror.lock() = MirrorSlot::default();
-    }
-
-    /// Where this volume keeps a flash file of its window.
-    pub fn window_file(&self, kind: HandoverFileKind, seq: u64) -> PathBuf {
-        match kind {
-            HandoverFileKind::Container => self.container_path(seq),
-            HandoverFileKind::Tlog => self.tlog_path(seq),
-        }
-    }
-
     /// The metadata a new owner needs: the volume's own, with the sequence
     /// numbers the writer has handed out (never reused).
     pub(super) fn full_meta(&self, w: &Writer) -> VolumeMeta {

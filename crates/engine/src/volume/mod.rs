@@ -89,6 +89,8 @@
 //! - `segments`: flash files — container and tlog names and headers, the
 //!   open container and tlog, sealed segments, vectored positioned writes,
 //!   page-cache hints, container handles and scrub's local containers.
+//! - `mirror`: the mirror seam — the types a mirror (the daemon's DTL
+//!   client) is handed, and each sync's batch of the unshipped window.
 //! - `fence`: ownership — object keys from the epoch table, fencing, the
 //!   fenced manifest upload, claiming a new epoch at open.
 //! - `lookup`: the memtables and the lookups (memtable → index cache →
@@ -98,13 +100,13 @@
 //! - `rewrite`: in-place rewrites.
 //! - `write`: the write path (throttle, appends, sealing, non-blocking
 //!   writes).
-//! - `sync`: group commit, index commits and the background tick.
+//! - `sync`: group commit (handing each batch to the mirror), index
+//!   commits, attaching a mirror, and the background tick.
 //! - `replay`: building a volume and the local replay of its tlogs.
 //! - `restore`: rebuilding a volume's index from the backend.
 //! - `ship`: shipping segments to the backend.
-//! - `handover`: a live move's source side — precopy, freeze, close.
-//! - `mirror`: the mirror seam — each sync's batch of the unshipped window
-//!   for the daemon's DTL client.
+//! - `handover`: a live move's source side — precopy, freeze, close — and
+//!   where the window's files are for a mirror.
 //! - `snapshot`: snapshots, rollback, resize, templates and scrub's cut.
 //! - `unmap`: unmap and provisioning.
 //! - `device`: the [`BlockDevice`](depot_block::BlockDevice) impl.

@@ -25,7 +25,7 @@ use crate::format::{CLUSTER_SIZE_U64, slot_offset};
 use crate::index::{Entry, Marker};
 
 use super::lookup::MemTable;
-use super::mirror::{Mirror, MirrorBatch};
+use super::mirror::{Mirror, MirrorBatch, MirrorSlot};
 use super::segments::{RangeHint, range_hint, sync_dir};
 use super::write::DEAD_SLOTS_MAX;
 use super::{Volume, Writer};
@@ -317,6 +317,32 @@ impl Volume {
         drop(cs);
         let work = self.begin(w, commit)?;
         self.run_sync(work)
+    }
+
+    /// Starts mirroring this volume to `mirror` (replacing any mirror it
+    /// had): the next sync hands it the whole unshipped window and the
+    /// metadata. Returns after a sync, so the mirror has its first batch.
+    pub fn attach_mirror(&self, mirror: Arc<dyn Mirror>) -> EngineResult<()> {
+        {
+            let mut w = self.writer.lock();
+            w.mirror_rewrites.clear();
+            w.mirroring = true;
+            let mut slot = self.mirror.lock();
+            slot.mirror = Some(mirror);
+            slot.sent_meta = None;
+        }
+        // A hard barrier's sync under the writer lock: it grabs a batch
+        // however little was written.
+        let mut w = self.writer.lock();
+        self.sync_locked(&mut w, Commit::Skip)
+    }
+
+    /// Stops mirroring: later syncs hand nothing over.
+    pub fn detach_mirror(&self) {
+        let mut w = self.writer.lock();
+        w.mirroring = false;
+        w.mirror_rewrites.clear();
+        *self.mirror.lock() = MirrorSlot::default();
     }
 
     pub(super) fn flush_all(&self) -> EngineResult<()> {
