@@ -12,18 +12,20 @@
 //! [`Link`] and [`Control`].
 //!
 //! Modules, in dependency order: [`error`]; [`proto`] (the messages and
-//! their bounds); [`replica`] (the holder's copies); [`client`] (the
-//! owner's worker and state machine). The protocol and the state machine
+//! their bounds); [`replica`] (the holder's copies); [`seam`] (modes,
+//! states, what the daemon plugs in); [`client`] (the owner's worker and
+//! state machine). The protocol and the state machine
 //! are specified in docs/cluster.md.
 
 pub mod client;
 pub mod error;
 pub mod proto;
 pub mod replica;
+pub mod seam;
 
-pub use client::{
-    ClientConfig, Control, Link, Locate, MirrorClient, MirrorState, MirrorStatus, Mode,
-    RecordError, Subject,
-};
+pub use client::MirrorClient;
 pub use error::{DtlError, DtlResult};
 pub use replica::{HeldCopy, ReplicaState, ReplicaStore};
+pub use seam::{
+    ClientConfig, Control, Link, Locate, MirrorState, MirrorStatus, Mode, RecordError, Subject,
+};
