@@ -121,6 +121,10 @@ impl Rig {
     }
 
     fn mirror(&self, v: &Arc<Volume>, generation: u64) -> Arc<MirrorClient> {
+        self.mirror_as(v, generation, Mode::Sync)
+    }
+
+    fn mirror_as(&self, v: &Arc<Volume>, generation: u64, mode: Mode) -> Arc<MirrorClient> {
         let weak = Arc::downgrade(v);
         let client = MirrorClient::start(
             Subject {
@@ -130,7 +134,7 @@ impl Rig {
                 generation,
             },
             ClientConfig {
-                mode: Mode::Sync,
+                mode,
                 retry: Duration::from_millis(50),
                 ..ClientConfig::default()
             },
@@ -302,5 +306,30 @@ fn a_deposed_owner_is_not_held_by_its_mirror() {
     );
     // Later syncs do not wait either.
     v.flush().unwrap();
+    drop(client);
+}
+
+#[test]
+fn an_async_mirror_holds_what_a_flush_promised() {
+    // Mode async: the periodic group commit does not wait for the holder,
+    // a flush does; a takeover right after a flush has everything.
+    let rig = Rig::new();
+    let p1 = rig.pool("flash1");
+    let v = p1
+        .create_volume_as("v", 16 << 20, 4096, &rig.reg.grant(1))
+        .unwrap();
+    let client = rig.mirror_as(&v, 1, Mode::Async);
+    wait_state(&client, MirrorState::InSync);
+    let mut m = Model::new(16 << 20);
+    m.random_4k(&v, 300, 1);
+    m.seq_1m(&v, 2, 3, 2);
+    m.rewrites(&v, 12 << 20, 3, 3);
+    v.flush().unwrap();
+    p1.abandon();
+    drop(v);
+    let (_, copy) = rig.store.copy("v").unwrap();
+    let p2 = rig.pool("flash2");
+    let v2 = p2.recover_mirror(&copy, &rig.reg.grant(2)).unwrap();
+    verify(&v2, &m.data, "async mirror after a flush");
     drop(client);
 }
