@@ -430,8 +430,9 @@ fn dm_multipath_verified_writes_survive_moves_across_three_routers() {
 }
 
 /// The kernel's dm-multipath over the three routers keeps a mounted ext4,
-/// with a verified workload running on a file of it, through a `kill -9` of
-/// the vDisk's owner: the router holding its in-sync mirror takes it over,
+/// with a verified workload running on a file of it (O_SYNC writes: each is
+/// durable once acknowledged), through a `kill -9` of the vDisk's owner:
+/// the router holding its in-sync mirror takes it over,
 /// the kernel's path follows (queued I/O, `no_path_retry queue`), no I/O
 /// error reaches the filesystem, and fsck finds it clean afterwards.
 #[test]

@@ -365,6 +365,12 @@ impl ReplicaStore {
         ))
     }
 
+    /// Whether the copy of `vdisk` was handed to a takeover
+    /// ([`ReplicaStore::copy`]) and not dropped since.
+    pub fn is_taken(&self, vdisk: &str) -> bool {
+        self.held.lock().get(vdisk).is_some_and(|r| r.lock().taken)
+    }
+
     /// The generation of the owner whose copy of `vdisk` is held.
     pub fn generation(&self, vdisk: &str) -> Option<u64> {
         self.held

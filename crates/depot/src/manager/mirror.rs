@@ -307,6 +307,8 @@ impl Manager {
 
     /// Whether this router holds a copy of `vdisk` handed to a takeover
     /// (then it is served from that copy, never from the backend alone).
+    /// A copy this router holds while a live move brings it the vDisk is
+    /// not one: the move's staged state is newer.
     pub(super) fn has_taken_copy(&self, vdisk: &str) -> bool {
         let store = self.mirrors.lock().replicas.clone();
         let (Some(store), Some(node)) = (store, &self.cluster) else {
@@ -315,10 +317,12 @@ impl Manager {
         let Some(g) = store.generation(vdisk) else {
             return false;
         };
-        node.view()
-            .owners
-            .get(vdisk)
-            .is_some_and(|o| o.router == node.name() && o.generation > g)
+        store.is_taken(vdisk)
+            && node
+                .view()
+                .owners
+                .get(vdisk)
+                .is_some_and(|o| o.router == node.name() && o.generation > g)
     }
 
     /// Imports `vdisk` (owned here now) from the mirror copy held here and
