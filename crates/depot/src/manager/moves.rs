@@ -435,6 +435,28 @@ impl Manager {
             });
         }
         let started = Instant::now();
+        // Reconcile leaves a vDisk being moved alone: it would otherwise
+        // see it owned here and not served, and open it under a newer
+        // generation of its own before this one does.
+        if !self.moves.lock().insert(name.to_string()) {
+            return Err(DepotError::InUse(format!(
+                "vDisk {name:?} is being moved or taken over already"
+            )));
+        }
+        let r = self.take_over_moving(node, name, from, to, started);
+        self.moves.lock().remove(name);
+        r
+    }
+
+    /// [`Manager::take_over`] with the vDisk marked as moving.
+    fn take_over_moving(
+        &self,
+        node: &Arc<crate::cluster::Node>,
+        name: &str,
+        from: &depot_cluster::Ownership,
+        to: &str,
+        started: Instant,
+    ) -> DepotResult<MoveReport> {
         let store = node.store().clone();
         let (vd, me, old) = (name.to_string(), node.name().to_string(), from.clone());
         let got = node.block_on(async move { owner::take_over(&store, &vd, &old, &me).await })?;
