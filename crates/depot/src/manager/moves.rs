@@ -435,9 +435,8 @@ impl Manager {
             });
         }
         let started = Instant::now();
-        // Reconcile leaves a vDisk being moved alone: it would otherwise
-        // see it owned here and not served, and open it under a newer
-        // generation of its own before this one does.
+        // Marked as moving, reconcile does not open it under a newer
+        // generation of its own first (owned here, not yet served).
         if !self.moves.lock().insert(name.to_string()) {
             return Err(DepotError::InUse(format!(
                 "vDisk {name:?} is being moved or taken over already"
@@ -448,7 +447,7 @@ impl Manager {
         r
     }
 
-    /// [`Manager::take_over`] with the vDisk marked as moving.
+    /// [`Manager::take_over`], the vDisk marked as moving.
     fn take_over_moving(
         &self,
         node: &Arc<crate::cluster::Node>,
