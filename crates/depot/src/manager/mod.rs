@@ -37,6 +37,7 @@ mod cluster;
 mod declared;
 mod mirror;
 mod moves;
+mod peer_ops;
 mod snapshot;
 mod stats;
 mod vdisk;

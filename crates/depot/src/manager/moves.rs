@@ -768,34 +768,3 @@ fn unsafe_zeroed() -> libc::statvfs {
         std::mem::zeroed()
     }
 }
-
-impl crate::cluster::peer::Ops for Manager {
-    fn run(
-        &self,
-        from: &str,
-        op: &str,
-        msg: serde_json::Value,
-        body: &[u8],
-    ) -> Result<serde_json::Value, String> {
-        if op.starts_with("dtl.") {
-            return self.dtl_op(from, op, msg, body);
-        }
-        fn arg<T: serde::de::DeserializeOwned>(msg: serde_json::Value) -> Result<T, String> {
-            serde_json::from_value(msg).map_err(|e| format!("bad request: {e}"))
-        }
-        let done = match op {
-            "move.prepare" => self.move_prepare(arg(msg)?),
-            "move.file" => self.move_file(arg(msg)?, body),
-            "move.precopied" => self.move_precopied(arg(msg)?),
-            "move.stage" => self.move_stage(arg(msg)?),
-            "move.commit" => self.move_commit(arg(msg)?),
-            "move.abort" => {
-                self.move_abort(arg(msg)?);
-                Ok(())
-            }
-            other => return Err(format!("unknown operation {other:?}")),
-        };
-        done.map(|()| serde_json::Value::Null)
-            .map_err(|e| e.to_string())
-    }
-}
