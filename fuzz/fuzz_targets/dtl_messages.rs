@@ -7,7 +7,7 @@
 
 use depot_dtl::ReplicaState;
 use depot_dtl::proto::{
-    Commit, MAX_FILE_BYTES, MAX_WRITE_BYTES, Open, Write, file_name, parse_file_name,
+    Commit, MAX_FILE_BYTES, MAX_PIECES, MAX_WRITE_BYTES, Open, Write, file_name, parse_file_name,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -33,6 +33,12 @@ fuzz_target!(|data: &[u8]| {
         && c.check().is_ok()
     {
         assert!(c.batch > 0);
+        assert!(c.pieces.len() <= MAX_PIECES);
+        assert!(c.pieces.iter().map(|p| p.len).sum::<u64>() <= MAX_WRITE_BYTES as u64);
+        for p in &c.pieces {
+            assert!(parse_file_name(&p.file).is_some());
+            assert!(p.offset + p.len <= MAX_FILE_BYTES);
+        }
         let back: Commit = serde_json::from_slice(&serde_json::to_vec(&c).unwrap()).unwrap();
         assert_eq!(back, c);
     }

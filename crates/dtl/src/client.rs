@@ -40,13 +40,16 @@ use depot_engine::{HandoverFileKind, Mirror, MirrorBatch, MirrorWait, WindowSegm
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::DtlResult;
-use crate::proto::{Commit, MAX_WRITE_BYTES, Open, Write, file_name};
+use crate::proto::{Commit, MAX_WRITE_BYTES, Open, Piece, Write, file_name};
 use crate::seam::{
     ClientConfig, Control, Link, Locate, MirrorState, MirrorStatus, Mode, RecordError, Subject,
 };
 
 /// Bytes of a window file per `dtl.write`.
 const PIECE: usize = 1 << 20;
+/// A round that copies at most this much carries the bytes in its commit
+/// (one message) instead of separate writes.
+const INLINE: u64 = 1 << 20;
 /// `dtl.write`s of one file sent at once (they never overlap).
 const PIPELINE: usize = 8;
 const _: () = assert!(PIECE <= MAX_WRITE_BYTES);
@@ -208,6 +211,21 @@ impl Mirror for MirrorClient {
         let wait = self.enqueue(Item::Publish(meta.clone()), true);
         wait();
     }
+
+    fn each_write(&self) -> bool {
+        self.inner.cfg.mode == Mode::Sync && {
+            let q = self.inner.queue.lock();
+            q.waiting && !q.stop
+        }
+    }
+}
+
+/// Bytes `from..to` of a window file to copy.
+struct Range {
+    name: String,
+    path: PathBuf,
+    from: u64,
+    to: u64,
 }
 
 /// What the worker has merged from the queue and not yet committed.
@@ -218,6 +236,9 @@ struct Pending {
     rewrites: Vec<(u64, u64, u64)>,
     frozen: Option<(u64, u32)>,
     meta: Option<VolumeMeta>,
+    /// Some item needs the holder to sync (a sync's batch, a publish, a
+    /// catch-up): the commit is durable.
+    durable: bool,
 }
 
 struct Worker {
@@ -271,7 +292,10 @@ impl Worker {
                 return;
             }
             if pending.is_none() && self.round_due && self.link.is_some() {
-                pending = Some(Pending::default());
+                pending = Some(Pending {
+                    durable: true,
+                    ..Pending::default()
+                });
             }
             self.round_due = false;
             let Some(p) = pending else {
@@ -307,6 +331,7 @@ impl Worker {
             p.ticket = t;
             match item {
                 Item::Batch(b) => {
+                    p.durable |= b.durable;
                     p.segments = Some(b.segments);
                     p.rewrites.extend(b.rewrites);
                     p.frozen = Some(b.frozen);
@@ -314,7 +339,10 @@ impl Worker {
                         p.meta = b.meta;
                     }
                 }
-                Item::Publish(m) => p.meta = Some(m),
+                Item::Publish(m) => {
+                    p.durable = true;
+                    p.meta = Some(m);
+                }
             }
         }
         Some(p)
@@ -465,7 +493,10 @@ impl Worker {
             return;
         }
         self.inner.queue.lock().waiting = true;
-        while let Some(p) = self.take(Duration::ZERO) {
+        // Durable rounds: "in sync" means the holder has the whole window
+        // on its flash (the catch-up's rounds were durable too).
+        while let Some(mut p) = self.take(Duration::ZERO) {
+            p.durable = true;
             match self.send(p) {
                 Ok(t) => self.settle(t),
                 Err(e) => return self.degrade(e.to_string()),
@@ -508,6 +539,8 @@ impl Worker {
         }
         // Containers first, then tlogs (module docs).
         let segments = self.segments.clone();
+        let mut ranges: Vec<Range> = Vec::new();
+        let mut now_sent: Vec<(String, u64)> = Vec::new();
         for seg in &segments {
             for &c in &seg.containers {
                 let name = file_name(HandoverFileKind::Container, c);
@@ -516,13 +549,23 @@ impl Worker {
                 for &(off, len) in rewrites.get(&c).map_or(&[][..], |v| v.as_slice()) {
                     let end = (off + len).min(done);
                     if off < end {
-                        self.copy(&*link, &name, &path, off, end, pace)?;
+                        ranges.push(Range {
+                            name: name.clone(),
+                            path: path.clone(),
+                            from: off,
+                            to: end,
+                        });
                     }
                 }
                 let end = file_len(&path) / CLUSTER_SIZE as u64 * CLUSTER_SIZE as u64;
                 if end > done {
-                    self.copy(&*link, &name, &path, done, end, pace)?;
-                    self.sent.insert(name, end);
+                    ranges.push(Range {
+                        name: name.clone(),
+                        path,
+                        from: done,
+                        to: end,
+                    });
+                    now_sent.push((name, end));
                 }
             }
         }
@@ -538,10 +581,53 @@ impl Worker {
                 header + (len - header) / TLOG_RECORD_SIZE as u64 * TLOG_RECORD_SIZE as u64
             };
             if end > done {
-                self.copy(&*link, &name, &path, done, end, pace)?;
-                self.sent.insert(name, end);
+                ranges.push(Range {
+                    name: name.clone(),
+                    path,
+                    from: done,
+                    to: end,
+                });
+                now_sent.push((name, end));
             }
         }
+        let meta = if self.meta_needed || p.meta.is_some() {
+            self.meta.clone()
+        } else {
+            None
+        };
+        if meta.is_none() && self.meta_needed {
+            // Nothing to describe the copy with yet: wait for a batch.
+            return Ok(p.ticket);
+        }
+        // A small round travels in its commit; a large one (a catch-up, a
+        // big write) as pipelined writes first.
+        let total: u64 = ranges.iter().map(|r| r.to - r.from).sum();
+        let (mut pieces, mut body) = (Vec::new(), Vec::new());
+        if total <= INLINE && !pace {
+            for r in &ranges {
+                let Ok(f) = File::open(&r.path) else {
+                    // Shipped and dropped meanwhile: the commit will not
+                    // list it.
+                    continue;
+                };
+                let at = body.len();
+                body.resize(at + usize::try_from(r.to - r.from).unwrap_or(0), 0);
+                let got = read_at_most(&f, &mut body[at..], r.from)?;
+                body.truncate(at + got);
+                if got > 0 {
+                    pieces.push(Piece {
+                        file: r.name.clone(),
+                        offset: r.from,
+                        len: got as u64,
+                    });
+                }
+            }
+        } else {
+            for r in &ranges {
+                self.copy(&*link, &r.name, &r.path, r.from, r.to, pace)?;
+            }
+        }
+        self.sent.extend(now_sent);
         let keep: std::collections::HashSet<String> = segments
             .iter()
             .flat_map(|s| {
@@ -552,24 +638,24 @@ impl Worker {
             })
             .collect();
         self.sent.retain(|n, _| keep.contains(n));
-        let meta = if self.meta_needed || p.meta.is_some() {
-            self.meta.clone()
-        } else {
-            None
-        };
-        if meta.is_none() && self.meta_needed {
-            // Nothing to describe the copy with yet: wait for a batch.
-            return Ok(p.ticket);
-        }
         self.batch += 1;
-        link.commit(&Commit {
-            vdisk: self.inner.subject.vdisk.clone(),
-            generation: self.inner.subject.generation,
-            batch: self.batch,
-            segments,
-            frozen: self.frozen,
-            meta,
-        })?;
+        link.commit(
+            &Commit {
+                vdisk: self.inner.subject.vdisk.clone(),
+                generation: self.inner.subject.generation,
+                batch: self.batch,
+                segments,
+                frozen: self.frozen,
+                meta,
+                durable: p.durable,
+                pieces,
+            },
+            &body,
+        )?;
+        let carried = body.len() as u64;
+        if carried > 0 {
+            self.set_status(|st| st.bytes_sent += carried);
+        }
         self.meta_needed = false;
         Ok(p.ticket)
     }

@@ -50,8 +50,28 @@ pub struct Write {
     pub offset: u64,
 }
 
-/// `dtl.commit`: everything written so far is made durable, then the
-/// window's description is recorded; the answer means the holder has it.
+/// Most pieces one commit may carry.
+pub const MAX_PIECES: usize = 4096;
+
+/// Bytes of one file carried in a commit's body (after the bytes of the
+/// pieces before it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Piece {
+    /// `<seq>.sco` or `<seq>.tlog`.
+    pub file: String,
+    /// Where the bytes go.
+    pub offset: u64,
+    /// How many bytes of the body.
+    pub len: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `dtl.commit`: the pieces in its body are written, everything written so
+/// far is made durable (when `durable`), then the window's description is
+/// recorded; the answer means the holder has it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Commit {
     /// The vDisk.
@@ -67,6 +87,15 @@ pub struct Commit {
     /// The owner's metadata, if it changed since the last commit (always
     /// in the first commit after `dtl.open`).
     pub meta: Option<VolumeMeta>,
+    /// The owner fdatasynced what this commit covers: the holder does too
+    /// before answering. `false` for a write round (the bytes are held as
+    /// the owner holds an unflushed write: in the page cache).
+    #[serde(default = "yes")]
+    pub durable: bool,
+    /// Bytes carried in the body, written before the commit (a round's
+    /// small changes travel in one message).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pieces: Vec<Piece>,
 }
 
 /// `dtl.close`: drop the mirror (the vDisk moved, was deleted, or was
@@ -138,6 +167,29 @@ impl Commit {
         }
         if self.batch == 0 {
             return Err(DtlError::Protocol("commit number 0".into()));
+        }
+        if self.pieces.len() > MAX_PIECES {
+            return Err(DtlError::Protocol(format!(
+                "a commit carrying {} pieces is above the limit of {MAX_PIECES}",
+                self.pieces.len()
+            )));
+        }
+        let mut total = 0usize;
+        for p in &self.pieces {
+            let len = usize::try_from(p.len).unwrap_or(usize::MAX);
+            total = total.saturating_add(len);
+            Write {
+                vdisk: self.vdisk.clone(),
+                generation: self.generation,
+                file: p.file.clone(),
+                offset: p.offset,
+            }
+            .check(len)?;
+        }
+        if total > MAX_WRITE_BYTES {
+            return Err(DtlError::Protocol(format!(
+                "a commit carrying {total} bytes is above the limit of {MAX_WRITE_BYTES}"
+            )));
         }
         if let Some(m) = &self.meta
             && m.name != self.vdisk

@@ -60,6 +60,84 @@ struct Replica {
     taken: bool,
 }
 
+impl Replica {
+    /// The open handle of a window file of this copy (created empty), to
+    /// be written; it counts as dirty until the next durable commit.
+    fn file(&mut self, name: &str) -> DtlResult<Arc<File>> {
+        let f = match self.files.entry(name.to_string()) {
+            std::collections::hash_map::Entry::Occupied(o) => o.get().clone(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let f = OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .read(true)
+                    .write(true)
+                    .open(self.dir.join(name))
+                    .map_err(|e| DtlError::io("opening a mirrored file", e))?;
+                v.insert(Arc::new(f)).clone()
+            }
+        };
+        self.dirty.insert(name.to_string());
+        Ok(f)
+    }
+
+    /// The rest of a commit, its pieces written: durability, the state,
+    /// the sweep of files no segment names.
+    fn record(&mut self, c: &Commit) -> DtlResult<()> {
+        if c.durable {
+            for name in std::mem::take(&mut self.dirty) {
+                if let Some(f) = self.files.get(&name) {
+                    f.sync_data()
+                        .map_err(|e| DtlError::io("syncing a mirrored file", e))?;
+                }
+            }
+        }
+        let mut keep: HashSet<String> = HashSet::new();
+        for s in &c.segments {
+            keep.insert(file_name(HandoverFileKind::Tlog, s.tlog));
+            for &k in &s.containers {
+                keep.insert(file_name(HandoverFileKind::Container, k));
+            }
+        }
+        // The frozen watermark alone changes with every hard barrier; it is
+        // recorded with the next change that is written anyway (an older
+        // watermark only lets replay adopt more slots, never trust more).
+        let changed = c.meta.is_some() || c.segments != self.state.segments;
+        self.state.batch = c.batch;
+        self.state.frozen = c.frozen;
+        if changed {
+            if let Some(m) = &c.meta {
+                self.state.meta = Some(m.clone());
+            }
+            self.state.segments.clone_from(&c.segments);
+            write_state(&self.dir, &self.state)?;
+        } else {
+            return Ok(());
+        }
+        // The files no segment names any more: shipped or dropped.
+        let stale: Vec<String> = self
+            .files
+            .keys()
+            .filter(|n| !keep.contains(*n))
+            .cloned()
+            .collect();
+        for n in stale {
+            self.files.remove(&n);
+            self.dirty.remove(&n);
+        }
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                let name = e.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if parse_file_name(name).is_some() && !keep.contains(name) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What a holder knows of one copy, for listings and takeovers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldCopy {
@@ -208,33 +286,23 @@ impl ReplicaStore {
         let r = self.get(&w.vdisk, w.generation)?;
         // The file is written outside the copy's lock: the pieces of one
         // round (never overlapping) land side by side.
-        let f = {
-            let mut r = r.lock();
-            let r = &mut *r;
-            let f = match r.files.entry(w.file.clone()) {
-                std::collections::hash_map::Entry::Occupied(o) => o.get().clone(),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    let f = OpenOptions::new()
-                        .create(true)
-                        .truncate(false)
-                        .read(true)
-                        .write(true)
-                        .open(r.dir.join(&w.file))
-                        .map_err(|e| DtlError::io("opening a mirrored file", e))?;
-                    v.insert(Arc::new(f)).clone()
-                }
-            };
-            r.dirty.insert(w.file.clone());
-            f
-        };
+        let f = r.lock().file(&w.file)?;
         f.write_all_at(body, w.offset)
             .map_err(|e| DtlError::io("writing a mirrored file", e))
     }
 
-    /// `dtl.commit`: makes the writes so far durable, records the state,
-    /// drops the files of segments no longer listed.
-    pub fn commit(&self, c: &Commit) -> DtlResult<()> {
+    /// `dtl.commit`: writes the pieces its body carries, makes the writes
+    /// so far durable (if the commit is), records the state, drops the
+    /// files of segments no longer listed.
+    pub fn commit(&self, c: &Commit, body: &[u8]) -> DtlResult<()> {
         c.check()?;
+        let carried: u64 = c.pieces.iter().map(|p| p.len).sum();
+        if carried != body.len() as u64 {
+            return Err(DtlError::Protocol(format!(
+                "a commit's pieces name {carried} bytes but it carries {}",
+                body.len()
+            )));
+        }
         let r = self.get(&c.vdisk, c.generation)?;
         let mut r = r.lock();
         if c.batch <= r.state.batch {
@@ -248,52 +316,19 @@ impl ReplicaStore {
                 "the first commit of a mirror carries no metadata".into(),
             ));
         }
-        for name in std::mem::take(&mut r.dirty) {
-            if let Some(f) = r.files.get(&name) {
-                f.sync_data()
-                    .map_err(|e| DtlError::io("syncing a mirrored file", e))?;
-            }
+        let mut at = 0usize;
+        for p in &c.pieces {
+            // Bounded by the check above: the lengths sum to the body's.
+            let n = usize::try_from(p.len).unwrap_or(usize::MAX);
+            let bytes = body
+                .get(at..at.saturating_add(n))
+                .ok_or_else(|| DtlError::Protocol("a piece beyond the commit's body".into()))?;
+            at += n;
+            r.file(&p.file)?
+                .write_all_at(bytes, p.offset)
+                .map_err(|e| DtlError::io("writing a mirrored file", e))?;
         }
-        let mut keep: HashSet<String> = HashSet::new();
-        for s in &c.segments {
-            keep.insert(file_name(HandoverFileKind::Tlog, s.tlog));
-            for &k in &s.containers {
-                keep.insert(file_name(HandoverFileKind::Container, k));
-            }
-        }
-        // The frozen watermark alone changes with every hard barrier; it is
-        // recorded with the next change that is written anyway (an older
-        // watermark only lets replay adopt more slots, never trust more).
-        let changed = c.meta.is_some() || c.segments != r.state.segments;
-        r.state.batch = c.batch;
-        r.state.frozen = c.frozen;
-        if changed {
-            if let Some(m) = &c.meta {
-                r.state.meta = Some(m.clone());
-            }
-            r.state.segments.clone_from(&c.segments);
-            write_state(&r.dir, &r.state)?;
-        }
-        // The files no segment names any more: shipped or dropped.
-        let stale: Vec<String> = r
-            .files
-            .keys()
-            .filter(|n| !keep.contains(*n))
-            .cloned()
-            .collect();
-        for n in stale {
-            r.files.remove(&n);
-        }
-        if let Ok(rd) = std::fs::read_dir(&r.dir) {
-            for e in rd.flatten() {
-                let name = e.file_name();
-                let Some(name) = name.to_str() else { continue };
-                if parse_file_name(name).is_some() && !keep.contains(name) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
-        Ok(())
+        r.record(c)
     }
 
     /// `dtl.close`: drops the copy of `vdisk`, if held.
@@ -385,6 +420,7 @@ mod tests {
     use depot_engine::meta::VolumeMeta;
 
     use super::*;
+    use crate::proto::Piece;
 
     fn open(store: &ReplicaStore, generation: u64) {
         store
@@ -427,20 +463,25 @@ mod tests {
     }
 
     fn commit(store: &ReplicaStore, batch: u64, segs: &[(u64, &[u64])], m: bool) -> DtlResult<()> {
-        store.commit(&Commit {
-            vdisk: "d".into(),
-            generation: 1,
-            batch,
-            segments: segs
-                .iter()
-                .map(|(t, c)| WindowSegment {
-                    tlog: *t,
-                    containers: c.to_vec(),
-                })
-                .collect(),
-            frozen: (1, 2),
-            meta: m.then(meta),
-        })
+        store.commit(
+            &Commit {
+                vdisk: "d".into(),
+                generation: 1,
+                batch,
+                segments: segs
+                    .iter()
+                    .map(|(t, c)| WindowSegment {
+                        tlog: *t,
+                        containers: c.to_vec(),
+                    })
+                    .collect(),
+                frozen: (1, 2),
+                meta: m.then(meta),
+                durable: true,
+                pieces: Vec::new(),
+            },
+            &[],
+        )
     }
 
     #[test]
@@ -481,6 +522,47 @@ mod tests {
     }
 
     #[test]
+    fn a_commit_carries_its_pieces_and_a_round_is_not_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        open(&store, 1);
+        let c = |batch, durable, pieces: Vec<Piece>| Commit {
+            vdisk: "d".into(),
+            generation: 1,
+            batch,
+            segments: vec![WindowSegment {
+                tlog: 1,
+                containers: vec![2],
+            }],
+            frozen: (0, 0),
+            meta: Some(meta()),
+            durable,
+            pieces,
+        };
+        let pieces = vec![
+            Piece {
+                file: "0000000000000002.sco".into(),
+                offset: 4096,
+                len: 3,
+            },
+            Piece {
+                file: "0000000000000001.tlog".into(),
+                offset: 0,
+                len: 2,
+            },
+        ];
+        store.commit(&c(1, false, pieces), b"abcde").unwrap();
+        let held = |name: &str| std::fs::read(dir.path().join("d").join(name)).unwrap();
+        assert_eq!(&held("0000000000000002.sco")[4096..], b"abc");
+        assert_eq!(held("0000000000000001.tlog"), b"de");
+        // Not synced by the round: still dirty for the next durable commit.
+        let r = store.get("d", 1).unwrap();
+        assert_eq!(r.lock().dirty.len(), 2);
+        store.commit(&c(2, true, Vec::new()), &[]).unwrap();
+        assert!(r.lock().dirty.is_empty());
+    }
+
+    #[test]
     fn hostile_messages_are_refused_without_touching_the_disk() {
         let dir = tempfile::tempdir().unwrap();
         let store = ReplicaStore::open(dir.path()).unwrap();
@@ -491,6 +573,31 @@ mod tests {
         // Another generation (a deposed or future owner).
         assert!(write(&store, 2, "0000000000000001.sco", 0, b"x").is_err());
         assert!(write(&store, 3, "0000000000000001.sco", u64::MAX - 1, b"xx").is_err());
+        // Pieces that do not add up to the body, or name a bad file.
+        let carrying = |pieces: Vec<Piece>, body: &[u8]| {
+            store.commit(
+                &Commit {
+                    vdisk: "d".into(),
+                    generation: 3,
+                    batch: 1,
+                    segments: Vec::new(),
+                    frozen: (0, 0),
+                    meta: Some(meta()),
+                    durable: false,
+                    pieces,
+                },
+                body,
+            )
+        };
+        let piece = |file: &str, len| Piece {
+            file: file.into(),
+            offset: 0,
+            len,
+        };
+        assert!(carrying(vec![piece("0000000000000001.sco", 4)], b"xx").is_err());
+        assert!(carrying(vec![piece("0000000000000001.sco", 1)], b"xx").is_err());
+        assert!(carrying(vec![piece("../x.sco", 2)], b"xx").is_err());
+        assert!(carrying(vec![piece("0000000000000001.sco", u64::MAX)], b"xx").is_err());
         assert!(
             store
                 .begin(&Open {

@@ -98,8 +98,8 @@ pub trait Link: Send + Sync {
         }
         Ok(())
     }
-    /// `dtl.commit`.
-    fn commit(&self, c: &Commit) -> DtlResult<()>;
+    /// `dtl.commit`, carrying the bytes of `c.pieces` in `body`.
+    fn commit(&self, c: &Commit, body: &[u8]) -> DtlResult<()>;
 }
 
 /// Why [`Control::record`] failed.

@@ -53,9 +53,9 @@ impl Link for Direct {
         self.check()?;
         self.store.write(w, body)
     }
-    fn commit(&self, c: &Commit) -> DtlResult<()> {
+    fn commit(&self, c: &Commit, body: &[u8]) -> DtlResult<()> {
         self.check()?;
-        self.store.commit(c)
+        self.store.commit(c, body)
     }
 }
 
@@ -203,6 +203,42 @@ fn a_takeover_from_the_mirror_has_every_flushed_write() {
     m.random_4k(&v2, 100, 8);
     v2.sync_to_backend().unwrap();
     verify(&v2, &m.data, "new owner after shipping");
+    drop(client);
+}
+
+#[test]
+fn a_sync_mirror_in_sync_holds_every_completed_write_without_a_flush() {
+    // A guest that keeps running across a takeover must not read back
+    // older data than it wrote: with no flush and no periodic sync,
+    // every completed write (appends, in-place rewrites of mutable slots,
+    // unmaps) is on the holder.
+    let rig = Rig::new();
+    let mut c = config(rig.root.path());
+    c.cache_dir = rig.root.path().join("flash1");
+    c.sync_interval = Duration::from_secs(3600);
+    let p1 = VPool::open(c, rig.rt.handle().clone()).unwrap();
+    let v = p1
+        .create_volume_as("v", 16 << 20, 4096, &rig.reg.grant(1))
+        .unwrap();
+    let client = rig.mirror(&v, 1);
+    wait_state(&client, MirrorState::InSync);
+    let mut m = Model::new(16 << 20);
+    m.random_4k(&v, 200, 1);
+    m.rewrites(&v, 4 << 20, 6, 2);
+    m.seq_1m(&v, 8, 3, 3);
+    v.unmap(256, 16).unwrap();
+    m.data[256 * 4096..272 * 4096].fill(0);
+    m.random_4k(&v, 50, 4);
+    // The inline path declines: it could not wait for the round.
+    let block = [7u8; 4096];
+    assert!(!v.try_write_nowait(1000, &block).unwrap());
+    assert_eq!(client.status().state, MirrorState::InSync);
+    p1.abandon();
+    drop(v);
+    let (_, copy) = rig.store.copy("v").unwrap();
+    let p2 = rig.pool("flash2");
+    let v2 = p2.recover_mirror(&copy, &rig.reg.grant(2)).unwrap();
+    verify(&v2, &m.data, "after a takeover with no flush");
     drop(client);
 }
 

@@ -184,7 +184,7 @@ CONF
     # What the first blocks that failed hold now.
     grep -o 'requested block: offset=[0-9]*' /run/fio.log | cut -d= -f2 | sort -un | head -n 4 |
       while read -r o; do
-        say "block $o now $(dd if="$DEV" bs=16k skip=$((o / 16384)) count=1 iflag=direct status=none | od -A n -t x1 -N 24 | tr -s ' \n' ' ')"
+        say "block $o now $(dd if="$TARGET" bs=16k skip=$((o / 16384)) count=1 iflag=direct status=none | od -A n -t x1 -N 24 | tr -s ' \n' ' ')"
       done
   fi
   if [ "$FS" = ext4 ]; then

@@ -71,8 +71,8 @@ impl Link for PeerLink {
             Ok(())
         })
     }
-    fn commit(&self, c: &Commit) -> DtlResult<()> {
-        self.call("dtl.commit", c, &[])
+    fn commit(&self, c: &Commit, body: &[u8]) -> DtlResult<()> {
+        self.call("dtl.commit", c, body)
     }
 }
 

@@ -213,7 +213,7 @@ impl Manager {
             "dtl.commit" => {
                 let c: Commit = arg(msg)?;
                 owns(&c.vdisk, c.generation)?;
-                store.commit(&c)
+                store.commit(&c, body)
             }
             "dtl.close" => {
                 let c: Close = arg(msg)?;

@@ -71,9 +71,10 @@ impl BlockDevice for Volume {
     /// the write buffer below its cap, its cluster range and the writer
     /// lock free, and either slots it may rewrite in place or room in the
     /// already-open container (so no file is created and nothing is sealed
-    /// inline). The data then goes into the page cache with one buffered
-    /// write, exactly as `write` would do it. Declines (`Ok(false)`,
-    /// nothing written) otherwise. One piece of
+    /// inline), and no mirror that must hold every write before it
+    /// completes (a write round waits). The data then goes into the page
+    /// cache with one buffered write, exactly as `write` would do it.
+    /// Declines (`Ok(false)`, nothing written) otherwise. One piece of
     /// [`try_write_vectored_nowait`](BlockDevice::try_write_vectored_nowait).
     fn try_write_nowait(&self, lba: u64, data: &[u8]) -> BlockResult<bool> {
         self.try_write_vectored_nowait(lba, &[data])
@@ -93,7 +94,9 @@ impl BlockDevice for Volume {
 
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> BlockResult<()> {
         let (off, _) = self.byte_range(lba, data.len())?;
-        self.write_bytes(off, data, fua).map_err(BlockError::from)
+        self.write_bytes(off, data, fua)
+            .and_then(|()| self.mirror_writes())
+            .map_err(BlockError::from)
     }
 
     /// The pieces go to the container files as they are (see
@@ -103,6 +106,7 @@ impl BlockDevice for Volume {
         let len = pieces.iter().map(|p| p.len()).sum();
         let (off, _) = self.byte_range(lba, len)?;
         self.write_pieces(off, pieces, fua)
+            .and_then(|()| self.mirror_writes())
             .map_err(BlockError::from)
     }
 
@@ -123,6 +127,7 @@ impl BlockDevice for Volume {
         }
         let bs = u64::from(self.block_size);
         self.unmap_bytes(lba * bs, blocks * bs)
+            .and_then(|()| self.mirror_writes())
             .map_err(BlockError::from)
     }
 

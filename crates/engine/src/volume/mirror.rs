@@ -16,12 +16,22 @@
 //! replay's rules for slots
 //! written since the last hard barrier.
 //!
+//! A mirror that holds every completed write ([`Mirror::each_write`]: mode
+//! `sync`, in sync) also gets a *write round* after each write that asked
+//! for no durability: a batch like a sync's (not durable: neither side
+//! fdatasyncs for it), grabbed and awaited before the write completes, one
+//! round for every write that arrived while the previous one ran (group
+//! commit again, without the fdatasync). So a guest that keeps running
+//! across a takeover never reads back older data than it wrote.
+//!
 //! Invariants:
 //! - A sync's batch names every byte written before its grab; the sync
 //!   completes (and the writes it covers are acknowledged) only after the
 //!   mirror's [`MirrorWait`] returns, which it does once the mirror holds
 //!   the batch as its mode requires, or has recorded that it no longer
 //!   mirrors (the daemon records that in the cluster state first).
+//! - While [`Mirror::each_write`] holds, a write completes only after a
+//!   round (or sync) grabbed after it was written has been waited for.
 //! - A mirror reads containers before tlogs: an in-place rewrite writes its
 //!   records before its data, so any rewritten bytes it copies come with
 //!   their records.
@@ -36,6 +46,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::EngineResult;
 use crate::meta::VolumeMeta;
 
 use super::{Volume, Writer};
@@ -68,6 +79,10 @@ pub struct MirrorBatch {
     /// for this sync: even an asynchronous mirror must hold it before the
     /// sync completes.
     pub barrier: bool,
+    /// A sync (this router fdatasyncs what the batch names): the mirror
+    /// holds it durably too. `false`: a write round (module docs), held
+    /// as this router holds an unflushed write.
+    pub durable: bool,
 }
 
 /// Waits until the mirror holds a batch (see [`Mirror::sync`]).
@@ -83,6 +98,19 @@ pub trait Mirror: Send + Sync + 'static {
     /// The metadata a manifest PUT is about to publish; returns once the
     /// mirror holds it (or no longer mirrors).
     fn publish(&self, meta: &VolumeMeta);
+    /// Whether every completed write must be held by the mirror (write
+    /// rounds, module docs): a synchronous mirror that is in sync.
+    fn each_write(&self) -> bool;
+}
+
+/// Where write rounds stand (the volume's `rounds` mutex, with
+/// `rounds_cv`).
+#[derive(Default)]
+pub(super) struct Rounds {
+    /// Every write with a sequence number up to this is held by the mirror.
+    pub(super) held: u64,
+    /// A round is under way (one at a time).
+    pub(super) running: bool,
 }
 
 /// The mirror of a volume and what it was last sent (the volume's `mirror`
@@ -104,9 +132,14 @@ impl Volume {
         meta
     }
 
-    /// Under the writer lock, in a sync's grab: the batch for the mirror,
-    /// if there is one.
-    pub(super) fn mirror_batch(&self, w: &mut Writer) -> Option<(Arc<dyn Mirror>, MirrorBatch)> {
+    /// Under the writer lock, in a sync's grab (`durable`) or a write
+    /// round's: the batch for the mirror, if there is one. A round leaves
+    /// the hard-barrier flag to the sync that follows it.
+    pub(super) fn mirror_batch(
+        &self,
+        w: &mut Writer,
+        durable: bool,
+    ) -> Option<(Arc<dyn Mirror>, MirrorBatch)> {
         if !w.mirroring {
             return None;
         }
@@ -138,9 +171,83 @@ impl Volume {
             rewrites: std::mem::take(&mut w.mirror_rewrites),
             frozen: w.frozen,
             meta,
-            barrier: std::mem::take(&mut w.hard_pending),
+            barrier: durable && std::mem::take(&mut w.hard_pending),
+            durable,
         };
         Some((mirror, batch))
+    }
+
+    /// The mirror, if every completed write must reach it (module docs).
+    fn round_mirror(&self) -> Option<Arc<dyn Mirror>> {
+        let slot = self.mirror.lock();
+        slot.mirror.as_ref().filter(|m| m.each_write()).cloned()
+    }
+
+    /// Whether a write would need a round: the inline no-wait write path
+    /// declines then.
+    pub(super) fn needs_rounds(&self) -> bool {
+        self.round_mirror().is_some()
+    }
+
+    /// After a write that asked for no durability: returns once the mirror
+    /// holds every write made before the call, when it must
+    /// ([`Mirror::each_write`]). Writes arriving while a round runs share
+    /// the next one.
+    pub(super) fn mirror_writes(&self) -> EngineResult<()> {
+        if self.round_mirror().is_none() {
+            return Ok(());
+        }
+        let target = self.writer.lock().write_seq;
+        loop {
+            {
+                let mut r = self.rounds.lock();
+                while r.running && r.held < target {
+                    self.rounds_cv.wait(&mut r);
+                }
+                if r.held >= target {
+                    return Ok(());
+                }
+                r.running = true;
+            }
+            let grabbed = (|| {
+                let mut w = self.writer.lock();
+                if let Some(t) = w.tlog.as_mut() {
+                    t.flush_buf()?;
+                }
+                let upto = w.write_seq;
+                EngineResult::Ok((upto, self.mirror_batch(&mut w, false)))
+            })();
+            let (upto, wait) = match grabbed {
+                // A grabbed batch always goes (it carries the rewrites).
+                Ok((upto, Some((m, batch)))) => (upto, Some(m.sync(batch))),
+                Ok((upto, _)) => (upto, None),
+                Err(e) => {
+                    self.round_done(0);
+                    return Err(e);
+                }
+            };
+            if let Some(wait) = wait {
+                wait();
+            }
+            self.round_done(upto);
+        }
+    }
+
+    /// A round is done: the mirror holds every write up to `upto`.
+    fn round_done(&self, upto: u64) {
+        let mut r = self.rounds.lock();
+        r.running = false;
+        r.held = r.held.max(upto);
+        self.rounds_cv.notify_all();
+    }
+
+    /// A mirrored sync is done: the mirror holds every write up to `upto`.
+    pub(super) fn mirror_held(&self, upto: u64) {
+        let mut r = self.rounds.lock();
+        if upto > r.held {
+            r.held = upto;
+            self.rounds_cv.notify_all();
+        }
     }
 
     /// Before a manifest PUT: the mirror receives the metadata first.

@@ -373,6 +373,9 @@ pub struct Volume {
     moving: AtomicBool,
     /// Where the unshipped window is mirrored, if anywhere (`mirror`).
     mirror: Mutex<mirror::MirrorSlot>,
+    /// Write rounds (`mirror`), with `rounds_cv` for writers waiting.
+    rounds: Mutex<mirror::Rounds>,
+    rounds_cv: Condvar,
 }
 
 impl std::fmt::Debug for Volume {

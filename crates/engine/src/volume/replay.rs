@@ -158,6 +158,8 @@ impl Volume {
             manifest: Mutex::new(None),
             moving: AtomicBool::new(false),
             mirror: Mutex::default(),
+            rounds: Mutex::default(),
+            rounds_cv: Condvar::new(),
             shared,
             dir,
         };

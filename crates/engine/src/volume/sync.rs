@@ -143,7 +143,7 @@ impl Volume {
             upto: w.write_seq,
             dir_sync,
             dead: std::mem::take(&mut w.dead),
-            mirror: self.mirror_batch(w),
+            mirror: self.mirror_batch(w, true),
         })
     }
 
@@ -161,6 +161,7 @@ impl Volume {
         let r = self.sync_data(&work);
         if let Some(wait) = mirrored {
             wait();
+            self.mirror_held(work.upto);
         }
         if r.is_ok() && !work.dead.is_empty() {
             let mut d = self.dead_clean.lock();

@@ -496,6 +496,7 @@ impl Volume {
             || self.template.load(Ordering::Relaxed)
             || self.is_reader()
             || self.unshipped.load(Ordering::Relaxed) + len > self.shared.cfg.write_buffer_bytes
+            || self.needs_rounds()
         {
             return Ok(false);
         }
