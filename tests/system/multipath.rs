@@ -430,13 +430,13 @@ fn dm_multipath_verified_writes_survive_moves_across_three_routers() {
 }
 
 /// The kernel's dm-multipath over the three routers keeps a mounted ext4,
-/// with a verified workload running on a file of it (O_SYNC writes: each is
-/// durable once acknowledged), through a `kill -9` of the vDisk's owner:
+/// with a verified workload running on a file of it (plain O_DIRECT
+/// writes: a sync mirror holds every completed write, flushed or not),
+/// through a `kill -9` of the vDisk's owner:
 /// the router holding its in-sync mirror takes it over,
 /// the kernel's path follows (queued I/O, `no_path_retry queue`), no I/O
 /// error reaches the filesystem, and fsck finds it clean afterwards.
 #[test]
-#[ignore = "open bug (issue 19): after the takeover some blocks the guest wrote with O_SYNC read back as zeros or another offset's data; run with --ignored while investigating"]
 fn dm_multipath_ext4_survives_kill9_of_the_owner() {
     let mut g = Grid::start(3, 3);
     let list = g.r(0).json(&["router", "list"]);

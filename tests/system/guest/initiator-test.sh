@@ -13,9 +13,9 @@
 #           the multipath map, and run verified write passes (fio) on it while
 #           the host moves the vDisk between routers; see multipath_step.
 #           With depot.fs=ext4 the passes write a file of a mounted ext4 on
-#           the map instead, with O_SYNC (the host kills the owner
-#           meanwhile), and the filesystem is checked (fsck -fn) after it
-#           is unmounted.
+#           the map instead, plain O_DIRECT writes (the host kills the
+#           owner meanwhile), and the filesystem is checked (fsck -fn)
+#           after it is unmounted.
 # Every result goes to the serial console as a "GUEST: " line.
 say() { echo "GUEST: $*" >/dev/ttyS0; }
 arg() { sed -n "s/.*depot\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
@@ -99,13 +99,11 @@ CONF
   DEV=/dev/mapper/$MAP
   FS=$(arg fs)
   TARGET=$DEV
-  SYNC=""
   if [ "$FS" = ext4 ]; then
-    # O_SYNC: each write is durable when it completes (FUA or a flush), so
-    # every block verified is one the target promised to keep. Slower, so
-    # a smaller region.
-    SYNC=--sync=1
-    REGION=8M
+    # Plain O_DIRECT writes, no O_SYNC: a sync mirror holds every
+    # completed write (write rounds), flushed or not, so every block
+    # verified after the takeover must be the one written last.
+    REGION=16M
     mkfs.ext4 -q -F "$DEV" >/dev/null 2>&1
     say "mkfs $?"
     mount "$DEV" /mnt
@@ -148,7 +146,7 @@ CONF
     fio --name="$name" --filename="$TARGET" --ioengine=libaio --direct=1 --iodepth=8 \
       --rw=randwrite --bs=16k --size=$REGION --randseed="$seed" \
       --verify=pattern --verify_pattern="$(printf '0x5eed%04x' "$seed")%o" \
-      --do_verify=1 --verify_fatal=1 --verify_backlog=256 $SYNC "$@" >>/run/fio.log 2>&1
+      --do_verify=1 --verify_fatal=1 --verify_backlog=256 "$@" >>/run/fio.log 2>&1
   }
   say "workload-started"
   start=$(date +%s)
