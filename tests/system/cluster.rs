@@ -55,6 +55,42 @@ impl Grid {
     pub fn r(&self, i: usize) -> &Depot {
         &self.routers[i]
     }
+
+    /// The portal group tag of each router, r1 first (`router list`).
+    pub fn tpgts(&self) -> Vec<u16> {
+        let list = self.r(0).json(&["router", "list"]);
+        (1..=self.routers.len())
+            .map(|i| {
+                let name = format!("r{i}");
+                list.as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|r| r["name"] == name.as_str())
+                    .and_then(|r| r["tpgt"].as_u64())
+                    .and_then(|t| u16::try_from(t).ok())
+                    .unwrap_or_else(|| panic!("no tpgt for {name}: {list}"))
+            })
+            .collect()
+    }
+}
+
+/// A write through a router that lost the vDisk (deposed, fenced) must not
+/// be acknowledged: `qemu-io` writing 4 KiB at `off` with `opts` fails.
+pub fn assert_write_refused(url: &str, opts: &[&str], off: &str) {
+    let out = run_timeout(
+        Command::new(peer("qemu-io"))
+            .args(["-f", "raw"])
+            .args(opts)
+            .args(["-c", &format!("write -P 0xee {off} 4K")])
+            .arg(url),
+        Duration::from_secs(60),
+    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() || text.contains("failed"),
+        "a write through the deposed owner was acknowledged: {text}"
+    );
 }
 
 /// Waits until `f` holds, or panics after `limit` with `what`.

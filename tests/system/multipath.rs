@@ -251,18 +251,8 @@ struct Moved {
 fn dm_multipath_verified_writes_survive_moves_across_three_routers() {
     let t0 = Instant::now();
     let g = Grid::start(3, 5);
-    let list = g.r(0).json(&["router", "list"]);
-    let tpgt = |name: &str| -> u16 {
-        list.as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == name)
-            .and_then(|r| r["tpgt"].as_u64())
-            .and_then(|t| u16::try_from(t).ok())
-            .unwrap_or_else(|| panic!("no tpgt for {name}: {list}"))
-    };
     let names = ["r1", "r2", "r3"];
-    let tpgts: Vec<u16> = names.iter().map(|n| tpgt(n)).collect();
+    let tpgts = g.tpgts();
 
     g.r(0).cli_ok(&["vm", "create", VM, "--multipath"]);
     g.r(0).cli_ok(&[
@@ -439,18 +429,8 @@ fn dm_multipath_verified_writes_survive_moves_across_three_routers() {
 #[test]
 fn dm_multipath_ext4_survives_kill9_of_the_owner() {
     let mut g = Grid::start(3, 3);
-    let list = g.r(0).json(&["router", "list"]);
-    let tpgt_of = |name: &str| -> u16 {
-        list.as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == name)
-            .and_then(|r| r["tpgt"].as_u64())
-            .and_then(|t| u16::try_from(t).ok())
-            .unwrap_or_else(|| panic!("no tpgt for {name}: {list}"))
-    };
     let names = ["r1", "r2", "r3"];
-    let tpgts: Vec<u16> = names.iter().map(|n| tpgt_of(n)).collect();
+    let tpgts = g.tpgts();
     g.r(0).cli_ok(&["vm", "create", VM, "--multipath"]);
     g.r(0).cli_ok(&[
         "vdisk", "create", DISK, "--vm", VM, "--size", "256M", "--vpool", "s3p",

@@ -30,7 +30,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -223,7 +222,7 @@ impl Mirror for MirrorClient {
 /// Bytes `from..to` of a window file to copy.
 struct Range {
     name: String,
-    path: PathBuf,
+    file: Arc<File>,
     from: u64,
     to: u64,
 }
@@ -247,6 +246,8 @@ struct Worker {
     state: MirrorState,
     /// Bytes of each file the holder has (whole clusters or records).
     sent: HashMap<String, u64>,
+    /// The window's files, opened once (a round reads a few of them).
+    files: HashMap<String, Arc<File>>,
     /// The window as last seen, and the newest metadata.
     segments: Vec<WindowSegment>,
     frozen: (u64, u32),
@@ -268,6 +269,7 @@ impl Worker {
             link: None,
             state: MirrorState::Degraded,
             sent: HashMap::new(),
+            files: HashMap::new(),
             segments: Vec::new(),
             frozen: (0, 0),
             meta: None,
@@ -544,24 +546,28 @@ impl Worker {
         for seg in &segments {
             for &c in &seg.containers {
                 let name = file_name(HandoverFileKind::Container, c);
-                let path = (self.inner.locate)(HandoverFileKind::Container, c);
+                // Gone: shipped and dropped meanwhile (the commit of a
+                // later batch will not list it).
+                let Some(file) = self.open(&name, HandoverFileKind::Container, c) else {
+                    continue;
+                };
                 let done = self.sent.get(&name).copied().unwrap_or(0);
                 for &(off, len) in rewrites.get(&c).map_or(&[][..], |v| v.as_slice()) {
                     let end = (off + len).min(done);
                     if off < end {
                         ranges.push(Range {
                             name: name.clone(),
-                            path: path.clone(),
+                            file: file.clone(),
                             from: off,
                             to: end,
                         });
                     }
                 }
-                let end = file_len(&path) / CLUSTER_SIZE as u64 * CLUSTER_SIZE as u64;
+                let end = file_len(&file) / CLUSTER_SIZE as u64 * CLUSTER_SIZE as u64;
                 if end > done {
                     ranges.push(Range {
                         name: name.clone(),
-                        path,
+                        file,
                         from: done,
                         to: end,
                     });
@@ -571,9 +577,11 @@ impl Worker {
         }
         for seg in &segments {
             let name = file_name(HandoverFileKind::Tlog, seg.tlog);
-            let path = (self.inner.locate)(HandoverFileKind::Tlog, seg.tlog);
+            let Some(file) = self.open(&name, HandoverFileKind::Tlog, seg.tlog) else {
+                continue;
+            };
             let done = self.sent.get(&name).copied().unwrap_or(0);
-            let len = file_len(&path);
+            let len = file_len(&file);
             let header = TLOG_HEADER_SIZE as u64;
             let end = if len < header {
                 0
@@ -583,7 +591,7 @@ impl Worker {
             if end > done {
                 ranges.push(Range {
                     name: name.clone(),
-                    path,
+                    file,
                     from: done,
                     to: end,
                 });
@@ -605,14 +613,9 @@ impl Worker {
         let (mut pieces, mut body) = (Vec::new(), Vec::new());
         if total <= INLINE && !pace {
             for r in &ranges {
-                let Ok(f) = File::open(&r.path) else {
-                    // Shipped and dropped meanwhile: the commit will not
-                    // list it.
-                    continue;
-                };
                 let at = body.len();
                 body.resize(at + usize::try_from(r.to - r.from).unwrap_or(0), 0);
-                let got = read_at_most(&f, &mut body[at..], r.from)?;
+                let got = read_at_most(&r.file, &mut body[at..], r.from)?;
                 body.truncate(at + got);
                 if got > 0 {
                     pieces.push(Piece {
@@ -624,7 +627,7 @@ impl Worker {
             }
         } else {
             for r in &ranges {
-                self.copy(&*link, &r.name, &r.path, r.from, r.to, pace)?;
+                self.copy(&*link, &r.name, &r.file, r.from, r.to, pace)?;
             }
         }
         self.sent.extend(now_sent);
@@ -638,6 +641,7 @@ impl Worker {
             })
             .collect();
         self.sent.retain(|n, _| keep.contains(n));
+        self.files.retain(|n, _| keep.contains(n));
         self.batch += 1;
         link.commit(
             &Commit {
@@ -660,20 +664,28 @@ impl Worker {
         Ok(p.ticket)
     }
 
+    /// The open window file `name`, opened through `locate` the first
+    /// time; `None` if it is gone (shipped and dropped).
+    fn open(&mut self, name: &str, kind: HandoverFileKind, seq: u64) -> Option<Arc<File>> {
+        if let Some(f) = self.files.get(name) {
+            return Some(f.clone());
+        }
+        let f = Arc::new(File::open((self.inner.locate)(kind, seq)).ok()?);
+        self.files.insert(name.to_string(), f.clone());
+        Some(f)
+    }
+
     /// Sends bytes `from..to` of a file in chunks; a file that is gone was
     /// shipped and dropped meanwhile (the commit will not list it).
     fn copy(
         &mut self,
         link: &dyn Link,
         name: &str,
-        path: &PathBuf,
+        f: &File,
         from: u64,
         to: u64,
         pace: bool,
     ) -> DtlResult<()> {
-        let Ok(f) = File::open(path) else {
-            return Ok(());
-        };
         let mut off = from;
         let mut eof = false;
         while off < to && !eof {
@@ -681,7 +693,7 @@ impl Worker {
             while pieces.len() < PIPELINE && off < to && !eof {
                 let n = usize::try_from((to - off).min(PIECE as u64)).unwrap_or(PIECE);
                 let mut buf = vec![0u8; n];
-                let got = read_at_most(&f, &mut buf, off)?;
+                let got = read_at_most(f, &mut buf, off)?;
                 // A short read: the file shrank (shipped and gone).
                 eof = got < n;
                 if got == 0 {
@@ -727,8 +739,8 @@ impl Worker {
     }
 }
 
-fn file_len(path: &PathBuf) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| m.len())
+fn file_len(f: &File) -> u64 {
+    f.metadata().map_or(0, |m| m.len())
 }
 
 /// Reads up to `buf.len()` bytes at `off` (short at the end of the file).
