@@ -74,6 +74,43 @@ pub enum Provisioning {
     Deallocated,
 }
 
+/// Receives the answer of a write stored without waiting ([`Later`]).
+pub type Settle = Box<dyn FnOnce(BlockResult<()>) + Send>;
+
+/// A write stored without waiting whose answer comes later (a mirror must
+/// hold it first): [`then`](Later::then) registers who gets the answer,
+/// on whatever thread settles it (at once if it is settled already).
+pub struct Later(Box<dyn FnOnce(Settle) + Send>);
+
+impl Later {
+    /// A pending answer; `register` is called with the receiver.
+    pub fn new(register: impl FnOnce(Settle) + Send + 'static) -> Self {
+        Later(Box::new(register))
+    }
+
+    /// Hands the answer to `settle` once it is known.
+    pub fn then(self, settle: Settle) {
+        (self.0)(settle);
+    }
+}
+
+impl std::fmt::Debug for Later {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Later")
+    }
+}
+
+/// What [`BlockDevice::try_write_deferred`] did.
+#[derive(Debug)]
+pub enum Stored {
+    /// Nothing was written: write with `write` where blocking is allowed.
+    Declined,
+    /// Written, and the write is complete.
+    Done,
+    /// Written; the write completes when this settles.
+    Later(Later),
+}
+
 /// A block device a LUN is backed by.
 pub trait BlockDevice: Send + Sync + 'static {
     /// Logical block size in bytes (512 or 4096).
@@ -140,6 +177,19 @@ pub trait BlockDevice: Send + Sync + 'static {
             [one] => self.try_write_nowait(lba, one),
             _ => Ok(false),
         }
+    }
+
+    /// [`try_write_vectored_nowait`](Self::try_write_vectored_nowait),
+    /// except that a device may store the write without waiting and
+    /// complete it later ([`Stored::Later`]: a mirror must hold it first),
+    /// so the caller's thread does not wait for it. The default completes
+    /// at once or declines.
+    fn try_write_deferred(&self, lba: u64, pieces: &[&[u8]]) -> BlockResult<Stored> {
+        Ok(if self.try_write_vectored_nowait(lba, pieces)? {
+            Stored::Done
+        } else {
+            Stored::Declined
+        })
     }
 
     /// Whether the device is thin-provisioned: `unmap` releases space and

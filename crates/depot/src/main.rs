@@ -25,6 +25,7 @@ mod config;
 mod error;
 mod identity;
 mod manager;
+mod metered;
 mod metrics;
 mod model;
 mod serve;

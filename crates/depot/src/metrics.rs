@@ -1,7 +1,7 @@
 //! Prometheus metrics: the daemon's single registry, the metric families
 //! (all named `depot_*` with their unit in the name; docs/metrics.md lists
-//! them), and [`MeteredDevice`], the `BlockDevice` wrapper that counts every
-//! vDisk's I/O.
+//! them); [`MeteredDevice`] (`crate::metered`) counts every vDisk's I/O
+//! into them.
 //!
 //! Invariants: per-vDisk series are labelled `vm` and `vdisk` and removed
 //! when the vDisk is deleted; pool and session numbers are sampled from the
@@ -13,15 +13,17 @@
 //! router never sets them, and families without series are not rendered.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use depot_block::{BlockDevice, BlockResult, Provisioning};
+use depot_block::BlockDevice;
 use depot_cluster::LeaseStatus;
 use prometheus::core::{Atomic, GenericCounter};
 use prometheus::{
     CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::metered::MeteredDevice;
 
 /// Every metric family of the daemon.
 pub struct Metrics {
@@ -519,142 +521,6 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         String::from_utf8_lossy(&buf).into_owned()
-    }
-}
-
-/// A vDisk's device with its I/O counted (the composition root wraps every
-/// device in one before handing it to SCSI).
-pub struct MeteredDevice {
-    inner: Arc<dyn BlockDevice>,
-    read_ops: IntCounter,
-    write_ops: IntCounter,
-    flush_ops: IntCounter,
-    unmap_ops: IntCounter,
-    read_bytes: IntCounter,
-    write_bytes: IntCounter,
-    errors: IntCounter,
-    read_latency: prometheus::Histogram,
-    write_latency: prometheus::Histogram,
-    depth: IntGauge,
-    size: IntGauge,
-}
-
-impl MeteredDevice {
-    /// Updates the size gauge (after a grow).
-    pub fn resized(&self) {
-        self.size.set(
-            i64::try_from(self.inner.num_blocks() * u64::from(self.inner.block_size()))
-                .unwrap_or(i64::MAX),
-        );
-    }
-
-    fn count_read(&self, started: Instant, len: u64) {
-        self.read_latency.observe(started.elapsed().as_secs_f64());
-        self.read_ops.inc();
-        self.read_bytes.inc_by(len);
-    }
-
-    fn count_write(&self, started: Instant, len: u64) {
-        self.write_latency.observe(started.elapsed().as_secs_f64());
-        self.write_ops.inc();
-        self.write_bytes.inc_by(len);
-    }
-
-    fn track<T>(&self, f: impl FnOnce() -> BlockResult<T>) -> BlockResult<T> {
-        self.depth.inc();
-        let r = f();
-        self.depth.dec();
-        if r.is_err() {
-            self.errors.inc();
-        }
-        r
-    }
-}
-
-impl BlockDevice for MeteredDevice {
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
-
-    fn num_blocks(&self) -> u64 {
-        self.inner.num_blocks()
-    }
-
-    fn physical_block_exponent(&self) -> u8 {
-        self.inner.physical_block_exponent()
-    }
-
-    fn read(&self, lba: u64, buf: &mut [u8]) -> BlockResult<()> {
-        let t = Instant::now();
-        let len = buf.len() as u64;
-        let r = self.track(|| self.inner.read(lba, buf));
-        if r.is_ok() {
-            self.count_read(t, len);
-        } else {
-            self.read_latency.observe(t.elapsed().as_secs_f64());
-        }
-        r
-    }
-
-    fn write(&self, lba: u64, data: &[u8], fua: bool) -> BlockResult<()> {
-        self.write_vectored(lba, &[data], fua)
-    }
-
-    fn write_vectored(&self, lba: u64, pieces: &[&[u8]], fua: bool) -> BlockResult<()> {
-        let t = Instant::now();
-        let r = self.track(|| self.inner.write_vectored(lba, pieces, fua));
-        if r.is_ok() {
-            self.count_write(t, pieces.iter().map(|p| p.len() as u64).sum());
-        } else {
-            self.write_latency.observe(t.elapsed().as_secs_f64());
-        }
-        r
-    }
-
-    fn try_read_nowait(&self, lba: u64, buf: &mut [u8]) -> BlockResult<bool> {
-        let t = Instant::now();
-        let len = buf.len() as u64;
-        let r = self.track(|| self.inner.try_read_nowait(lba, buf));
-        if let Ok(true) = r {
-            self.count_read(t, len);
-        }
-        r
-    }
-
-    fn try_write_nowait(&self, lba: u64, data: &[u8]) -> BlockResult<bool> {
-        let t = Instant::now();
-        let r = self.track(|| self.inner.try_write_nowait(lba, data));
-        if let Ok(true) = r {
-            self.count_write(t, data.len() as u64);
-        }
-        r
-    }
-
-    fn try_write_vectored_nowait(&self, lba: u64, pieces: &[&[u8]]) -> BlockResult<bool> {
-        let t = Instant::now();
-        let r = self.track(|| self.inner.try_write_vectored_nowait(lba, pieces));
-        if let Ok(true) = r {
-            self.count_write(t, pieces.iter().map(|p| p.len() as u64).sum());
-        }
-        r
-    }
-
-    fn flush(&self) -> BlockResult<()> {
-        self.flush_ops.inc();
-        self.track(|| self.inner.flush())
-    }
-
-    fn thin_provisioned(&self) -> bool {
-        self.inner.thin_provisioned()
-    }
-
-    fn unmap(&self, lba: u64, blocks: u64) -> BlockResult<()> {
-        self.unmap_ops.inc();
-        self.track(|| self.inner.unmap(lba, blocks))
-    }
-
-    fn provisioning(&self, lba: u64, max_blocks: u64) -> BlockResult<(Provisioning, u64)> {
-        self.inner.provisioning(lba, max_blocks)
     }
 }
 

@@ -35,7 +35,9 @@ use std::time::{Duration, Instant};
 
 use depot_engine::format::{CLUSTER_SIZE, TLOG_HEADER_SIZE, TLOG_RECORD_SIZE};
 use depot_engine::meta::VolumeMeta;
-use depot_engine::{HandoverFileKind, Mirror, MirrorBatch, MirrorWait, WindowSegment};
+use depot_engine::{
+    HandoverFileKind, Held, HeldNow, Mirror, MirrorBatch, MirrorWait, WindowSegment,
+};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::DtlResult;
@@ -64,6 +66,9 @@ struct Queue {
     issued: u64,
     /// Every ticket up to this is settled (held, or released degraded).
     settled: u64,
+    /// Who waits for a ticket without a thread (inline writes): called
+    /// once it is settled.
+    callbacks: Vec<(u64, Box<dyn FnOnce() + Send>)>,
     /// New syncs wait for their ticket.
     waiting: bool,
     stop: bool,
@@ -123,6 +128,7 @@ impl MirrorClient {
                 items: VecDeque::new(),
                 issued: 0,
                 settled: 0,
+                callbacks: Vec::new(),
                 waiting: false,
                 stop: false,
             }),
@@ -151,13 +157,8 @@ impl MirrorClient {
     /// Stops the worker (the vDisk closes or moves): waiting syncs are
     /// released, nothing more is sent.
     pub fn stop(&self) {
-        {
-            let mut q = self.inner.queue.lock();
-            q.stop = true;
-            q.settled = q.issued;
-        }
+        self.inner.release(None, |q| q.stop = true);
         self.inner.work_cv.notify_all();
-        self.inner.done_cv.notify_all();
         if let Some(h) = self.worker.lock().take() {
             let _ = h.join();
         }
@@ -168,7 +169,7 @@ impl MirrorClient {
         let ticket = {
             let mut q = inner.queue.lock();
             if q.stop {
-                return Box::new(|| {});
+                return Box::new(HeldNow);
             }
             q.issued += 1;
             let t = q.issued;
@@ -183,13 +184,55 @@ impl MirrorClient {
             wait.then_some(t)
         };
         match ticket {
-            None => Box::new(|| {}),
-            Some(t) => Box::new(move || {
-                let mut q = inner.queue.lock();
-                while q.settled < t {
-                    inner.done_cv.wait(&mut q);
-                }
-            }),
+            None => Box::new(HeldNow),
+            Some(t) => Box::new(Ticket { inner, t }),
+        }
+    }
+}
+
+/// A sync or round the worker has not settled yet.
+struct Ticket {
+    inner: Arc<Inner>,
+    t: u64,
+}
+
+impl Held for Ticket {
+    fn wait(self: Box<Self>) {
+        let mut q = self.inner.queue.lock();
+        while q.settled < self.t {
+            self.inner.done_cv.wait(&mut q);
+        }
+    }
+
+    fn then(self: Box<Self>, done: Box<dyn FnOnce() + Send>) {
+        let mut q = self.inner.queue.lock();
+        if q.settled >= self.t {
+            drop(q);
+            done();
+        } else {
+            q.callbacks.push((self.t, done));
+        }
+    }
+}
+
+impl Inner {
+    /// Settles every ticket up to `upto` (all issued if `None`) after
+    /// `change`, then wakes the waiting syncs and calls those registered.
+    fn release(&self, upto: Option<u64>, change: impl FnOnce(&mut Queue)) {
+        let due = {
+            let mut q = self.queue.lock();
+            change(&mut q);
+            q.settled = q.settled.max(upto.unwrap_or(q.issued));
+            let settled = q.settled;
+            let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut q.callbacks)
+                .into_iter()
+                .partition(|(t, _)| *t <= settled);
+            q.callbacks = rest;
+            due
+        };
+        self.done_cv.notify_all();
+        for (_, done) in due {
+            done();
         }
     }
 }
@@ -207,8 +250,7 @@ impl Mirror for MirrorClient {
     }
 
     fn publish(&self, meta: &VolumeMeta) {
-        let wait = self.enqueue(Item::Publish(meta.clone()), true);
-        wait();
+        self.enqueue(Item::Publish(meta.clone()), true).wait();
     }
 
     fn each_write(&self) -> bool {
@@ -363,10 +405,7 @@ impl Worker {
     }
 
     fn settle(&self, ticket: u64) {
-        let mut q = self.inner.queue.lock();
-        q.settled = q.settled.max(ticket);
-        drop(q);
-        self.inner.done_cv.notify_all();
+        self.inner.release(Some(ticket), |_| {});
     }
 
     fn set_status(&self, f: impl FnOnce(&mut MirrorStatus)) {
@@ -461,12 +500,7 @@ impl Worker {
                 }
             }
         }
-        {
-            let mut q = self.inner.queue.lock();
-            q.waiting = false;
-            q.settled = q.issued;
-        }
-        self.inner.done_cv.notify_all();
+        self.inner.release(None, |q| q.waiting = false);
         self.last_place = Some(Instant::now());
         self.set_status(|st| {
             st.state = MirrorState::Degraded;
@@ -478,14 +512,11 @@ impl Worker {
 
     /// Stops the worker for good and releases every waiting sync.
     fn give_up(&self) {
-        {
-            let mut q = self.inner.queue.lock();
+        self.inner.release(None, |q| {
             q.stop = true;
             q.waiting = false;
-            q.settled = q.issued;
             q.items.clear();
-        }
-        self.inner.done_cv.notify_all();
+        });
     }
 
     /// After a round: a catching-up mirror with nothing left to send

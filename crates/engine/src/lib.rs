@@ -68,6 +68,6 @@ pub use owner::{Fencing, FencingMode, Owner, Standalone};
 pub use pool::{ImportPrep, MirrorCopy, VPool, VPoolStats};
 pub use scrub::ScrubReport;
 pub use volume::{
-    HandoverFile, HandoverFileKind, HandoverState, Mirror, MirrorBatch, MirrorWait, SnapshotInfo,
-    Volume, VolumeStats, WindowSegment,
+    HandoverFile, HandoverFileKind, HandoverState, Held, HeldNow, Mirror, MirrorBatch, MirrorWait,
+    SnapshotInfo, Volume, VolumeStats, WindowSegment,
 };

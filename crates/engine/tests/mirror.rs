@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::grid::Registry;
 use common::handover::{Model, verify};
 use common::*;
-use depot_block::BlockDevice;
+use depot_block::{BlockDevice, Stored};
 use depot_dtl::proto::{Commit, Open, Write};
 use depot_dtl::{
     ClientConfig, Control, DtlError, DtlResult, Link, MirrorClient, MirrorState, Mode, RecordError,
@@ -229,9 +229,19 @@ fn a_sync_mirror_in_sync_holds_every_completed_write_without_a_flush() {
     v.unmap(256, 16).unwrap();
     m.data[256 * 4096..272 * 4096].fill(0);
     m.random_4k(&v, 50, 4);
-    // The inline path declines: it could not wait for the round.
+    // The inline path that cannot defer declines; the one that can stores
+    // the write at once and completes it once the round is held.
     let block = [7u8; 4096];
     assert!(!v.try_write_nowait(1000, &block).unwrap());
+    let Stored::Later(later) = v.try_write_deferred(1000, &[&block[..]]).unwrap() else {
+        panic!("an inline write under a sync mirror completed without its round");
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    later.then(Box::new(move |r| tx.send(r).unwrap()));
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the round was held")
+        .unwrap();
+    m.data[1000 * 4096..1001 * 4096].copy_from_slice(&block);
     assert_eq!(client.status().state, MirrorState::InSync);
     p1.abandon();
     drop(v);

@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use bytes::BytesMut;
 use depot_iscsi_proto::encode::TargetPdu;
 use depot_iscsi_proto::pdu::{Decoder, Pdu};
-use depot_scsi::{Command, Completion};
+use depot_scsi::{Command, Completion, Nowait};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
@@ -314,8 +314,18 @@ impl Host for Shell {
                 data_out: depot_scsi::DataOut::new(&data),
                 expected_in,
             };
-            if let Some(c) = scsi.try_execute_nowait(lun, &command) {
-                return Some(c);
+            match scsi.try_execute_nowait(lun, &command) {
+                Some(Nowait::Done(c)) => return Some(c),
+                // Stored; the completion comes from the thread that learns
+                // the mirror holds it, like one from the blocking pool.
+                Some(Nowait::Later(later)) => {
+                    let tx = self.done_tx.clone();
+                    later.then(Box::new(move |completion| {
+                        let _ = tx.send(Done { itt, completion });
+                    }));
+                    return None;
+                }
+                None => {}
             }
         }
         let tx = self.done_tx.clone();

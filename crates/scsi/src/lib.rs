@@ -280,6 +280,41 @@ impl Completion {
     }
 }
 
+/// What a command executed without waiting produced
+/// ([`ScsiTarget::try_execute_nowait`]).
+#[derive(Debug)]
+pub enum Nowait {
+    /// Its completion.
+    Done(Completion),
+    /// Its completion comes later, on another thread (a write stored but
+    /// not yet held by the vDisk's mirror).
+    Later(LaterCompletion),
+}
+
+/// Who receives a [`LaterCompletion`].
+pub type Deliver = Box<dyn FnOnce(Completion) + Send>;
+
+/// A completion that comes later: [`then`](LaterCompletion::then) names who
+/// gets it.
+pub struct LaterCompletion(Box<dyn FnOnce(Deliver) + Send>);
+
+impl LaterCompletion {
+    pub(crate) fn new(register: impl FnOnce(Deliver) + Send + 'static) -> Self {
+        LaterCompletion(Box::new(register))
+    }
+
+    /// Hands the completion to `done` once it is known (at once if it is).
+    pub fn then(self, done: Deliver) {
+        (self.0)(done);
+    }
+}
+
+impl std::fmt::Debug for LaterCompletion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LaterCompletion")
+    }
+}
+
 /// Outcome of a task management function, as iSCSI reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TmfOutcome {

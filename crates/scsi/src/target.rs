@@ -23,7 +23,7 @@ use crate::lun::report_luns_data;
 use crate::registry::Registry;
 use crate::sense::{Sense, asc, key};
 use crate::ua::{self, UnitAttentions};
-use crate::{Command, Completion, Nexus, Status, TmfOutcome};
+use crate::{Command, Completion, Nexus, Nowait, Status, TmfOutcome};
 
 /// LUN table of one SCSI target device.
 #[derive(Debug)]
@@ -175,7 +175,7 @@ impl ScsiTarget {
     /// WRITE, on the happy path. `None` means nothing happened, not even a
     /// unit attention consumed; the caller runs [`execute`](Self::execute)
     /// on a thread that may block.
-    pub fn try_execute_nowait(&self, lun: u64, cmd: &Command<'_>) -> Option<Completion> {
+    pub fn try_execute_nowait(&self, lun: u64, cmd: &Command<'_>) -> Option<Nowait> {
         if !self.ua.is_quiet(cmd.nexus) {
             return None;
         }

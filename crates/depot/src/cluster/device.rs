@@ -26,7 +26,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use depot_block::{BlockDevice, BlockError, BlockResult, Provisioning};
+use depot_block::{BlockDevice, BlockError, BlockResult, Later, Provisioning, Stored};
 use depot_cluster::Fence;
 use parking_lot::{RwLock, RwLockWriteGuard};
 
@@ -144,6 +144,26 @@ impl BlockDevice for Routed {
     }
     fn try_write_vectored_nowait(&self, lba: u64, pieces: &[&[u8]]) -> BlockResult<bool> {
         self.nowait(|d| d.try_write_vectored_nowait(lba, pieces))
+    }
+    /// A deferred answer is gated too, when it comes: a write the mirror
+    /// held only after this router's lease lapsed is not acknowledged.
+    fn try_write_deferred(&self, lba: u64, pieces: &[&[u8]]) -> BlockResult<Stored> {
+        let Some(d) = self.inner.try_read() else {
+            return Ok(Stored::Declined);
+        };
+        let r = d.try_write_deferred(lba, pieces);
+        drop(d);
+        match self.gate(r)? {
+            Stored::Later(later) => {
+                let fence = self.fence.clone();
+                Ok(Stored::Later(Later::new(move |settle| {
+                    later.then(Box::new(move |r| {
+                        settle(if fence.is_open() { r } else { Err(lapsed()) });
+                    }));
+                })))
+            }
+            other => Ok(other),
+        }
     }
     fn thin_provisioned(&self) -> bool {
         self.geometry.2

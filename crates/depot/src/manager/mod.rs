@@ -59,7 +59,8 @@ use crate::cluster::Node;
 use crate::cluster::device::Routed;
 use crate::cluster::reservations::EtcdReservations;
 use crate::error::{DepotError, DepotResult};
-use crate::metrics::{MeteredDevice, Metrics};
+use crate::metered::MeteredDevice;
+use crate::metrics::Metrics;
 use crate::model::IQN_PREFIX;
 
 pub use bootstrap::ClusterStart;

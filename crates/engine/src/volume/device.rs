@@ -11,7 +11,7 @@
 
 use std::sync::atomic::Ordering;
 
-use depot_block::{BlockDevice, BlockError, BlockResult, Provisioning};
+use depot_block::{BlockDevice, BlockError, BlockResult, Later, Provisioning, Stored};
 
 use crate::format::CLUSTER_SIZE_U32;
 
@@ -88,8 +88,31 @@ impl BlockDevice for Volume {
     fn try_write_vectored_nowait(&self, lba: u64, pieces: &[&[u8]]) -> BlockResult<bool> {
         let len = pieces.iter().map(|p| p.len()).sum();
         let (off, len) = self.byte_range(lba, len)?;
-        self.try_append_nowait(off, pieces, len)
-            .map_err(BlockError::from)
+        Ok(self
+            .try_append_inline(off, pieces, len, false)
+            .map_err(BlockError::from)?
+            .is_some())
+    }
+
+    /// [`try_write_vectored_nowait`](BlockDevice::try_write_vectored_nowait)
+    /// that also takes writes a mirror must hold before they complete:
+    /// stored at once, completed once the mirror's round for it is held
+    /// (`Stored::Later`), so no thread waits for the round trip.
+    fn try_write_deferred(&self, lba: u64, pieces: &[&[u8]]) -> BlockResult<Stored> {
+        let len = pieces.iter().map(|p| p.len()).sum();
+        let (off, len) = self.byte_range(lba, len)?;
+        Ok(
+            match self
+                .try_append_inline(off, pieces, len, true)
+                .map_err(BlockError::from)?
+            {
+                None => Stored::Declined,
+                Some(None) => Stored::Done,
+                Some(Some(held)) => Stored::Later(Later::new(move |settle| {
+                    held.then(Box::new(move || settle(Ok(()))));
+                })),
+            },
+        )
     }
 
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> BlockResult<()> {

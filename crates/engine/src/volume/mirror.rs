@@ -85,8 +85,28 @@ pub struct MirrorBatch {
     pub durable: bool,
 }
 
-/// Waits until the mirror holds a batch (see [`Mirror::sync`]).
-pub type MirrorWait = Box<dyn FnOnce() + Send>;
+/// Until the mirror holds a batch (see [`Mirror::sync`]).
+pub trait Held: Send {
+    /// Blocks until then.
+    fn wait(self: Box<Self>);
+    /// Calls `done` then (at once if it is so already), on whichever
+    /// thread finds out.
+    fn then(self: Box<Self>, done: Box<dyn FnOnce() + Send>);
+}
+
+/// What [`Mirror::sync`] returns.
+pub type MirrorWait = Box<dyn Held>;
+
+/// A batch held already (or one nobody waits for).
+#[derive(Debug, Clone, Copy)]
+pub struct HeldNow;
+
+impl Held for HeldNow {
+    fn wait(self: Box<Self>) {}
+    fn then(self: Box<Self>, done: Box<dyn FnOnce() + Send>) {
+        done();
+    }
+}
 
 /// Where a volume's unshipped window is mirrored. Implementations never
 /// fail a sync: a mirror that cannot hold a batch stops mirroring (and
@@ -184,9 +204,24 @@ impl Volume {
     }
 
     /// Whether a write would need a round: the inline no-wait write path
-    /// declines then.
+    /// declines then (or defers its completion).
     pub(super) fn needs_rounds(&self) -> bool {
         self.round_mirror().is_some()
+    }
+
+    /// Under the writer lock, right after an inline write: its round, if
+    /// it needs one — a batch of its own, handed to the mirror at once
+    /// (the mirror merges the batches queued while it copies, so
+    /// concurrent writes still share a copy and a commit). The write
+    /// completes when the returned wait says so.
+    pub(super) fn inline_round(&self, w: &mut Writer) -> EngineResult<Option<MirrorWait>> {
+        if self.round_mirror().is_none() {
+            return Ok(None);
+        }
+        if let Some(t) = w.tlog.as_mut() {
+            t.flush_buf()?;
+        }
+        Ok(self.mirror_batch(w, false).map(|(m, batch)| m.sync(batch)))
     }
 
     /// After a write that asked for no durability: returns once the mirror
@@ -227,7 +262,7 @@ impl Volume {
                 }
             };
             if let Some(wait) = wait {
-                wait();
+                wait.wait();
             }
             self.round_done(upto);
         }

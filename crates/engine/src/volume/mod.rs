@@ -149,7 +149,7 @@ mod unmap;
 mod write;
 
 pub use handover::{HandoverFile, HandoverFileKind, HandoverState};
-pub use mirror::{Mirror, MirrorBatch, MirrorWait, WindowSegment};
+pub use mirror::{Held, HeldNow, Mirror, MirrorBatch, MirrorWait, WindowSegment};
 pub(crate) use replay::Opening;
 pub(crate) use restore::{restore_index, restore_tlogs};
 

@@ -160,7 +160,7 @@ impl Volume {
         let mirrored = work.mirror.take().map(|(m, batch)| m.sync(batch));
         let r = self.sync_data(&work);
         if let Some(wait) = mirrored {
-            wait();
+            wait.wait();
             self.mirror_held(work.upto);
         }
         if r.is_ok() && !work.dead.is_empty() {

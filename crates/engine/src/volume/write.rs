@@ -30,6 +30,7 @@ use crate::format::{
 };
 use crate::icache::{CHUNK_CLUSTERS, CHUNK_LEN};
 
+use super::mirror::MirrorWait;
 use super::rewrite::REWRITE_MIN_CLUSTERS;
 use super::segments::{
     OpenContainer, OpenTlog, RangeHint, Segment, WRITEBACK_STEP, create_segment_file, range_hint,
@@ -481,13 +482,17 @@ impl Volume {
     /// if that needs no waiting, taking the pieces as they are: in place
     /// (one vectored write into the slots) or as an append into the open
     /// container (one vectored write, as `append_parts` always does). See
-    /// `try_write_vectored_nowait` in the `BlockDevice` impl.
-    pub(super) fn try_append_nowait(
+    /// `try_write_vectored_nowait` in the `BlockDevice` impl. A write that
+    /// needs a mirror round declines, unless `defer`: then it is written
+    /// and its round's wait returned (`Some(Some(wait))`); it completes
+    /// when that says so. `None`: declined, nothing written.
+    pub(super) fn try_append_inline(
         &self,
         off: u64,
         pieces: &[&[u8]],
         len: u64,
-    ) -> EngineResult<bool> {
+        defer: bool,
+    ) -> EngineResult<Option<Option<MirrorWait>>> {
         if len == 0
             || len > NOWAIT_WRITE_MAX
             || !off.is_multiple_of(CLUSTER_SIZE_U64)
@@ -496,46 +501,45 @@ impl Volume {
             || self.template.load(Ordering::Relaxed)
             || self.is_reader()
             || self.unshipped.load(Ordering::Relaxed) + len > self.shared.cfg.write_buffer_bytes
-            || self.needs_rounds()
+            || (!defer && self.needs_rounds())
         {
-            return Ok(false);
+            return Ok(None);
         }
         match self.failed.try_lock() {
             Some(f) if f.is_none() => {}
-            _ => return Ok(false),
+            _ => return Ok(None),
         }
         let first = off / CLUSTER_SIZE_U64;
         let n = len / CLUSTER_SIZE_U64;
         let Some(range) = self.ranges.try_lock(first, first + n - 1) else {
-            return Ok(false);
+            return Ok(None);
         };
         let sums = cluster_sums(pieces);
         let target = self.rewrite_target(first, n as usize, true)?;
         let Some(mut w) = self.writer.try_lock() else {
-            return Ok(false);
+            return Ok(None);
         };
-        if let Some(loc) = target
-            && self.rewrite(&mut w, first, loc, pieces, &sums)?
-        {
-            drop(w);
-            drop(range);
-            self.counters.writes.fetch_add(1, Ordering::Relaxed);
-            return Ok(true);
+        let rewritten = match target {
+            Some(loc) => self.rewrite(&mut w, first, loc, pieces, &sums)?,
+            None => false,
+        };
+        if !rewritten {
+            let slots = self.shared.cfg.container_slots();
+            let room = w
+                .container
+                .as_ref()
+                .map_or(0, |c| u64::from(slots.saturating_sub(c.next_slot)));
+            // Strictly more room than needed: filling it would seal inline.
+            if w.tlog.is_none() || room <= n {
+                return Ok(None);
+            }
+            self.append_parts(&mut w, first, pieces, &sums)?;
         }
-        let slots = self.shared.cfg.container_slots();
-        let room = w
-            .container
-            .as_ref()
-            .map_or(0, |c| u64::from(slots.saturating_sub(c.next_slot)));
-        // Strictly more room than needed: filling it would seal inline.
-        if w.tlog.is_none() || room <= n {
-            return Ok(false);
-        }
-        self.append_parts(&mut w, first, pieces, &sums)?;
+        let round = self.inline_round(&mut w)?;
         drop(w);
         drop(range);
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
-        Ok(true)
+        Ok(Some(round))
     }
 }
 

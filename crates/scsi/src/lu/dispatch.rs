@@ -25,9 +25,10 @@ use crate::inquiry;
 use crate::lun::report_luns_data;
 use crate::mode::{SenseContext, SenseRequest};
 use crate::rsoc;
-use crate::sense::{Sense, asc, key};
+use crate::sense::{Sense, asc, from_block_error, key};
 use crate::ua;
-use crate::{Command, Completion, Nexus};
+use crate::{Command, Completion, LaterCompletion, Nexus, Nowait, Status};
+use bytes::Bytes;
 
 impl LogicalUnit {
     /// Executes one command. Thread-safe; may block on device I/O.
@@ -45,7 +46,7 @@ impl LogicalUnit {
     /// [`execute`](Self::execute) with the same command where blocking is
     /// allowed; every unusual case (errors included) takes that path, so
     /// sense data comes from one place.
-    pub fn try_execute_nowait(&self, cmd: &Command<'_>) -> Option<Completion> {
+    pub fn try_execute_nowait(&self, cmd: &Command<'_>) -> Option<Nowait> {
         if !matches!(
             cmd.cdb.opcode(),
             Some(
@@ -62,10 +63,34 @@ impl LogicalUnit {
         }
         let reply = match parsed {
             Cdb::Read(io, _) => self.read_nowait(cmd, io)?,
-            Cdb::Write(io, _) => self.write_nowait(cmd, io)?,
+            Cdb::Write(io, _) => match self.write_nowait(cmd, io)? {
+                Ok(reply) => reply,
+                Err(later) => {
+                    // The answer is the write's: GOOD, or the sense of the
+                    // error it settles with.
+                    let good = self.completion(self.with_out_len(Reply::good(), &parsed), cmd);
+                    let d_sense = self.mode.d_sense();
+                    return Some(Nowait::Later(LaterCompletion::new(move |done| {
+                        later.then(Box::new(move |r| {
+                            done(match r {
+                                Ok(()) => good,
+                                Err(e) => Completion {
+                                    status: Status::CHECK_CONDITION,
+                                    sense: Some(Bytes::from(
+                                        from_block_error(&e, true).encode(d_sense),
+                                    )),
+                                    ..good
+                                },
+                            });
+                        }));
+                    })));
+                }
+            },
             _ => return None,
         };
-        Some(self.completion(self.with_out_len(reply, &parsed), cmd))
+        Some(Nowait::Done(
+            self.completion(self.with_out_len(reply, &parsed), cmd),
+        ))
     }
 
     fn run(&self, cmd: &Command<'_>) -> Reply {

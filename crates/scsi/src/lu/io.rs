@@ -24,6 +24,7 @@ use super::reply::{CmdResult, Reply, dev_err, first_difference};
 use crate::cdb::BlockIo;
 use crate::sense::{Sense, asc};
 use crate::{Command, Status};
+use depot_block::{Later, Stored};
 
 /// Bytes written per device call by WRITE SAME.
 const WRITE_SAME_CHUNK: usize = 1 << 20;
@@ -106,8 +107,13 @@ impl LogicalUnit {
     /// WRITE on the inline path: a cached (non-FUA, WCE = 1) write whose
     /// stripe locks are free and which the device stores without waiting,
     /// handed over in the pieces it arrived in; `None` otherwise, with
-    /// nothing written.
-    pub(super) fn write_nowait(&self, cmd: &Command<'_>, io: BlockIo) -> Option<Reply> {
+    /// nothing written. `Err(later)`: stored, and complete when `later`
+    /// settles (the device's mirror must hold it first).
+    pub(super) fn write_nowait(
+        &self,
+        cmd: &Command<'_>,
+        io: BlockIo,
+    ) -> Option<Result<Reply, Later>> {
         if io.fua || !self.mode.wce() {
             return None;
         }
@@ -117,14 +123,11 @@ impl LogicalUnit {
         }
         let n = (data.len / self.limits.block_size as usize) as u64;
         let _guard = self.locks.try_shared(io.lba, n)?;
-        if !self
-            .device
-            .try_write_vectored_nowait(io.lba, &data.pieces)
-            .ok()?
-        {
-            return None;
+        match self.device.try_write_deferred(io.lba, &data.pieces).ok()? {
+            Stored::Declined => None,
+            Stored::Done => Some(Ok(Reply::good())),
+            Stored::Later(later) => Some(Err(later)),
         }
-        Some(Reply::good())
     }
 
     pub(super) fn verify(&self, cmd: &Command<'_>, io: BlockIo, bytchk: u8) -> CmdResult {

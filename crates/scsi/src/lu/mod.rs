@@ -228,6 +228,8 @@ impl LogicalUnit {
 }
 
 #[cfg(test)]
+mod deferred_tests;
+#[cfg(test)]
 mod grid_tests;
 #[cfg(test)]
 mod tests;

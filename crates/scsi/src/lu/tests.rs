@@ -1105,6 +1105,15 @@ pub(super) fn nowait(
         data_out: DataOut::new(&pieces),
         expected_in,
     })
+    .map(done)
+}
+
+/// The completion of an inline command that completed inline.
+pub(super) fn done(n: crate::Nowait) -> Completion {
+    match n {
+        crate::Nowait::Done(c) => c,
+        crate::Nowait::Later(_) => panic!("a device that never defers deferred"),
+    }
 }
 
 /// A device that can never complete without blocking (the trait default).
@@ -1240,6 +1249,7 @@ fn nowait_in_pieces(
         data_out: DataOut::new(&pieces),
         expected_in: 0,
     })
+    .map(done)
 }
 
 #[test]
