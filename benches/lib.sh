@@ -32,7 +32,12 @@ grid_start() {
     # first ship its write buffer to an S3 server already gone.
     for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$W"
+    # DEPOT_BENCH_KEEP=1 keeps the routers' logs and data for a look.
+    if [ -n "${DEPOT_BENCH_KEEP:-}" ]; then
+      echo "kept $W" >&2
+    else
+      rm -rf "$W"
+    fi
   }
   trap cleanup EXIT
   port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -71,7 +76,7 @@ grid_start() {
   for r in "$@"; do
     PORTAL[$r]=127.0.0.1:$(port)
     API[$r]=127.0.0.1:$(port)
-    DEPOT_LOG=warn "$DEPOT" serve --data-dir "$W/$r" --iscsi-listen "${PORTAL[$r]}" \
+    DEPOT_LOG=${DEPOT_BENCH_LOG:-warn} "$DEPOT" serve --data-dir "$W/$r" --iscsi-listen "${PORTAL[$r]}" \
       --api-listen "${API[$r]}" --router "$r" --etcd "$ETCD" \
       --peer-listen "127.0.0.1:$(port)" >"$W/$r.log" 2>&1 &
     PIDS+=($!)
