@@ -25,7 +25,9 @@
 //!   the record is held by then.
 //! - Containers are read before tlogs (module docs of the engine's
 //!   `volume::mirror`), in whole clusters and whole records; catching up is
-//!   paced to a byte rate so the guest's I/O keeps its share.
+//!   paced to a byte rate so the guest's I/O keeps its share, and goes on
+//!   in rounds until one copies at most [`CAUGHT_UP`]: only then do writes
+//!   wait for the (unpaced) drain that ends in "in sync".
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -51,6 +53,9 @@ const PIECE: usize = 1 << 20;
 /// A round that copies at most this much carries the bytes in its commit
 /// (one message) instead of separate writes.
 const INLINE: u64 = 1 << 20;
+/// A catch-up turns "in sync" only after a round that copied at most this
+/// much: entering it makes every write wait for the drain of what is left.
+const CAUGHT_UP: u64 = 16 << 20;
 /// `dtl.write`s of one file sent at once (they never overlap).
 const PIPELINE: usize = 8;
 const _: () = assert!(PIECE <= MAX_WRITE_BYTES);
@@ -300,8 +305,11 @@ struct Worker {
     last_place: Option<Instant>,
     /// Pacing of a catch-up: (start, bytes since).
     pace: (Instant, u64),
-    /// A round is due even with nothing queued (a holder was just placed).
+    /// A round is due even with nothing queued (a holder was just placed,
+    /// or a catch-up goes on).
     round_due: bool,
+    /// Bytes the last round copied.
+    last_copied: u64,
 }
 
 impl Worker {
@@ -320,6 +328,7 @@ impl Worker {
             last_place: None,
             pace: (Instant::now(), 0),
             round_due: false,
+            last_copied: u64::MAX,
         }
     }
 
@@ -353,7 +362,8 @@ impl Worker {
                 self.settle(p.ticket);
                 continue;
             }
-            match self.send(p) {
+            let pace = self.state == MirrorState::CatchingUp;
+            match self.send(p, pace) {
                 Ok(t) => self.settle(t),
                 Err(e) => self.degrade(e.to_string()),
             }
@@ -466,6 +476,7 @@ impl Worker {
         // The whole window goes with the next round, even with no sync
         // queued (an idle vDisk catches up too).
         self.round_due = true;
+        self.last_copied = u64::MAX;
     }
 
     /// Leaves the mirror: records "degraded" (retrying until it is
@@ -525,12 +536,19 @@ impl Worker {
         if self.state != MirrorState::CatchingUp || self.link.is_none() || self.meta_needed {
             return;
         }
+        if self.last_copied > CAUGHT_UP {
+            // Still far behind: another paced round, the guest not waiting.
+            self.round_due = true;
+            return;
+        }
         self.inner.queue.lock().waiting = true;
         // Durable rounds: "in sync" means the holder has the whole window
         // on its flash (the catch-up's rounds were durable too).
+        // Not paced: syncs (and writes) wait for these rounds, and what is
+        // left is what arrived during the last catch-up round.
         while let Some(mut p) = self.take(Duration::ZERO) {
             p.durable = true;
-            match self.send(p) {
+            match self.send(p, false) {
                 Ok(t) => self.settle(t),
                 Err(e) => return self.degrade(e.to_string()),
             }
@@ -558,14 +576,14 @@ impl Worker {
         }
     }
 
-    /// Copies what `p` names and commits it; the ticket it settles.
-    fn send(&mut self, p: Pending) -> DtlResult<u64> {
+    /// Copies what `p` names (at most `catch_up_rate` if `pace`) and
+    /// commits it; the ticket it settles.
+    fn send(&mut self, p: Pending, pace: bool) -> DtlResult<u64> {
         self.absorb(&p);
         let link = self
             .link
             .clone()
             .ok_or_else(|| crate::error::DtlError::Peer("no holder".into()))?;
-        let pace = self.state == MirrorState::CatchingUp;
         let mut rewrites: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
         for &(c, off, len) in &p.rewrites {
             rewrites.entry(c).or_default().push((off, len));
@@ -641,6 +659,7 @@ impl Worker {
         // A small round travels in its commit; a large one (a catch-up, a
         // big write) as pipelined writes first.
         let total: u64 = ranges.iter().map(|r| r.to - r.from).sum();
+        self.last_copied = total;
         let (mut pieces, mut body) = (Vec::new(), Vec::new());
         if total <= INLINE && !pace {
             for r in &ranges {
