@@ -26,7 +26,7 @@
 //! - Containers are read before tlogs (module docs of the engine's
 //!   `volume::mirror`), in whole clusters and whole records; catching up is
 //!   paced to a byte rate so the guest's I/O keeps its share, and goes on
-//!   in rounds until one copies at most [`CAUGHT_UP`]: only then do writes
+//!   in rounds until one copies at most `CAUGHT_UP` (16 MiB): only then do writes
 //!   wait for the (unpaced) drain that ends in "in sync".
 
 use std::collections::{HashMap, VecDeque};
