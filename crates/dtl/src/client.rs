@@ -31,7 +31,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,6 +46,7 @@ use crate::proto::{Commit, MAX_WRITE_BYTES, Open, Piece, Write, file_name};
 use crate::seam::{
     ClientConfig, Control, Link, Locate, MirrorState, MirrorStatus, Mode, RecordError, Subject,
 };
+use crate::window::{Range, file_len, read_at_most};
 
 /// Bytes of a window file per `dtl.write`.
 const PIECE: usize = 1 << 20;
@@ -264,14 +264,6 @@ impl Mirror for MirrorClient {
             q.waiting && !q.stop
         }
     }
-}
-
-/// Bytes `from..to` of a window file to copy.
-struct Range {
-    name: String,
-    file: Arc<File>,
-    from: u64,
-    to: u64,
 }
 
 /// What the worker has merged from the queue and not yet committed.
@@ -787,22 +779,4 @@ impl Worker {
             self.pace = (Instant::now(), 0);
         }
     }
-}
-
-fn file_len(f: &File) -> u64 {
-    f.metadata().map_or(0, |m| m.len())
-}
-
-/// Reads up to `buf.len()` bytes at `off` (short at the end of the file).
-fn read_at_most(f: &File, buf: &mut [u8], off: u64) -> DtlResult<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match f.read_at(&mut buf[got..], off + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(crate::error::DtlError::io("reading a window file", e)),
-        }
-    }
-    Ok(got)
 }

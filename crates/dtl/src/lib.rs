@@ -13,8 +13,8 @@
 //!
 //! Modules, in dependency order: [`error`]; [`proto`] (the messages and
 //! their bounds); [`replica`] (the holder's copies); [`seam`] (modes,
-//! states, what the daemon plugs in); [`client`] (the owner's worker and
-//! state machine). The protocol and the state machine
+//! states, what the daemon plugs in); `window` (reading the owner's
+//! window files); [`client`] (the owner's worker and state machine). The protocol and the state machine
 //! are specified in docs/cluster.md.
 
 pub mod client;
@@ -22,6 +22,7 @@ pub mod error;
 pub mod proto;
 pub mod replica;
 pub mod seam;
+mod window;
 
 pub use client::MirrorClient;
 pub use error::{DtlError, DtlResult};
