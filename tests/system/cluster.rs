@@ -311,6 +311,16 @@ fn losing_etcd_stops_changes_not_io() {
     qemu_io(&url, &["read -P 0x23 1M 1M"]);
 }
 
+/// The router-to-router address of `r` (its `peer_listen`).
+fn peer_addr(r: &Depot) -> String {
+    let cfg = std::fs::read_to_string(r.dir.path().join("depot.toml")).unwrap();
+    let line = cfg
+        .lines()
+        .find_map(|l| l.strip_prefix("peer_listen = "))
+        .unwrap_or_else(|| panic!("no peer_listen in {cfg}"));
+    line.trim_matches('"').to_string()
+}
+
 #[test]
 fn metrics_show_routers_owners_and_generations() {
     let mut g = Grid::start(2, 3);
@@ -338,6 +348,19 @@ fn metrics_show_routers_owners_and_generations() {
         assert_eq!(st, 200, "{text}");
         text
     };
+    // Something on the network that is not a router of the cluster talks
+    // to each router's peer port: refused, logged and counted.
+    for i in 0..2 {
+        let mut c = std::net::TcpStream::connect(peer_addr(g.r(i))).unwrap();
+        use std::io::Write;
+        c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        eventually(Duration::from_secs(10), "the refusal counted", || {
+            metrics(g.r(i))
+                .lines()
+                .any(|l| l == "depot_peer_refused_total{reason=\"tls\"} 1")
+        });
+        assert!(g.r(i).log().contains("peer connection refused"));
+    }
     for (i, me) in ["r1", "r2"].into_iter().enumerate() {
         let text = metrics(g.r(i));
         for line in [

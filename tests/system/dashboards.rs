@@ -32,6 +32,8 @@ pub const CLUSTER_ONLY: &[&str] = &[
     "depot_vdisk_generation",
     // Exported by the owner of a mirrored vDisk.
     "depot_vdisk_dtl_state",
+    // Exported once a router-to-router connection was refused.
+    "depot_peer_refused_total",
 ];
 
 fn cluster_only(expr: &str) -> bool {

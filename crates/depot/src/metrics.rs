@@ -86,6 +86,7 @@ struct ClusterFamilies {
     dtl_degradations: IntGaugeVec,
     dtl_refused: IntCounter,
     dtl_takeovers: IntCounter,
+    peer_refused: IntCounterVec,
 }
 
 /// The largest lease time to live `depot serve` accepts (`lease_ttl_secs`);
@@ -358,6 +359,17 @@ impl Metrics {
                     )
                     .expect("valid metric"),
                 ),
+                peer_refused: reg(
+                    &r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "depot_peer_refused_total",
+                            "Router-to-router connections refused, by reason: tls (no certificate of this cluster), name (the certificate names another router), member (not a member), hello (no valid hello in time).",
+                        ),
+                        &["reason"],
+                    )
+                    .expect("valid metric"),
+                ),
             },
             scrape: parking_lot::Mutex::new(()),
             registry: r,
@@ -389,6 +401,14 @@ impl Metrics {
     /// Counts a DTL request refused (its sender does not own the vDisk).
     pub fn dtl_refused(&self) {
         self.cluster.dtl_refused.inc();
+    }
+
+    /// Counts a router-to-router connection refused, and why.
+    pub fn peer_refused(&self, why: depot_peer::Refusal) {
+        self.cluster
+            .peer_refused
+            .with_label_values(&[why.as_str()])
+            .inc();
     }
 
     /// Counts a takeover from a mirror held here.

@@ -92,7 +92,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         &cfg.data_dir,
         engine_rt.handle().clone(),
         targets,
-        metrics,
+        metrics.clone(),
         cluster,
     )
     .context("opening the catalog")?;
@@ -101,7 +101,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         mgr.ensure_declared(vm, &declared)
             .with_context(|| format!("declared VM {}", vm.vm.name))?;
     }
-    let result = rt.block_on(serve(cfg, mgr.clone(), node.clone()));
+    let result = rt.block_on(serve(cfg, mgr.clone(), node.clone(), metrics));
     mgr.shutdown();
     if let Some(n) = &node {
         rt.block_on(n.leave());
@@ -158,7 +158,12 @@ const FRONT_BLOCKING_THREADS: usize = 128;
 /// file I/O).
 const ENGINE_BLOCKING_THREADS: usize = 64;
 
-async fn serve(cfg: Config, mgr: Arc<Manager>, node: Option<Arc<Node>>) -> anyhow::Result<()> {
+async fn serve(
+    cfg: Config,
+    mgr: Arc<Manager>,
+    node: Option<Arc<Node>>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.iscsi_listen)
         .await
         .with_context(|| format!("binding iSCSI portal {}", cfg.iscsi_listen))?;
@@ -174,12 +179,14 @@ async fn serve(cfg: Config, mgr: Arc<Manager>, node: Option<Arc<Node>>) -> anyho
             .await
             .with_context(|| format!("binding router-to-router listener {}", cs.peer_listen))?;
         let admit_node = n.clone();
-        let admit: depot_peer::Admit =
-            Arc::new(move |r: &str| admit_node.view().routers.contains_key(r));
+        let gate = depot_peer::Gate {
+            admit: Arc::new(move |r: &str| admit_node.view().routers.contains_key(r)),
+            refused: Arc::new(move |why| metrics.peer_refused(why)),
+        };
         tokio::spawn(depot_peer::serve(
             peer_listener,
             n.identity().clone(),
-            admit,
+            gate,
             PeerHandler::new(router.clone(), mgr.clone()),
             shutdown.clone(),
         ));

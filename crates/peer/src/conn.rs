@@ -53,11 +53,46 @@ pub trait Handler: Send + Sync + 'static {
 /// Decides whether a router name may connect (is a member).
 pub type Admit = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
+/// Why a connection was refused before it could send a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The TLS handshake failed: no client certificate, one the cluster's
+    /// CA did not issue, or not TLS at all.
+    Tls,
+    /// The certificate does not name the router the hello claims.
+    Name,
+    /// The router is not a member of the cluster.
+    Member,
+    /// No valid hello within the handshake time.
+    Hello,
+}
+
+impl Refusal {
+    /// A short label (metrics, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Tls => "tls",
+            Refusal::Name => "name",
+            Refusal::Member => "member",
+            Refusal::Hello => "hello",
+        }
+    }
+}
+
+/// Who may connect, and who hears of those refused.
+#[derive(Clone)]
+pub struct Gate {
+    /// Whether a router name is a member.
+    pub admit: Admit,
+    /// Told once per refused connection (after it is logged).
+    pub refused: Arc<dyn Fn(Refusal) + Send + Sync>,
+}
+
 /// Accepts router connections on `listener` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     identity: RouterIdentity,
-    admit: Admit,
+    gate: Gate,
     handler: Arc<dyn Handler>,
     shutdown: CancellationToken,
 ) -> PeerResult<()> {
@@ -76,15 +111,15 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, admit, handler, me, stop) = (
+        let (acceptor, gate, handler, me, stop) = (
             acceptor.clone(),
-            admit.clone(),
+            gate.clone(),
             handler.clone(),
             me.clone(),
             shutdown.clone(),
         );
         tokio::spawn(async move {
-            if let Err(e) = serve_conn(tcp, addr, acceptor, admit, handler, me, stop).await {
+            if let Err(e) = serve_conn(tcp, addr, acceptor, gate, handler, me, stop).await {
                 tracing::warn!(%addr, error = %e, "peer connection closed");
             }
         });
@@ -95,7 +130,7 @@ async fn serve_conn(
     tcp: TcpStream,
     addr: SocketAddr,
     acceptor: TlsAcceptor,
-    admit: Admit,
+    gate: Gate,
     handler: Arc<dyn Handler>,
     me: String,
     stop: CancellationToken,
@@ -105,10 +140,12 @@ async fn serve_conn(
         reason,
     };
     let hello = async {
-        let tls = acceptor
-            .accept(tcp)
-            .await
-            .map_err(|e| PeerError::NotAuthorized(format!("{addr}: TLS: {e}")))?;
+        let tls = acceptor.accept(tcp).await.map_err(|e| {
+            (
+                Refusal::Tls,
+                PeerError::NotAuthorized(format!("{addr}: TLS: {e}")),
+            )
+        })?;
         let cert = tls
             .get_ref()
             .1
@@ -117,30 +154,49 @@ async fn serve_conn(
             .map(|c| c.clone().into_owned());
         let (mut rd, wr) = tokio::io::split(tls);
         let mut buf = BytesMut::with_capacity(16 * 1024);
-        let first = read_frame(&mut rd, &mut buf).await?;
+        let first = read_frame(&mut rd, &mut buf)
+            .await
+            .map_err(|e| (Refusal::Hello, e))?;
         let Some(Frame {
             head: Head::Hello { router },
             ..
         }) = first
         else {
-            return Err(PeerError::Protocol("first frame is not a hello".into()));
+            return Err((
+                Refusal::Hello,
+                PeerError::Protocol("first frame is not a hello".into()),
+            ));
         };
         let named = cert.is_some_and(|c| cert_names(&c, &router));
         if !named {
-            return Err(PeerError::NotAuthorized(format!(
-                "{addr}: certificate does not name router {router:?}"
-            )));
+            return Err((
+                Refusal::Name,
+                PeerError::NotAuthorized(format!(
+                    "{addr}: certificate does not name router {router:?}"
+                )),
+            ));
         }
-        if !admit(&router) {
-            return Err(PeerError::NotAuthorized(format!(
-                "{addr}: {router:?} is not a member of the cluster"
-            )));
+        if !(gate.admit)(&router) {
+            return Err((
+                Refusal::Member,
+                PeerError::NotAuthorized(format!(
+                    "{addr}: {router:?} is not a member of the cluster"
+                )),
+            ));
         }
-        Ok::<_, PeerError>((rd, wr, buf, router))
+        Ok((rd, wr, buf, router))
     };
-    let (mut rd, mut wr, mut buf, from) = tokio::time::timeout(HANDSHAKE, hello)
+    let hello = tokio::time::timeout(HANDSHAKE, hello)
         .await
-        .map_err(|_| unreachable("handshake timed out".into()))??;
+        .unwrap_or_else(|_| Err((Refusal::Hello, unreachable("handshake timed out".into()))));
+    let (mut rd, mut wr, mut buf, from) = match hello {
+        Ok(h) => h,
+        Err((why, e)) => {
+            tracing::warn!(%addr, reason = why.as_str(), error = %e, "peer connection refused");
+            (gate.refused)(why);
+            return Ok(());
+        }
+    };
     send(&mut wr, &encode(&Head::Welcome { router: me }, &[])?)
         .await
         .map_err(|e| unreachable(e.to_string()))?;

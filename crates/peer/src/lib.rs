@@ -16,6 +16,6 @@ pub mod error;
 pub mod frame;
 pub mod pki;
 
-pub use conn::{Admit, Handler, PeerClient, Reply, ReplyFuture, serve};
+pub use conn::{Admit, Gate, Handler, PeerClient, Refusal, Reply, ReplyFuture, serve};
 pub use error::{PeerError, PeerResult};
 pub use pki::{CaRecord, RouterIdentity};
