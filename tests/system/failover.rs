@@ -434,10 +434,32 @@ fn a_reservation_made_through_the_dead_owner_holds_on_the_new_one() {
         "conflict before the failover"
     );
     drop(b);
+    // Initiator C is logged in at the holder's port, a standby path.
+    let tur = [0u8; 6];
+    let mut c = nexus(&g, h, "iqn.2026-11.test:c");
+    assert_eq!(c.scsi(0, &tur, 0), (0x02, 2, 0x04, 0x0b), "standby");
     g.routers[o].kill9();
     eventually(Duration::from_secs(30), "the holder takes over", || {
         show(&g, h)["owner"] == holder.as_str()
     });
+    // C's path turned active: its next command reports ASYMMETRIC ACCESS
+    // STATE CHANGED (once per change it missed), then it is served, under
+    // A's reservation.
+    let mut seen = Vec::new();
+    let answer = loop {
+        let a = c.scsi(0, &tur, 0);
+        if a.1 != 6 || seen.len() == 4 {
+            break a;
+        }
+        seen.push(a);
+    };
+    assert!(!seen.is_empty(), "no unit attention after the takeover");
+    assert!(
+        seen.iter().all(|a| *a == (0x02, 6, 0x2a, 0x06)),
+        "{seen:x?}"
+    );
+    assert_eq!(answer.0, 0, "TEST UNIT READY after the takeover: {answer:x?}");
+    assert_eq!(c.scsi(0, &write10, 0).0, 0x18, "C conflicts with A's reservation");
     // On the new owner the reservation still holds: B conflicts on writes,
     // reads pass; B cannot reserve; A's key still preempts.
     let mut b = nexus(&g, h, "iqn.2026-11.test:b");
