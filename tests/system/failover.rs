@@ -458,8 +458,15 @@ fn a_reservation_made_through_the_dead_owner_holds_on_the_new_one() {
         seen.iter().all(|a| *a == (0x02, 6, 0x2a, 0x06)),
         "{seen:x?}"
     );
-    assert_eq!(answer.0, 0, "TEST UNIT READY after the takeover: {answer:x?}");
-    assert_eq!(c.scsi(0, &write10, 0).0, 0x18, "C conflicts with A's reservation");
+    assert_eq!(
+        answer.0, 0,
+        "TEST UNIT READY after the takeover: {answer:x?}"
+    );
+    assert_eq!(
+        c.scsi(0, &write10, 0).0,
+        0x18,
+        "C conflicts with A's reservation"
+    );
     // On the new owner the reservation still holds: B conflicts on writes,
     // reads pass; B cannot reserve; A's key still preempts.
     let mut b = nexus(&g, h, "iqn.2026-11.test:b");
@@ -474,4 +481,72 @@ fn a_reservation_made_through_the_dead_owner_holds_on_the_new_one() {
     // B preempts A's registration (PREEMPT, SA key A's): now B holds it.
     assert_eq!(pr_out(&mut b, 0x04, 0x01, 0xb2, 0xa1).0, 0, "PREEMPT");
     assert_eq!(b.scsi(0, &write10, 0).0, 0, "the new holder writes");
+}
+
+#[test]
+fn a_dead_routers_vdisks_are_spread_over_the_survivors_and_mirrored_again() {
+    let mut g = Grid::start(3, 3);
+    // Four VMs of one vDisk each, all created (so owned) on r1.
+    let vms = ["app1", "app2", "app3", "app4"];
+    let disk = |vm: &str| format!("{vm}-root");
+    for vm in vms {
+        g.r(0).cli_ok(&["vm", "create", vm]);
+        g.r(0).cli_ok(&[
+            "vdisk",
+            "create",
+            &disk(vm),
+            "--vm",
+            vm,
+            "--size",
+            "64M",
+            "--vpool",
+            "s3p",
+        ]);
+    }
+    let show = |g: &Grid, via: usize, vm: &str| g.r(via).json(&["vdisk", "show", &disk(vm)]);
+    let mut holders = BTreeMap::new();
+    for (i, vm) in vms.iter().enumerate() {
+        eventually(Duration::from_secs(60), "the mirror in sync", || {
+            show(&g, 0, vm)["dtl"]["state"] == "in_sync"
+        });
+        let d = show(&g, 0, vm);
+        assert_eq!(d["owner"], "r1", "{d}");
+        holders.insert(*vm, d["dtl"]["holder"].as_str().unwrap().to_string());
+        // A flushed write each, to read back on the new owner.
+        let p = 0x41 + i;
+        qemu_io(
+            &g.r(0).url(vm, 0),
+            &[format!("write -P {p} 0 1M").as_str(), "flush"],
+        );
+    }
+    // The mirrors are spread: each other router holds two.
+    let per = |m: &BTreeMap<&str, String>, r: &str| m.values().filter(|h| *h == r).count();
+    assert_eq!(
+        (per(&holders, "r2"), per(&holders, "r3")),
+        (2, 2),
+        "{holders:?}"
+    );
+    g.routers[0].kill9();
+    // Each vDisk is taken over by the router that held its mirror: two on
+    // each survivor, not four on one.
+    let mut owners = BTreeMap::new();
+    for vm in vms {
+        eventually(Duration::from_secs(30), "a takeover", || {
+            show(&g, 1, vm)["owner"] == holders[vm].as_str()
+        });
+        owners.insert(vm, holders[vm].clone());
+    }
+    assert_eq!((per(&owners, "r2"), per(&owners, "r3")), (2, 2));
+    // Each new owner mirrors its vDisks again, on the other survivor.
+    for (i, vm) in vms.iter().enumerate() {
+        eventually(Duration::from_secs(60), "mirrored again", || {
+            let d = show(&g, 1, vm);
+            d["dtl"]["state"] == "in_sync"
+                && d["dtl"]["holder"] != d["owner"]
+                && d["dtl"]["holder"] != "r1"
+        });
+        let p = 0x41 + i;
+        let text = qemu_io(&g.r(1).url(vm, 0), &[&format!("read -P {p} 0 1M")]);
+        assert!(!text.contains("verification failed"), "{vm}: {text}");
+    }
 }
