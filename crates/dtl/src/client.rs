@@ -287,6 +287,9 @@ struct Worker {
     sent: HashMap<String, u64>,
     /// The window's files, opened once (a round reads a few of them).
     files: HashMap<String, Arc<File>>,
+    /// The lengths of window files that no longer grow (see
+    /// [`Worker::length`]): a round does not stat them again.
+    sealed: HashMap<String, u64>,
     /// The window as last seen, and the newest metadata.
     segments: Vec<WindowSegment>,
     frozen: (u64, u32),
@@ -312,6 +315,7 @@ impl Worker {
             state: MirrorState::Degraded,
             sent: HashMap::new(),
             files: HashMap::new(),
+            sealed: HashMap::new(),
             segments: Vec::new(),
             frozen: (0, 0),
             meta: None,
@@ -584,7 +588,8 @@ impl Worker {
         let segments = self.segments.clone();
         let mut ranges: Vec<Range> = Vec::new();
         let mut now_sent: Vec<(String, u64)> = Vec::new();
-        for seg in &segments {
+        for (i, seg) in segments.iter().enumerate() {
+            let open = i + 1 == segments.len();
             for &c in &seg.containers {
                 let name = file_name(HandoverFileKind::Container, c);
                 // Gone: shipped and dropped meanwhile (the commit of a
@@ -604,7 +609,8 @@ impl Worker {
                         });
                     }
                 }
-                let end = file_len(&file) / CLUSTER_SIZE as u64 * CLUSTER_SIZE as u64;
+                let end = self.length(&name, &file, open) / CLUSTER_SIZE as u64
+                    * CLUSTER_SIZE as u64;
                 if end > done {
                     ranges.push(Range {
                         name: name.clone(),
@@ -616,13 +622,14 @@ impl Worker {
                 }
             }
         }
-        for seg in &segments {
+        for (i, seg) in segments.iter().enumerate() {
+            let open = i + 1 == segments.len();
             let name = file_name(HandoverFileKind::Tlog, seg.tlog);
             let Some(file) = self.open(&name, HandoverFileKind::Tlog, seg.tlog) else {
                 continue;
             };
             let done = self.sent.get(&name).copied().unwrap_or(0);
-            let len = file_len(&file);
+            let len = self.length(&name, &file, open);
             let header = TLOG_HEADER_SIZE as u64;
             let end = if len < header {
                 0
@@ -684,6 +691,7 @@ impl Worker {
             .collect();
         self.sent.retain(|n, _| keep.contains(n));
         self.files.retain(|n, _| keep.contains(n));
+        self.sealed.retain(|n, _| keep.contains(n));
         self.batch += 1;
         link.commit(
             &Commit {
@@ -704,6 +712,24 @@ impl Worker {
         }
         self.meta_needed = false;
         Ok(p.ticket)
+    }
+
+    /// The length of window file `name`. Only the files of the batch's
+    /// last segment (the open tlog and its containers) can still grow, so
+    /// a file of an earlier segment is measured once and remembered: it
+    /// was sealed (its tlog buffer flushed, its last append returned)
+    /// under the writer lock before the grab of a batch that lists a
+    /// later segment, and this round runs after that grab. Rewrites in
+    /// place do not change a length; the batch names them.
+    fn length(&mut self, name: &str, file: &File, open: bool) -> u64 {
+        if let Some(&len) = self.sealed.get(name) {
+            return len;
+        }
+        let len = file_len(file);
+        if !open {
+            self.sealed.insert(name.to_string(), len);
+        }
+        len
     }
 
     /// The open window file `name`, opened through `locate` the first
