@@ -34,7 +34,6 @@ use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use depot_engine::format::{CLUSTER_SIZE, TLOG_HEADER_SIZE, TLOG_RECORD_SIZE};
 use depot_engine::meta::VolumeMeta;
 use depot_engine::{
     HandoverFileKind, Held, HeldNow, Mirror, MirrorBatch, MirrorWait, WindowSegment,
@@ -46,7 +45,7 @@ use crate::proto::{Commit, MAX_WRITE_BYTES, Open, Piece, Write, file_name};
 use crate::seam::{
     ClientConfig, Control, Link, Locate, MirrorState, MirrorStatus, Mode, RecordError, Subject,
 };
-use crate::window::{Range, file_len, read_at_most};
+use crate::window::{Files, read_at_most};
 
 /// Bytes of a window file per `dtl.write`.
 const PIECE: usize = 1 << 20;
@@ -285,11 +284,8 @@ struct Worker {
     state: MirrorState,
     /// Bytes of each file the holder has (whole clusters or records).
     sent: HashMap<String, u64>,
-    /// The window's files, opened once (a round reads a few of them).
-    files: HashMap<String, Arc<File>>,
-    /// The lengths of window files that no longer grow (see
-    /// [`Worker::length`]): a round does not stat them again.
-    sealed: HashMap<String, u64>,
+    /// The window's files on this router's flash.
+    files: Files,
     /// The window as last seen, and the newest metadata.
     segments: Vec<WindowSegment>,
     frozen: (u64, u32),
@@ -310,12 +306,11 @@ struct Worker {
 impl Worker {
     fn new(inner: Arc<Inner>) -> Self {
         Worker {
+            files: Files::new(inner.locate.clone()),
             inner,
             link: None,
             state: MirrorState::Degraded,
             sent: HashMap::new(),
-            files: HashMap::new(),
-            sealed: HashMap::new(),
             segments: Vec::new(),
             frozen: (0, 0),
             meta: None,
@@ -580,72 +575,9 @@ impl Worker {
             .link
             .clone()
             .ok_or_else(|| crate::error::DtlError::Peer("no holder".into()))?;
-        let mut rewrites: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
-        for &(c, off, len) in &p.rewrites {
-            rewrites.entry(c).or_default().push((off, len));
-        }
         // Containers first, then tlogs (module docs).
         let segments = self.segments.clone();
-        let mut ranges: Vec<Range> = Vec::new();
-        let mut now_sent: Vec<(String, u64)> = Vec::new();
-        for (i, seg) in segments.iter().enumerate() {
-            let open = i + 1 == segments.len();
-            for &c in &seg.containers {
-                let name = file_name(HandoverFileKind::Container, c);
-                // Gone: shipped and dropped meanwhile (the commit of a
-                // later batch will not list it).
-                let Some(file) = self.open(&name, HandoverFileKind::Container, c) else {
-                    continue;
-                };
-                let done = self.sent.get(&name).copied().unwrap_or(0);
-                for &(off, len) in rewrites.get(&c).map_or(&[][..], |v| v.as_slice()) {
-                    let end = (off + len).min(done);
-                    if off < end {
-                        ranges.push(Range {
-                            name: name.clone(),
-                            file: file.clone(),
-                            from: off,
-                            to: end,
-                        });
-                    }
-                }
-                let end = self.length(&name, &file, open) / CLUSTER_SIZE as u64
-                    * CLUSTER_SIZE as u64;
-                if end > done {
-                    ranges.push(Range {
-                        name: name.clone(),
-                        file,
-                        from: done,
-                        to: end,
-                    });
-                    now_sent.push((name, end));
-                }
-            }
-        }
-        for (i, seg) in segments.iter().enumerate() {
-            let open = i + 1 == segments.len();
-            let name = file_name(HandoverFileKind::Tlog, seg.tlog);
-            let Some(file) = self.open(&name, HandoverFileKind::Tlog, seg.tlog) else {
-                continue;
-            };
-            let done = self.sent.get(&name).copied().unwrap_or(0);
-            let len = self.length(&name, &file, open);
-            let header = TLOG_HEADER_SIZE as u64;
-            let end = if len < header {
-                0
-            } else {
-                header + (len - header) / TLOG_RECORD_SIZE as u64 * TLOG_RECORD_SIZE as u64
-            };
-            if end > done {
-                ranges.push(Range {
-                    name: name.clone(),
-                    file,
-                    from: done,
-                    to: end,
-                });
-                now_sent.push((name, end));
-            }
-        }
+        let (ranges, now_sent) = self.files.plan(&segments, &p.rewrites, &self.sent);
         let meta = if self.meta_needed || p.meta.is_some() {
             self.meta.clone()
         } else {
@@ -690,8 +622,7 @@ impl Worker {
             })
             .collect();
         self.sent.retain(|n, _| keep.contains(n));
-        self.files.retain(|n, _| keep.contains(n));
-        self.sealed.retain(|n, _| keep.contains(n));
+        self.files.retain(&keep);
         self.batch += 1;
         link.commit(
             &Commit {
@@ -712,35 +643,6 @@ impl Worker {
         }
         self.meta_needed = false;
         Ok(p.ticket)
-    }
-
-    /// The length of window file `name`. Only the files of the batch's
-    /// last segment (the open tlog and its containers) can still grow, so
-    /// a file of an earlier segment is measured once and remembered: it
-    /// was sealed (its tlog buffer flushed, its last append returned)
-    /// under the writer lock before the grab of a batch that lists a
-    /// later segment, and this round runs after that grab. Rewrites in
-    /// place do not change a length; the batch names them.
-    fn length(&mut self, name: &str, file: &File, open: bool) -> u64 {
-        if let Some(&len) = self.sealed.get(name) {
-            return len;
-        }
-        let len = file_len(file);
-        if !open {
-            self.sealed.insert(name.to_string(), len);
-        }
-        len
-    }
-
-    /// The open window file `name`, opened through `locate` the first
-    /// time; `None` if it is gone (shipped and dropped).
-    fn open(&mut self, name: &str, kind: HandoverFileKind, seq: u64) -> Option<Arc<File>> {
-        if let Some(f) = self.files.get(name) {
-            return Some(f.clone());
-        }
-        let f = Arc::new(File::open((self.inner.locate)(kind, seq)).ok()?);
-        self.files.insert(name.to_string(), f.clone());
-        Some(f)
     }
 
     /// Sends bytes `from..to` of a file in chunks; a file that is gone was

@@ -13,9 +13,10 @@
 //!
 //! Modules, in dependency order: [`error`]; [`proto`] (the messages and
 //! their bounds); [`replica`] (the holder's copies); [`seam`] (modes,
-//! states, what the daemon plugs in); `window` (reading the owner's
-//! window files); [`client`] (the owner's worker and state machine). The protocol and the state machine
-//! are specified in docs/cluster.md.
+//! states, what the daemon plugs in); `window` (which ranges of the
+//! owner's window files a round copies, and reading them); [`client`]
+//! (the owner's worker and state machine). The protocol and the state
+//! machine are specified in docs/cluster.md.
 
 pub mod client;
 pub mod error;
