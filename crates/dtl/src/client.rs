@@ -269,7 +269,7 @@ impl Mirror for MirrorClient {
 #[derive(Default)]
 struct Pending {
     ticket: u64,
-    segments: Option<Vec<WindowSegment>>,
+    segments: Option<Arc<Vec<WindowSegment>>>,
     rewrites: Vec<(u64, u64, u64)>,
     frozen: Option<(u64, u32)>,
     meta: Option<VolumeMeta>,
@@ -287,7 +287,9 @@ struct Worker {
     /// The window's files on this router's flash.
     files: Files,
     /// The window as last seen, and the newest metadata.
-    segments: Vec<WindowSegment>,
+    segments: Arc<Vec<WindowSegment>>,
+    /// The window whose files `sent` and `files` were last trimmed to.
+    trimmed: Arc<Vec<WindowSegment>>,
     frozen: (u64, u32),
     meta: Option<VolumeMeta>,
     /// The holder lacks the metadata (new copy).
@@ -311,7 +313,8 @@ impl Worker {
             link: None,
             state: MirrorState::Degraded,
             sent: HashMap::new(),
-            segments: Vec::new(),
+            segments: Arc::default(),
+            trimmed: Arc::default(),
             frozen: (0, 0),
             meta: None,
             meta_needed: true,
@@ -612,24 +615,28 @@ impl Worker {
             }
         }
         self.sent.extend(now_sent);
-        let keep: std::collections::HashSet<String> = segments
-            .iter()
-            .flat_map(|s| {
-                s.containers
-                    .iter()
-                    .map(|&c| file_name(HandoverFileKind::Container, c))
-                    .chain([file_name(HandoverFileKind::Tlog, s.tlog)])
-            })
-            .collect();
-        self.sent.retain(|n, _| keep.contains(n));
-        self.files.retain(&keep);
+        if !Arc::ptr_eq(&segments, &self.trimmed) {
+            // The window changed: forget the files that left it.
+            let keep: std::collections::HashSet<String> = segments
+                .iter()
+                .flat_map(|s| {
+                    s.containers
+                        .iter()
+                        .map(|&c| file_name(HandoverFileKind::Container, c))
+                        .chain([file_name(HandoverFileKind::Tlog, s.tlog)])
+                })
+                .collect();
+            self.sent.retain(|n, _| keep.contains(n));
+            self.files.retain(&keep);
+            self.trimmed = segments.clone();
+        }
         self.batch += 1;
         link.commit(
             &Commit {
                 vdisk: self.inner.subject.vdisk.clone(),
                 generation: self.inner.subject.generation,
                 batch: self.batch,
-                segments,
+                segments: segments.to_vec(),
                 frozen: self.frozen,
                 meta,
                 durable: p.durable,

@@ -65,8 +65,9 @@ pub struct WindowSegment {
 /// What one sync hands the mirror (module docs).
 #[derive(Debug, Clone)]
 pub struct MirrorBatch {
-    /// The volume's unshipped segments at the grab, oldest first.
-    pub segments: Vec<WindowSegment>,
+    /// The volume's unshipped segments at the grab, oldest first (shared
+    /// by the batches of an unchanged window).
+    pub segments: Arc<Vec<WindowSegment>>,
     /// Container byte ranges rewritten in place since the previous batch:
     /// (container, offset, length).
     pub rewrites: Vec<(u64, u64, u64)>,
@@ -123,6 +124,27 @@ pub trait Mirror: Send + Sync + 'static {
     fn each_write(&self) -> bool;
 }
 
+/// What identifies a volume's segment list: how many sealed segments,
+/// the first's and the last's tlog, and the open tlog with how many
+/// containers it has. Sealed segments never change and tlog numbers are
+/// never reused; the list only gains segments at its end (a seal), loses
+/// them at its start (shipping) or its end (a rollback discards the newest
+/// segments), and the open tlog only gains containers. So two lists with
+/// the same key are the same list.
+pub(super) type WindowKey = (usize, u64, u64, u64, usize);
+
+fn window_key(w: &Writer) -> WindowKey {
+    let (first, last) = match (w.segments.front(), w.segments.back()) {
+        (Some(f), Some(l)) => (f.tlog, l.tlog),
+        _ => (0, 0),
+    };
+    let (open, containers) = w
+        .tlog
+        .as_ref()
+        .map_or((u64::MAX, 0), |t| (t.seq, t.containers.len()));
+    (w.segments.len(), first, last, open, containers)
+}
+
 /// Where write rounds stand (the volume's `rounds` mutex, with
 /// `rounds_cv`).
 #[derive(Default)]
@@ -171,6 +193,27 @@ impl Volume {
             meta
         });
         drop(slot);
+        let batch = MirrorBatch {
+            segments: Self::mirror_window(w),
+            rewrites: std::mem::take(&mut w.mirror_rewrites),
+            frozen: w.frozen,
+            meta,
+            barrier: durable && std::mem::take(&mut w.hard_pending),
+            durable,
+        };
+        Some((mirror, batch))
+    }
+
+    /// The window's segment list for a batch: the one last handed over
+    /// while its [`WindowKey`] is unchanged (every write of a round grabs
+    /// one, so it is not rebuilt per write), else a new one.
+    fn mirror_window(w: &mut Writer) -> Arc<Vec<WindowSegment>> {
+        let key = window_key(w);
+        if let Some((k, list)) = &w.mirror_window
+            && *k == key
+        {
+            return list.clone();
+        }
         let mut segments: Vec<WindowSegment> = w
             .segments
             .iter()
@@ -186,15 +229,9 @@ impl Volume {
                 containers: t.containers.clone(),
             });
         }
-        let batch = MirrorBatch {
-            segments,
-            rewrites: std::mem::take(&mut w.mirror_rewrites),
-            frozen: w.frozen,
-            meta,
-            barrier: durable && std::mem::take(&mut w.hard_pending),
-            durable,
-        };
-        Some((mirror, batch))
+        let list = Arc::new(segments);
+        w.mirror_window = Some((key, list.clone()));
+        list
     }
 
     /// The mirror, if every completed write must reach it (module docs).

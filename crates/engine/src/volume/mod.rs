@@ -276,6 +276,9 @@ struct Writer {
     /// Container ranges rewritten in place since the last grab, while
     /// mirroring: (container, offset, length).
     mirror_rewrites: Vec<(u64, u64, u64)>,
+    /// The segment list last handed to the mirror and what identified it
+    /// (`Volume::mirror_window`): a batch shares it while it holds.
+    mirror_window: Option<(mirror::WindowKey, Arc<Vec<WindowSegment>>)>,
     /// A hard barrier froze the slots since the last grab: the next sync's
     /// mirror batch is one every mirror mode waits for.
     hard_pending: bool,

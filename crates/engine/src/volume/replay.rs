@@ -123,6 +123,7 @@ impl Volume {
                 stopped: false,
                 mirroring: false,
                 mirror_rewrites: Vec::new(),
+                mirror_window: None,
                 hard_pending: false,
             }),
             epochs: RwLock::new(meta.epochs.clone()),
