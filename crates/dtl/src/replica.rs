@@ -92,13 +92,6 @@ impl Replica {
                 }
             }
         }
-        let mut keep: HashSet<String> = HashSet::new();
-        for s in &c.segments {
-            keep.insert(file_name(HandoverFileKind::Tlog, s.tlog));
-            for &k in &s.containers {
-                keep.insert(file_name(HandoverFileKind::Container, k));
-            }
-        }
         // The frozen watermark alone changes with every hard barrier; it is
         // recorded with the next change that is written anyway (an older
         // watermark only lets replay adopt more slots, never trust more).
@@ -115,6 +108,13 @@ impl Replica {
             return Ok(());
         }
         // The files no segment names any more: shipped or dropped.
+        let mut keep: HashSet<String> = HashSet::new();
+        for s in &c.segments {
+            keep.insert(file_name(HandoverFileKind::Tlog, s.tlog));
+            for &k in &s.containers {
+                keep.insert(file_name(HandoverFileKind::Container, k));
+            }
+        }
         let stale: Vec<String> = self
             .files
             .keys()
