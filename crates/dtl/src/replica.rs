@@ -168,6 +168,9 @@ impl std::fmt::Debug for ReplicaStore {
 }
 
 const STATE: &str = "state.json";
+/// Where a dropped copy's directory goes to be deleted in the background
+/// (its name is not a valid vDisk name, so it is never taken for a copy).
+const TRASH: &str = ".trash";
 
 fn sync_dir(dir: &Path) -> DtlResult<()> {
     File::open(dir)
@@ -197,6 +200,11 @@ impl ReplicaStore {
             .map_err(|e| DtlError::io(format!("listing {}", root.display()), e))?;
         for entry in rd.flatten() {
             let dir = entry.path();
+            if entry.file_name() == TRASH {
+                // Copies dropped before a restart.
+                let _ = std::fs::remove_dir_all(&dir);
+                continue;
+            }
             let state = std::fs::read(dir.join(STATE))
                 .ok()
                 .and_then(|b| serde_json::from_slice::<ReplicaState>(&b).ok())
@@ -336,12 +344,36 @@ impl ReplicaStore {
         check_name("vDisk", vdisk).map_err(|e| DtlError::Protocol(e.to_string()))?;
         let had = self.held.lock().remove(vdisk);
         if had.is_some() {
+            // Out of the way at once (a copy of gigabytes takes long to
+            // delete, and the caller may hold up a move meanwhile); deleted
+            // in the background, or at the next start.
             let dir = self.root.join(vdisk);
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(DtlError::io(format!("removing {}", dir.display()), e)),
-            }
+            let trash = self.root.join(TRASH);
+            static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let to = trash.join(format!("{vdisk}.{n}"));
+            let moved = std::fs::create_dir_all(&trash)
+                .and_then(|()| std::fs::rename(&dir, &to))
+                .is_ok();
+            let doomed = if moved { to } else { dir };
+            let removed = if moved {
+                std::thread::Builder::new()
+                    .name("dtl-trash".into())
+                    .spawn(move || {
+                        if let Err(e) = std::fs::remove_dir_all(&doomed) {
+                            tracing::warn!(dir = %doomed.display(), error = %e, "cannot delete a dropped DTL copy");
+                        }
+                    })
+                    .map(|_| ())
+                    .map_err(|e| DtlError::io("starting the deletion of a DTL copy", e))
+            } else {
+                match std::fs::remove_dir_all(&doomed) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(DtlError::io(format!("removing {}", doomed.display()), e)),
+                }
+            };
+            removed?;
         }
         Ok(())
     }
@@ -560,6 +592,34 @@ mod tests {
         assert_eq!(r.lock().dirty.len(), 2);
         store.commit(&c(2, true, Vec::new()), &[]).unwrap();
         assert!(r.lock().dirty.is_empty());
+    }
+
+    #[test]
+    fn a_dropped_copy_leaves_at_once_and_is_deleted_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        open(&store, 1);
+        write(&store, 1, "0000000000000001.sco", 0, &[7; 8192]).unwrap();
+        store.close("d").unwrap();
+        assert!(!dir.path().join("d").exists(), "the copy's name is free");
+        assert!(store.list().is_empty());
+        // A copy of the same vDisk can be opened again at once.
+        open(&store, 2);
+        store.close("d").unwrap();
+        let trash = dir.path().join(TRASH);
+        for _ in 0..200 {
+            if std::fs::read_dir(&trash).unwrap().next().is_none() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(std::fs::read_dir(&trash).unwrap().next().is_none());
+        // Left over from a crash: deleted at the next start, not a copy.
+        std::fs::create_dir_all(trash.join("d.9")).unwrap();
+        std::fs::write(trash.join("d.9").join(STATE), b"{}").unwrap();
+        let store = ReplicaStore::open(dir.path()).unwrap();
+        assert!(store.list().is_empty());
+        assert!(!trash.exists());
     }
 
     #[test]

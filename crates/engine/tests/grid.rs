@@ -323,6 +323,54 @@ fn live_handover_over_a_local_backend() {
 }
 
 #[test]
+fn an_import_applies_what_was_shipped_after_it_was_prepared_before_the_pause() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let reg = Registry::default();
+    let pa = pool_at(root, "flash-a", &rt);
+    let a = pa
+        .create_volume_as("mv", 16 << 20, 4096, &reg.grant(1))
+        .unwrap();
+    let mut m = Model::new(16 << 20);
+    // The same MiBs written over and over: applied out of order, older
+    // data would show.
+    m.seq_1m(&a, 0, 8, 1);
+    m.random_4k(&a, 200, 2);
+    // The move starts: its first precopy, then the target prepares.
+    let _ = a.handover_precopy().unwrap();
+    let pb = pool_at(root, "flash-b", &rt);
+    let staged = pb.import_dir("mv").unwrap();
+    let mut prep = pb.prepare_import("mv", &reg.owner(2)).unwrap();
+    // The source ships all of it and more meanwhile (what the target has
+    // not received), then writes on.
+    m.seq_1m(&a, 0, 8, 3);
+    a.sync_to_backend().unwrap();
+    m.seq_1m(&a, 0, 4, 4);
+    m.random_4k(&a, 200, 5);
+    m.seq_1m(&a, 8, 2, 6);
+    let pre = a.handover_precopy().unwrap();
+    assert!(!pre.is_empty());
+    copy_files(&pre, &staged);
+    // Shipped first (older), then the precopied segments.
+    // (The shipper may ship more at any time: a second call applies only
+    // what is newer than what the first applied.)
+    assert!(pb.import_shipped(&mut prep).unwrap() > 0);
+    pb.import_shipped(&mut prep).unwrap();
+    pb.import_precopied(&mut prep, &pre, &staged).unwrap();
+    m.seq_1m(&a, 1, 2, 7);
+    m.random_4k(&a, 100, 8);
+    let state = a.handover_freeze().unwrap();
+    copy_files(&state.files, &staged);
+    reg.set(2);
+    let b = pb.finish_import(prep, &state, &staged).unwrap();
+    verify(&b, &m.data, "after the import");
+    m.random_4k(&b, 50, 9);
+    b.sync_to_backend().unwrap();
+    verify(&b, &m.data, "the new owner after shipping");
+}
+
+#[test]
 fn an_interrupted_import_can_be_retried() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();

@@ -36,6 +36,7 @@ mod bootstrap;
 mod cluster;
 mod declared;
 mod mirror;
+mod move_target;
 mod moves;
 mod peer_ops;
 mod snapshot;
@@ -116,7 +117,7 @@ pub struct Manager {
     /// vDisks with a move under way on this router.
     moves: parking_lot::Mutex<std::collections::HashSet<String>>,
     /// Imports prepared here for moves in (target side).
-    imports: parking_lot::Mutex<moves::Imports>,
+    imports: parking_lot::Mutex<move_target::Imports>,
     /// Mirror clients of the vDisks served here, copies held for others.
     mirrors: parking_lot::Mutex<mirror::Mirrors>,
 }

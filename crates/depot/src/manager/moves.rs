@@ -1,12 +1,16 @@
 //! Live moves of a vDisk between routers (`depot vdisk move`, `vm move`,
-//! `router drain`), both ends.
+//! `router drain`): the source's side here, the target's in
+//! `move_target`.
 //!
 //! The owner (source) drives a move; the target answers peer calls:
 //! 1. prepare — the target checks it has flash space, opens the vPool and
 //!    restores the backend part of the vDisk (slow for a big index; the
 //!    guest still runs);
-//! 2. precopy — the source lists its sealed, unshipped segments (final from
-//!    then on) and streams them to the target, the guest still running;
+//! 2. precopy — in rounds, the source lists its sealed, unshipped segments
+//!    (final from then on) and streams them to the target, which applies
+//!    first what the source shipped since the prepare (fetched from the
+//!    backend), then them; the guest still runs. It ends with a round that
+//!    brought little of either;
 //! 3. pause — the source holds new I/O on the vDisk's LUN (commands wait,
 //!    none fails), freezes the volume (seal, sync) and sends what changed
 //!    since the precopy, then the frozen state, which the target keeps on
@@ -28,18 +32,16 @@
 //! import from what it staged. The guest's pause is steps 3 to 6.
 
 use std::collections::HashMap;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use depot_block::BlockDevice;
 use depot_cluster::owner;
-use depot_engine::{HandoverFile, HandoverState, Owner, Volume};
+use depot_engine::{HandoverFile, HandoverState, Volume};
 use serde::{Deserialize, Serialize};
 
 use super::bootstrap::standby_of;
-use super::{Manager, State, bad, not_found, target_name};
-use crate::cluster::fencing::VdiskFencing;
+use super::{Manager, bad, not_found, target_name};
 use crate::error::{DepotError, DepotResult};
 use crate::model::{MoveReport, VDiskKind};
 
@@ -52,11 +54,12 @@ const PRECOPY_ROUNDS: usize = 8;
 /// A precopy round this small ends the precopy: about what the pause then
 /// has to copy (one open container's worth).
 const PRECOPY_DONE: u64 = 64 << 20;
+/// A precopy round whose target fetched at most this many tlogs shipped
+/// meanwhile ends the precopy (about what the pause then fetches).
+const FETCHED_DONE: usize = 2;
 /// How long a move waits for single-path sessions to close before it lets
 /// their held commands go.
 const SESSIONS_CLOSE: Duration = Duration::from_secs(5);
-/// Flash a target keeps free beyond what a move brings.
-const FLASH_MARGIN: u64 = 1 << 30;
 
 /// `move.prepare`: get ready to take a vDisk over.
 #[derive(Debug, Serialize, Deserialize)]
@@ -86,6 +89,16 @@ pub struct Precopied {
     pub vdisk: String,
     /// The files, as the source listed them.
     pub files: Vec<HandoverFile>,
+}
+
+/// The answer to `move.precopied`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct PrecopyApplied {
+    /// Tlogs the source shipped since the import was prepared, fetched
+    /// from the backend and applied first (each one the pause would
+    /// otherwise fetch).
+    #[serde(default)]
+    pub fetched: usize,
 }
 
 /// `move.stage`: the frozen state, kept on the target's flash.
@@ -118,15 +131,6 @@ struct Moving {
     pool: Arc<depot_engine::VPool>,
     vm: String,
     multipath: bool,
-}
-
-/// The name of the staged state in an import directory.
-const STAGED: &str = "handover.json";
-
-/// Imports under way on this router (target side).
-#[derive(Default)]
-pub(super) struct Imports {
-    prepared: HashMap<String, depot_engine::ImportPrep>,
 }
 
 impl Manager {
@@ -239,16 +243,6 @@ impl Manager {
             let (_, _): (serde_json::Value, _) = node.block_on(peer.call(op, msg, body, CALL))?;
             Ok(())
         };
-        let unshipped = volume.stats().unshipped_bytes;
-        call(
-            "move.prepare",
-            &serde_json::to_value(Prepare {
-                vdisk: name.to_string(),
-                bytes: unshipped,
-            })
-            .map_err(|e| DepotError::Internal(e.to_string()))?,
-            &[],
-        )?;
         let abort = |e: DepotError| -> DepotError {
             let _ = volume.handover_abort();
             let _ = node.block_on(peer.call::<_, serde_json::Value>(
@@ -261,13 +255,33 @@ impl Manager {
             ));
             e
         };
+        // The first precopy listing comes before the target's prepare: from
+        // it on no checkpoint, scrub or snapshot moves the manifest on (one
+        // under way finishes first), so the backend part the target
+        // restores stays the base its import extends; a checkpoint after
+        // it made the target restore everything again in the pause.
+        let mut first = Some(volume.handover_precopy().map_err(|e| abort(e.into()))?);
+        let unshipped = volume.stats().unshipped_bytes;
+        call(
+            "move.prepare",
+            &serde_json::to_value(Prepare {
+                vdisk: name.to_string(),
+                bytes: unshipped,
+            })
+            .map_err(|e| DepotError::Internal(e.to_string()))?,
+            &[],
+        )
+        .map_err(abort)?;
         // 2. Precopy while the guest runs, in rounds: each sends what was
         // sealed since the last one, until a round is small (what is left
         // for the pause) or the writes outpace the copy.
         let mut sent: HashMap<(String, u64), u64> = HashMap::new();
         let mut precopied = 0u64;
         for _round in 0..PRECOPY_ROUNDS {
-            let pre = volume.handover_precopy().map_err(|e| abort(e.into()))?;
+            let pre = match first.take() {
+                Some(pre) => pre,
+                None => volume.handover_precopy().map_err(|e| abort(e.into()))?,
+            };
             let mut round = Vec::new();
             for f in pre {
                 if sent.contains_key(&(f.file_name(), f.seq)) {
@@ -288,20 +302,26 @@ impl Manager {
                 }
             }
             let bytes: u64 = round.iter().map(|f| f.len).sum();
-            if !round.is_empty() {
-                let msg = serde_json::to_value(Precopied {
-                    vdisk: name.to_string(),
-                    files: round,
-                })
-                .map_err(|e| DepotError::Internal(e.to_string()))?;
-                call("move.precopied", &msg, &[]).map_err(abort)?;
-            }
-            if bytes <= PRECOPY_DONE {
+            // Even with no new file: the target catches up with what was
+            // shipped meanwhile.
+            let msg = serde_json::to_value(Precopied {
+                vdisk: name.to_string(),
+                files: round,
+            })
+            .map_err(|e| DepotError::Internal(e.to_string()))?;
+            let (applied, _): (serde_json::Value, _) = node
+                .block_on(peer.call("move.precopied", &msg, &[], CALL))
+                .map_err(|e| abort(e.into()))?;
+            let fetched = serde_json::from_value::<PrecopyApplied>(applied)
+                .unwrap_or_default()
+                .fetched;
+            if bytes <= PRECOPY_DONE && fetched <= FETCHED_DONE {
                 break;
             }
         }
         // 3. Pause: hold I/O, freeze, send what changed, stage.
         let paused = Instant::now();
+        let mut phases = Phases::default();
         let held = routed.hold();
         let state = match volume.handover_freeze() {
             Ok(s) => s,
@@ -310,6 +330,7 @@ impl Manager {
                 return Err(abort(e.into()));
             }
         };
+        phases.freeze = paused.elapsed();
         let mut delta = 0u64;
         for f in &state.files {
             if sent.get(&(f.file_name(), f.seq)) == Some(&f.len) {
@@ -327,10 +348,12 @@ impl Manager {
             state: state.clone(),
         })
         .map_err(|e| DepotError::Internal(e.to_string()))?;
+        phases.copy = paused.elapsed();
         if let Err(e) = call("move.stage", &stage, &[]) {
             drop(held);
             return Err(abort(e));
         }
+        phases.stage = paused.elapsed();
         // 4. The ownership moves.
         let from = depot_cluster::Ownership {
             router: node.name().to_string(),
@@ -348,6 +371,7 @@ impl Manager {
             }
         };
         node.apply_owner(name, Some(moved.clone()));
+        phases.transfer = paused.elapsed();
         // 5. The target serves (a target that fails here finishes from
         // what it staged as soon as it sees it owns the vDisk).
         let commit = serde_json::to_value(Commit {
@@ -356,6 +380,7 @@ impl Manager {
         })
         .map_err(|e| DepotError::Internal(e.to_string()))?;
         let committed = call("move.commit", &commit, &[]);
+        phases.commit = paused.elapsed();
         // 6. Standby here. A single-path initiator loses its session while
         // its commands are still held (it reconnects, is redirected to the
         // new owner and resends them: none is answered here); multipath
@@ -398,6 +423,7 @@ impl Manager {
             precopied,
             delta,
             pause_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+            phases = %phases,
             "vDisk moved"
         );
         Ok(MoveReport {
@@ -490,224 +516,32 @@ impl Manager {
             total_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         })
     }
-
-    // ------------------------------------------------------------ target
-
-    /// `move.prepare` on the target.
-    pub fn move_prepare(&self, p: Prepare) -> DepotResult<()> {
-        let node = self.cluster.clone().ok_or_else(|| bad("not clustered"))?;
-        let st = self.lock();
-        let rec = st
-            .catalog
-            .vdisk(&p.vdisk)
-            .ok_or_else(|| not_found("vDisk", &p.vdisk))?;
-        let pool_name = rec.info.vpool.clone().unwrap_or_default();
-        let pool = st.pools.get(&pool_name).cloned().ok_or_else(|| {
-            DepotError::Unavailable(format!(
-                "vPool {pool_name:?} is not open on router {}",
-                node.name()
-            ))
-        })?;
-        drop(st);
-        let dir = pool.import_dir(&p.vdisk)?;
-        let free = free_bytes(&dir)?;
-        if free < p.bytes + FLASH_MARGIN {
-            return Err(DepotError::InUse(format!(
-                "router {} lacks flash space for vDisk {:?}: {} free, {} needed",
-                node.name(),
-                p.vdisk,
-                crate::size::format(free),
-                crate::size::format(p.bytes + FLASH_MARGIN)
-            )));
-        }
-        self.moves.lock().insert(p.vdisk.clone());
-        // A provisional owner newer than any generation so far; the
-        // commit gives the real one.
-        let cur = node.view().owners.get(&p.vdisk).map_or(0, |o| o.generation);
-        let fencing = VdiskFencing::new(node.clone(), &p.vdisk, cur + 1, pool.fencing_mode());
-        let prep = pool.prepare_import(&p.vdisk, &Owner::new(fencing));
-        let prep = match prep {
-            Ok(p) => p,
-            Err(e) => {
-                self.moves.lock().remove(&p.vdisk);
-                return Err(e.into());
-            }
-        };
-        self.imports.lock().prepared.insert(p.vdisk, prep);
-        Ok(())
-    }
-
-    /// `move.file` on the target.
-    pub fn move_file(&self, c: FileChunk, body: &[u8]) -> DepotResult<()> {
-        if !self.moves.lock().contains(&c.vdisk) {
-            return Err(bad(format!(
-                "no move of vDisk {:?} is being prepared here",
-                c.vdisk
-            )));
-        }
-        if c.file.contains('/') || c.file.starts_with('.') {
-            return Err(bad(format!("bad hand-over file name {:?}", c.file)));
-        }
-        let dir = self.import_dir_of(&c.vdisk)?;
-        let path = dir.join(&c.file);
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| DepotError::io(format!("opening {}", path.display()), e))?;
-        f.seek(SeekFrom::Start(c.offset))
-            .and_then(|_| f.write_all(body))
-            .map_err(|e| DepotError::io(format!("writing {}", path.display()), e))?;
-        Ok(())
-    }
-
-    /// `move.precopied` on the target: applies what the precopy brought
-    /// (the slow part of an import, before the pause).
-    pub fn move_precopied(&self, p: Precopied) -> DepotResult<()> {
-        let (pool, dir) = {
-            let st = self.lock();
-            (pool_of(&st, &p.vdisk)?, import_dir_in(&st, &p.vdisk)?)
-        };
-        let mut imports = self.imports.lock();
-        let prep = imports.prepared.get_mut(&p.vdisk).ok_or_else(|| {
-            bad(format!(
-                "no move of vDisk {:?} is being prepared here",
-                p.vdisk
-            ))
-        })?;
-        pool.import_precopied(prep, &p.files, &dir)?;
-        Ok(())
-    }
-
-    /// `move.stage` on the target: keeps the frozen state on flash.
-    pub fn move_stage(&self, s: Stage) -> DepotResult<()> {
-        let dir = self.import_dir_of(&s.state.name)?;
-        let body = serde_json::to_vec(&s.state).map_err(|e| DepotError::Internal(e.to_string()))?;
-        let tmp = dir.join(format!("{STAGED}.tmp"));
-        let dst = dir.join(STAGED);
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &dst)?;
-            std::fs::File::open(&dir)?.sync_all()
-        };
-        write().map_err(|e| DepotError::io(format!("staging {}", dst.display()), e))
-    }
-
-    /// `move.commit` on the target: finish the import and serve.
-    ///
-    /// The source committed the ownership in etcd before it sent this, but
-    /// this router's feed may not have delivered the change yet. It is
-    /// recorded in the view first (only if newer than what the view has),
-    /// so that neither the paths (ALUA) nor reconcile act on the old owner:
-    /// reconcile, once the move no longer shields the vDisk, would stand
-    /// the just-imported volume by and drop the un-shipped data it brought.
-    pub fn move_commit(&self, c: Commit) -> DepotResult<()> {
-        if let Some(node) = &self.cluster {
-            node.apply_owner(
-                &c.vdisk,
-                Some(depot_cluster::Ownership {
-                    router: node.name().to_string(),
-                    generation: c.generation,
-                }),
-            );
-        }
-        let r = self.finish_staged(&c.vdisk, c.generation);
-        self.moves.lock().remove(&c.vdisk);
-        let mut st = self.lock();
-        self.reconcile(&mut st);
-        r
-    }
-
-    /// `move.abort` on the target.
-    pub fn move_abort(&self, a: Abort) {
-        self.imports.lock().prepared.remove(&a.vdisk);
-        self.moves.lock().remove(&a.vdisk);
-        if let Ok(dir) = self.import_dir_of(&a.vdisk) {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-
-    /// The import directory of `vdisk` on its vPool's flash.
-    fn import_dir_of(&self, vdisk: &str) -> DepotResult<std::path::PathBuf> {
-        import_dir_in(&self.lock(), vdisk)
-    }
-
-    /// Whether a staged import of `vdisk` waits on this router.
-    pub(super) fn staged_in(&self, st: &State, vdisk: &str) -> bool {
-        import_dir_in(st, vdisk).is_ok_and(|d| d.join(STAGED).is_file())
-    }
-
-    /// Finishes the staged import of `vdisk` under generation
-    /// `generation` (the commit's) and serves it.
-    fn finish_staged(&self, vdisk: &str, generation: u64) -> DepotResult<()> {
-        let mut st = self.lock();
-        self.finish_staged_with(&mut st, vdisk, generation)
-    }
-
-    /// Finishes a staged import whose commit never came, under this
-    /// router's ownership as the view has it (reconcile).
-    pub(super) fn finish_staged_locked(&self, st: &mut State, vdisk: &str) -> DepotResult<()> {
-        let node = self.cluster.clone().ok_or_else(|| bad("not clustered"))?;
-        let g = match node.view().owners.get(vdisk) {
-            Some(o) if o.router == node.name() => o.generation,
-            _ => {
-                return Err(bad(format!(
-                    "router {} does not own vDisk {vdisk:?}",
-                    node.name()
-                )));
-            }
-        };
-        self.finish_staged_with(st, vdisk, g)
-    }
-
-    fn finish_staged_with(&self, st: &mut State, vdisk: &str, g: u64) -> DepotResult<()> {
-        let dir = import_dir_in(st, vdisk)?;
-        let body = std::fs::read(dir.join(STAGED))
-            .map_err(|e| DepotError::io(format!("reading the staged move of {vdisk}"), e))?;
-        let state: HandoverState = serde_json::from_slice(&body)
-            .map_err(|e| DepotError::Internal(format!("staged move of {vdisk}: {e}")))?;
-        let pool = pool_of(st, vdisk)?;
-        let owner = self.owner(vdisk, g, &pool);
-        let prep = match self.imports.lock().prepared.remove(vdisk) {
-            Some(p) => p,
-            None => pool.prepare_import(vdisk, &owner)?,
-        };
-        let volume = pool.finish_import(prep.with_owner(owner), &state, &dir)?;
-        let _ = std::fs::remove_file(dir.join(STAGED));
-        let live = st
-            .disks
-            .get_mut(vdisk)
-            .ok_or_else(|| DepotError::Internal(format!("vDisk {vdisk} is not attached")))?;
-        if let Some(r) = &live.routed {
-            r.switch(volume.clone() as Arc<dyn BlockDevice>);
-        }
-        live.volume = Some(volume);
-        live.generation = Some(g);
-        self.update_paths(st);
-        tracing::info!(vdisk, generation = g, "vDisk moved here and online");
-        Ok(())
-    }
 }
 
-/// The open vPool of vDisk `vdisk`.
-fn pool_of(st: &State, vdisk: &str) -> DepotResult<Arc<depot_engine::VPool>> {
-    let rec = st
-        .catalog
-        .vdisk(vdisk)
-        .ok_or_else(|| not_found("vDisk", vdisk))?;
-    let pool_name = rec.info.vpool.clone().unwrap_or_default();
-    st.pools
-        .get(&pool_name)
-        .cloned()
-        .ok_or_else(|| DepotError::Unavailable(format!("vPool {pool_name:?} is not open")))
+/// When each step of a move's pause ended, from its start (the log line
+/// of a move shows them, to tell where a long pause went).
+#[derive(Default)]
+struct Phases {
+    freeze: Duration,
+    copy: Duration,
+    stage: Duration,
+    transfer: Duration,
+    commit: Duration,
 }
 
-/// The import directory of `vdisk` on its vPool's flash.
-fn import_dir_in(st: &State, vdisk: &str) -> DepotResult<std::path::PathBuf> {
-    Ok(pool_of(st, vdisk)?.import_dir(vdisk)?)
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_millis();
+        write!(
+            f,
+            "frozen {} ms, copied {} ms, staged {} ms, owner changed {} ms, committed {} ms",
+            ms(self.freeze),
+            ms(self.copy),
+            ms(self.stage),
+            ms(self.transfer),
+            ms(self.commit)
+        )
+    }
 }
 
 /// Sends `f` from `offset` in chunks; the bytes sent.
@@ -740,31 +574,4 @@ fn send_file(
         left -= n as u64;
     }
     Ok(at - offset)
-}
-
-/// Free bytes on the file system holding `dir`.
-fn free_bytes(dir: &std::path::Path) -> DepotResult<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|e| DepotError::Internal(e.to_string()))?;
-    let mut s: libc::statvfs = unsafe_zeroed();
-    // SAFETY: `c` is a NUL-terminated path and `s` a statvfs the call
-    // fills; both live across the call.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
-    if rc != 0 {
-        return Err(DepotError::io(
-            format!("statvfs {}", dir.display()),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(s.f_bavail.saturating_mul(s.f_frsize))
-}
-
-fn unsafe_zeroed() -> libc::statvfs {
-    // SAFETY: statvfs is a plain C struct of integers; all-zero is valid.
-    #[allow(unsafe_code)]
-    unsafe {
-        std::mem::zeroed()
-    }
 }

@@ -22,7 +22,10 @@ impl crate::cluster::peer::Ops for Manager {
         let done = match op {
             "move.prepare" => self.move_prepare(arg(msg)?),
             "move.file" => self.move_file(arg(msg)?, body),
-            "move.precopied" => self.move_precopied(arg(msg)?),
+            "move.precopied" => {
+                let applied = self.move_precopied(arg(msg)?).map_err(|e| e.to_string())?;
+                return serde_json::to_value(applied).map_err(|e| e.to_string());
+            }
             "move.stage" => self.move_stage(arg(msg)?),
             "move.commit" => self.move_commit(arg(msg)?),
             "move.abort" => {

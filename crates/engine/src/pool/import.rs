@@ -11,10 +11,11 @@
 //! 2. The daemon copies the old owner's files into [`VPool::import_dir`]
 //!    (or any directory on this flash's file system), each under
 //!    [`HandoverFile::file_name`](crate::volume::HandoverFile::file_name).
-//!    [`VPool::import_precopied`] then checks and applies the precopied
-//!    segments (immutable since the precopy) to the index, oldest first,
-//!    still before the freeze: the pause is left with only what was
-//!    written after the precopy.
+//!    [`VPool::import_shipped`] applies what the old owner shipped since
+//!    step 1 (fetched from the backend), then [`VPool::import_precopied`]
+//!    checks and applies the precopied segments (immutable since the
+//!    precopy) to the index, oldest first, still before the freeze: the
+//!    pause is left with only what was written, or shipped, after that.
 //! 3. [`VPool::finish_import`] takes the old owner's
 //!    [`HandoverState`]: applies the tlogs shipped since step 1 and not
 //!    applied in step 2 (fetched from the backend; a full restore instead
@@ -27,8 +28,9 @@
 //!    e-tag the old owner saw) before the volume is returned.
 //!
 //! Order is what keeps the index right: tlogs are applied oldest first —
-//! the prepared manifest's, then the precopied ones after it, then those
-//! shipped meanwhile after those, then the rest of the received ones.
+//! the prepared manifest's, then those shipped since and the precopied
+//! ones in ascending order, then those shipped meanwhile after those, then
+//! the rest of the received ones.
 //! Applying a tlog again after itself and older ones is harmless (same
 //! records, same order); an older one after a newer one never happens.
 //!
@@ -81,6 +83,9 @@ pub struct ImportPrep {
     base: Option<VolumeMeta>,
     /// Precopied tlogs checked and applied to the index, ascending.
     applied: Vec<u64>,
+    /// The newest tlog shipped since `base` that [`VPool::import_shipped`]
+    /// fetched and applied.
+    fetched: Option<u64>,
     /// Received files made durable already (checked precopied ones).
     synced: HashSet<(HandoverFileKind, u64)>,
 }
@@ -125,6 +130,12 @@ impl ImportPrep {
     /// The precopied tlogs applied so far ([`VPool::import_precopied`]).
     pub fn applied_tlogs(&self) -> &[u64] {
         &self.applied
+    }
+
+    /// The newest tlog applied after the prepared manifest's, precopied
+    /// or fetched: what is applied next must be newer.
+    fn last_applied(&self) -> Option<u64> {
+        self.applied.last().copied().max(self.fetched)
     }
 }
 
@@ -293,6 +304,7 @@ impl VPool {
             owner: owner.clone(),
             base: None,
             applied: Vec::new(),
+            fetched: None,
             synced: HashSet::new(),
         };
         self.shared.probe_fencing()?;
@@ -345,8 +357,7 @@ impl VPool {
         let lens: HashMap<(HandoverFileKind, u64), u64> =
             files.iter().map(|f| ((f.kind, f.seq), f.len)).collect();
         let floor = prep
-            .applied
-            .last()
+            .last_applied()
             .map_or(base.shipped.next_tlog, |s| s + 1)
             .max(base.shipped.next_tlog);
         let mut tlogs: Vec<u64> = files
@@ -393,6 +404,41 @@ impl VPool {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Step 2 of an import, optional, before [`VPool::import_precopied`]:
+    /// applies the tlogs the old owner shipped since the import was
+    /// prepared (fetched from the backend), so that the pause does not
+    /// fetch them. Shipping goes in order, so everything shipped is older
+    /// than everything still unshipped that a precopy lists: applied
+    /// first, the order of the module docs holds. Does nothing if a
+    /// scrub, checkpoint or rollback moved the manifest on (the finish
+    /// restores again then). Returns the tlogs applied.
+    pub fn import_shipped(&self, prep: &mut ImportPrep) -> EngineResult<usize> {
+        self.check_open()?;
+        let Some(base) = &prep.base else {
+            return Ok(0);
+        };
+        let (remote, _) = self.read_remote(&prep.name)?;
+        let extends = remote.id == base.id
+            && remote.shipped.checkpoint == base.shipped.checkpoint
+            && remote.discarded_gens == base.discarded_gens
+            && remote.shipped.tlogs.starts_with(&base.shipped.tlogs);
+        if !extends {
+            return Ok(0);
+        }
+        let after = prep.last_applied();
+        let delta: Vec<TlogRef> = remote.shipped.tlogs[base.shipped.tlogs.len()..]
+            .iter()
+            .filter(|t| after.is_none_or(|a| t.seq > a))
+            .copied()
+            .collect();
+        let Some(last) = delta.last().map(|t| t.seq) else {
+            return Ok(0);
+        };
+        restore_tlogs(&self.shared, &remote, &delta, false)?;
+        prep.fetched = Some(last);
+        Ok(delta.len())
     }
 
     /// Step 3 of an import (module docs): builds the volume from the
@@ -498,15 +544,16 @@ impl VPool {
         owner: &Owner,
         how: Received,
     ) -> EngineResult<Arc<Volume>> {
+        let t0 = std::time::Instant::now();
         let fin = &state.meta;
         let extends = base.shipped.checkpoint == fin.shipped.checkpoint
             && base.discarded_gens == fin.discarded_gens
             && fin.shipped.tlogs.starts_with(&base.shipped.tlogs);
         let applied = &prep.applied;
         let verified = if extends {
-            // Shipped since the prepare, and not among the precopied ones
-            // applied already (those are the same bytes, and older).
-            let after = applied.last().copied();
+            // Shipped since the prepare, and not among the precopied or
+            // fetched ones applied already (the same bytes, and older).
+            let after = prep.last_applied();
             let delta: Vec<TlogRef> = fin.shipped.tlogs[base.shipped.tlogs.len()..]
                 .iter()
                 .filter(|t| after.is_none_or(|a| t.seq > a))
@@ -529,6 +576,7 @@ impl VPool {
             restore_index(&self.shared, fin, false)?;
             Vec::new()
         };
+        let indexed = t0.elapsed();
         let dir = crate::volume::local_dir_of(&self.shared.dir, fin.id);
         for f in &state.files {
             let sub = match f.kind {
@@ -581,7 +629,9 @@ impl VPool {
             import: how == Received::Handover,
             verified,
         };
+        let placed = t0.elapsed();
         let vol = Volume::load(self.shared.clone(), fin.clone(), parent, opening)?;
+        let loaded = t0.elapsed();
         let etag = match &state.manifest_etag {
             Some(t) => Some(t.clone()),
             None => self.read_remote(&fin.name)?.1,
@@ -591,6 +641,10 @@ impl VPool {
             return Err(e);
         }
         self.insert_open(&vol);
+        tracing::info!(volume = %fin.name, extends, files = state.files.len(),
+            indexed_ms = indexed.as_millis(), placed_ms = placed.as_millis(),
+            loaded_ms = loaded.as_millis(), claimed_ms = t0.elapsed().as_millis(),
+            "import built");
         Ok(vol)
     }
 
