@@ -19,6 +19,8 @@
 //!   from the backend), clone, delete, list; standalone or as a grid owner;
 //! - `import`: a live move's receiving side (prepare, receive, finish) and
 //!   forgetting a vDisk this router no longer owns;
+//! - `received`: checking a received segment and putting a received file
+//!   in place (for `import`);
 //! - `workers`: the worker threads (shipper, ticker, checkpointer).
 //!
 //! Fencing mode: opening a pool on S3 probes whether the store enforces
@@ -57,6 +59,7 @@ use crate::volume::Volume;
 pub use crate::scrub::ScrubReport;
 
 mod import;
+mod received;
 mod volumes;
 mod workers;
 
