@@ -64,7 +64,7 @@ pub mod volume;
 pub use backend::FaultInjector;
 pub use config::{BackendConfig, RetryPolicy, VPoolConfig};
 pub use error::{EngineError, EngineResult};
-pub use owner::{Fencing, FencingMode, Owner, Standalone};
+pub use owner::{FenceError, Fencing, FencingMode, Owner, Standalone};
 pub use pool::{ImportPrep, MirrorCopy, VPool, VPoolStats};
 pub use scrub::ScrubReport;
 pub use volume::{

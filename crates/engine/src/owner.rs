@@ -29,9 +29,24 @@ pub trait Fencing: Send + Sync {
     /// standalone).
     fn generation(&self) -> u64;
     /// Whether this router still owns the vDisk under that generation.
-    /// `Err(reason)` fences the volume for good: every later read, write
-    /// and ship fails with [`EngineError::Fenced`](crate::EngineError::Fenced).
-    fn check(&self) -> Result<(), String>;
+    /// [`FenceError::Lost`] fences the volume for good: every later read,
+    /// write and ship fails with [`EngineError::Fenced`](crate::EngineError::Fenced).
+    /// [`FenceError::Unknown`] publishes and deletes nothing now (the
+    /// caller retries later) and leaves I/O alone.
+    fn check(&self) -> Result<(), FenceError>;
+}
+
+/// Why an ownership check did not pass.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FenceError {
+    /// This router no longer owns the vDisk (another generation does, or
+    /// its lease lapsed).
+    #[error("{0}")]
+    Lost(String),
+    /// Ownership cannot be established now (the cluster store cannot be
+    /// reached): nothing is known to have changed.
+    #[error("ownership cannot be checked: {0}")]
+    Unknown(String),
 }
 
 /// The standalone owner: generation 0, never fenced.
@@ -42,7 +57,7 @@ impl Fencing for Standalone {
     fn generation(&self) -> u64 {
         0
     }
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), FenceError> {
         Ok(())
     }
 }
@@ -100,7 +115,7 @@ impl Owner {
     }
 
     /// Asks the daemon whether the ownership still holds.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), FenceError> {
         self.fencing.check()
     }
 }
@@ -134,8 +149,8 @@ mod tests {
         fn generation(&self) -> u64 {
             self.0
         }
-        fn check(&self) -> Result<(), String> {
-            Err(format!("lost generation {}", self.0))
+        fn check(&self) -> Result<(), FenceError> {
+            Err(FenceError::Lost(format!("lost generation {}", self.0)))
         }
     }
 
@@ -148,7 +163,10 @@ mod tests {
         let g = Owner::new(Arc::new(Gen(7)));
         assert_eq!(g.generation(), 7);
         assert!(g.is_grid());
-        assert_eq!(g.check(), Err("lost generation 7".to_string()));
+        assert_eq!(
+            g.check(),
+            Err(FenceError::Lost("lost generation 7".to_string()))
+        );
     }
 
     #[test]

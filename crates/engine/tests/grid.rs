@@ -209,6 +209,35 @@ fn a_failed_ownership_check_fences_the_volume() {
 }
 
 #[test]
+fn an_ownership_check_that_cannot_reach_the_store_fences_nothing() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::default();
+    let p = pool_at(dir.path(), "flash1", &rt);
+    let v = p
+        .create_volume_as("x", 4 << 20, 4096, &reg.grant(1))
+        .unwrap();
+    v.write(0, &pattern(1, 0, 8192), false).unwrap();
+    v.sync_to_backend().unwrap();
+    // etcd is down: nothing can be published, I/O goes on.
+    reg.cut_off();
+    v.write(4, &pattern(2, 4, 4096), true).unwrap();
+    assert!(matches!(
+        v.sync_to_backend(),
+        Err(EngineError::BackendUnavailable(_))
+    ));
+    assert!(!v.is_fenced());
+    assert_eq!(read4k(&v, 0), pattern(1, 0, 4096));
+    v.write(16, &pattern(3, 16, 4096), false).unwrap();
+    // Back: the next upload publishes everything.
+    reg.set(1);
+    v.sync_to_backend().unwrap();
+    assert!(!v.is_fenced());
+    assert_eq!(read4k(&v, 2), pattern(3, 16, 4096));
+    p.shutdown().unwrap();
+}
+
+#[test]
 fn a_deposed_owner_cannot_publish_over_a_newer_epoch() {
     // A daemon whose check cannot tell (always passes): the manifest's
     // newest epoch still stops the old owner.

@@ -12,8 +12,8 @@
 
 use std::sync::Arc;
 
-use depot_cluster::owner;
-use depot_engine::{Fencing, FencingMode};
+use depot_cluster::{ClusterError, owner};
+use depot_engine::{FenceError, Fencing, FencingMode};
 
 use super::Node;
 
@@ -43,9 +43,10 @@ impl Fencing for VdiskFencing {
         self.generation
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), FenceError> {
+        let lapsed = || FenceError::Lost("this router's cluster lease lapsed".into());
         if !self.node.fence().is_open() {
-            return Err("this router's cluster lease lapsed".into());
+            return Err(lapsed());
         }
         if self.mode == FencingMode::Conditional {
             return Ok(());
@@ -58,12 +59,18 @@ impl Fencing for VdiskFencing {
         );
         self.node
             .block_on(async move { owner::validate(&store, &vdisk, &me, g).await })
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| match e {
+                // etcd names another owner, or none.
+                ClusterError::Fenced(why) => FenceError::Lost(why),
+                // etcd cannot be asked: nothing is known to have changed
+                // (the fence below still closes when the lease lapses).
+                other => FenceError::Unknown(other.to_string()),
+            })?;
         // The answer may have taken a while: the lease must still hold.
         if self.node.fence().is_open() {
             Ok(())
         } else {
-            Err("this router's cluster lease lapsed".into())
+            Err(lapsed())
         }
     }
 }

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use crate::backend::{ETag, PutMode, PutOutcome, keys};
 use crate::error::{EngineError, EngineResult};
 use crate::meta::{ObjectKind, VolumeMeta, owner_of};
-use crate::owner::{FencingMode, Owner};
+use crate::owner::{FenceError, FencingMode, Owner};
 
 use super::Volume;
 
@@ -124,9 +124,19 @@ impl Volume {
     pub(crate) fn check_owner(&self) -> EngineResult<()> {
         self.check_fence()?;
         let owner = self.owner.lock().clone();
-        owner
-            .check()
-            .map_err(|why| self.fence(format!("ownership check failed: {why}")))
+        owner.check().map_err(|e| self.check_failed(e))
+    }
+
+    /// An ownership check that did not pass: a lost ownership fences the
+    /// volume; one that cannot be checked now is a transient failure of
+    /// what asked (retried later; I/O goes on).
+    fn check_failed(&self, e: FenceError) -> EngineError {
+        match e {
+            FenceError::Lost(why) => self.fence(format!("ownership check failed: {why}")),
+            FenceError::Unknown(why) => {
+                EngineError::BackendUnavailable(format!("ownership cannot be checked: {why}"))
+            }
+        }
     }
 
     /// Whether this volume may delete an object whose key carries owner
@@ -177,9 +187,7 @@ impl Volume {
         body: Vec<u8>,
         forever: bool,
     ) -> EngineResult<()> {
-        owner
-            .check()
-            .map_err(|why| self.fence(format!("ownership check failed: {why}")))?;
+        owner.check().map_err(|e| self.check_failed(e))?;
         let be = &self.shared.backend;
         let key = keys::manifest(self.id);
         let body = Bytes::from(body);

@@ -8,11 +8,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use depot_engine::{Fencing, HandoverFile, Owner};
+use depot_engine::{FenceError, Fencing, HandoverFile, Owner};
 
 /// The current owner generation of one vDisk, as etcd would hold it.
 #[derive(Clone, Default)]
 pub struct Registry(pub Arc<AtomicU64>);
+
+/// The record's value while the store "cannot be reached".
+const UNREACHABLE: u64 = u64::MAX;
 
 impl Registry {
     /// Hands the vDisk to generation `g` and returns that owner's context.
@@ -27,6 +30,12 @@ impl Registry {
             current: self.0.clone(),
             mine: g,
         }))
+    }
+
+    /// Makes the store unreachable: checks can tell nothing until the
+    /// next [`Registry::set`].
+    pub fn cut_off(&self) {
+        self.0.store(UNREACHABLE, Ordering::SeqCst);
     }
 
     /// Moves the record to generation `g` without an owner context.
@@ -46,10 +55,13 @@ impl Fencing for Lease {
     fn generation(&self) -> u64 {
         self.mine
     }
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), FenceError> {
         match self.current.load(Ordering::SeqCst) {
+            UNREACHABLE => Err(FenceError::Unknown("the store cannot be reached".into())),
             g if g == self.mine => Ok(()),
-            g => Err(format!("generation {g} owns the vDisk now")),
+            g => Err(FenceError::Lost(format!(
+                "generation {g} owns the vDisk now"
+            ))),
         }
     }
 }
@@ -61,7 +73,7 @@ impl Fencing for Blind {
     fn generation(&self) -> u64 {
         self.0
     }
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), FenceError> {
         Ok(())
     }
 }
