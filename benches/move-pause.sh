@@ -8,11 +8,7 @@
 # pause (I/O held) and what the initiator saw: the longest gap between two
 # completions and the longest completion latency within the move's window.
 #
-#   benches/move-pause.sh [--moves N] [--unshipped SIZE] [--settle] [--smoke]
-#
-# --settle: before each fill, wait until the router the vDisk leaves has
-# shipped what it received in the previous move, so every move hands over
-# just SIZE (default: the window is SIZE plus what is still shipping).
+#   benches/move-pause.sh [--moves N] [--unshipped SIZE] [--smoke]
 #
 # Env: DEPOT_BIN (default: a release build of this tree), DEPOT_FIO,
 # S3_ENDPOINT/S3_BUCKET/S3_KEY/S3_SECRET (default: moto_server from
@@ -28,9 +24,8 @@ while [ $# -gt 0 ]; do
   case $1 in
     --moves) MOVES=$2; shift 2 ;;
     --unshipped) UNSHIPPED=$2; shift 2 ;;
-    --settle) SETTLE=1; shift ;;
     --smoke) MOVES=2; UNSHIPPED=64M; shift ;;
-    *) echo "usage: $0 [--moves N] [--unshipped SIZE] [--settle] [--smoke]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--moves N] [--unshipped SIZE] [--smoke]" >&2; exit 2 ;;
   esac
 done
 bench_tools
@@ -70,12 +65,6 @@ sleep 4
 to=r2
 for i in $(seq "$MOVES"); do
   [ "$to" = r2 ] && from=r1 || from=r2
-  if [ -n "${SETTLE:-}" ]; then
-    for _ in $(seq 600); do
-      [ "$(unshipped "$from")" -le $((64 << 20)) ] && break
-      sleep 0.5
-    done
-  fi
   fill
   window=$(unshipped "$from")
   t0=$(date +%s%3N)
