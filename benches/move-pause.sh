@@ -39,9 +39,9 @@ cli vdisk create mover-root --vm mover --size 4G --vpool s3p >/dev/null
 URL="iscsi\\://${PORTAL[r1]//:/\\:}/iqn.2026-11.io.depot\\:mover/0"
 
 # Before every move, $UNSHIPPED of new un-shipped writes, so each move
-# hands over at least a full window (more while the router a vDisk moved
-# to still ships what it received: an earlier generation's, shipped at
-# once). The table shows each move's window.
+# hands over at least a full window (more while the router the vDisk
+# leaves has not shipped what earlier moves brought). The table shows each
+# move's window.
 # What waits to ship on the owner (the router the next move leaves).
 unshipped() {
   "$DEPOT" --api "http://${API[$1]}" --json vpool show s3p |
