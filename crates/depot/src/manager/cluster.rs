@@ -451,6 +451,27 @@ impl Manager {
         }
     }
 
+    /// Serves vDisk `vdisk` here from `volume`, opened under generation
+    /// `g` (an import or a takeover): its LUN's device switches to it.
+    pub(super) fn go_online(
+        &self,
+        st: &mut State,
+        vdisk: &str,
+        volume: Arc<depot_engine::Volume>,
+        g: u64,
+    ) -> DepotResult<()> {
+        let live = st
+            .disks
+            .get_mut(vdisk)
+            .ok_or_else(|| DepotError::Internal(format!("vDisk {vdisk} is not attached")))?;
+        if let Some(r) = &live.routed {
+            r.switch(volume.clone() as Arc<dyn BlockDevice>);
+        }
+        live.volume = Some(volume);
+        live.generation = Some(g);
+        Ok(())
+    }
+
     /// Tells every target where else it is served: the other routers'
     /// portals for SendTargets, and for a VM without multipath the router
     /// that serves its vDisks (logins elsewhere are redirected there).

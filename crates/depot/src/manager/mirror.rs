@@ -18,7 +18,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use depot_block::BlockDevice;
 use depot_dtl::proto::{Close, Commit, Open, Write};
 use depot_dtl::{ClientConfig, MirrorClient, MirrorStatus, Mode, ReplicaStore, Subject};
 use depot_engine::Volume;
@@ -356,15 +355,7 @@ impl Manager {
         let owner = self.owner(vdisk, g, &pool);
         let started = std::time::Instant::now();
         let volume = pool.recover_mirror(&copy, &owner)?;
-        let live = st
-            .disks
-            .get_mut(vdisk)
-            .ok_or_else(|| DepotError::Internal(format!("vDisk {vdisk} is not attached")))?;
-        if let Some(r) = &live.routed {
-            r.switch(volume.clone() as Arc<dyn BlockDevice>);
-        }
-        live.volume = Some(volume);
-        live.generation = Some(g);
+        self.go_online(st, vdisk, volume, g)?;
         if let Err(e) = store.close(vdisk) {
             tracing::warn!(vdisk, error = %e, "cannot drop the imported mirror copy");
         }

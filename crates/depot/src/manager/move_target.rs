@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::io::{Seek, SeekFrom, Write};
 use std::sync::Arc;
 
-use depot_block::BlockDevice;
 use depot_engine::{HandoverState, Owner};
 
 use super::moves::{Abort, Commit, FileChunk, Precopied, PrecopyApplied, Prepare, Stage};
@@ -221,15 +220,7 @@ impl Manager {
         };
         let volume = pool.finish_import(prep.with_owner(owner), &state, &dir)?;
         let _ = std::fs::remove_file(dir.join(STAGED));
-        let live = st
-            .disks
-            .get_mut(vdisk)
-            .ok_or_else(|| DepotError::Internal(format!("vDisk {vdisk} is not attached")))?;
-        if let Some(r) = &live.routed {
-            r.switch(volume.clone() as Arc<dyn BlockDevice>);
-        }
-        live.volume = Some(volume);
-        live.generation = Some(g);
+        self.go_online(st, vdisk, volume, g)?;
         self.update_paths(st);
         tracing::info!(vdisk, generation = g, "vDisk moved here and online");
         Ok(())
